@@ -1,0 +1,2 @@
+//! Placeholder until the memory benchmark lands.
+fn main() {}

@@ -1,0 +1,233 @@
+//! [`CacheBuilder`]: validates settings and builds a [`Cache`].
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::raw::{Config, Listener, RawCache, Weigher};
+use crate::time::{duration_to_nanos, Clock, MonotonicClock};
+use crate::{BuildError, Cache, RemovalCause};
+
+/// The largest shard count `shards` accepts.
+pub const MAX_SHARDS: usize = 256;
+
+/// Shards are not made smaller than this many entries by default: below it, sharding costs
+/// more hit ratio (each shard evicts on its own) than it buys in parallelism.
+const MIN_DEFAULT_SHARD_ENTRIES: u64 = 256;
+
+/// Largest `max_entries`: slab ids are `u32` per shard, and memory for more is implausible.
+const MAX_ENTRIES: u64 = 1 << 40;
+
+/// Largest `max_bytes`: leaves headroom so weight sums cannot overflow `u64`.
+const MAX_BYTES: u64 = u64::MAX / 2;
+
+/// Sketch size a cache starts with; sketches grow with the entries they see, so a huge
+/// capacity allocates nothing up front.
+const INITIAL_SKETCH_ENTRIES: u64 = 4096;
+
+/// Builds a [`Cache`]; start from [`Cache::builder`].
+///
+/// Exactly one capacity mode must be chosen: [`max_entries`](Self::max_entries) (every entry
+/// weighs 1) or [`max_bytes`](Self::max_bytes) (entries weigh what the weigher says plus
+/// larder's own per-entry overhead, so the budget tracks real memory like Redis `maxmemory`).
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::Cache;
+///
+/// let cache = Cache::<String, Vec<u8>>::builder()
+///     .max_bytes(64 * 1024 * 1024)
+///     .weigher(|key: &String, value: &Vec<u8>| (key.len() + value.len()) as u64)
+///     .default_ttl(Duration::from_secs(300))
+///     .build()
+///     .expect("valid settings");
+/// assert_eq!(cache.len(), 0);
+/// ```
+#[must_use]
+pub struct CacheBuilder<K, V, S = ahash::RandomState> {
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+    weigher: Option<Weigher<K, V>>,
+    default_ttl: Option<Duration>,
+    shards: Option<usize>,
+    hasher: S,
+    clock: Option<Arc<dyn Clock>>,
+    listener: Option<Listener<K, V>>,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
+            .field("default_ttl", &self.default_ttl)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> CacheBuilder<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            max_entries: None,
+            max_bytes: None,
+            weigher: None,
+            default_ttl: None,
+            shards: None,
+            hasher: ahash::RandomState::new(),
+            clock: None,
+            listener: None,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, S> CacheBuilder<K, V, S> {
+    /// Count mode: at most `n` entries, each weighing 1.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = Some(n);
+        self
+    }
+
+    /// Byte mode: entries weigh `weigher(key, value)` plus larder's per-entry overhead, and
+    /// their sum stays within `n` (see the crate docs for the overshoot bound). Without a
+    /// weigher an entry weighs `size_of::<K>() + size_of::<V>()` plus the overhead.
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = Some(n);
+        self
+    }
+
+    /// How many bytes an entry's key and value hold (byte mode only). Called once per
+    /// insert, outside any lock; a weigher that panics makes that insert panic and leaves
+    /// the cache unchanged. Values are saturated, so `u64::MAX` is simply "too heavy".
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// TTL of entries inserted without one. `Duration::MAX` means no expiry.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Number of shards: a power of two from 1 to [`MAX_SHARDS`]. The default scales with
+    /// available parallelism and keeps shards at least a few hundred entries large.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+
+    /// The hasher for keys. The default, `ahash::RandomState`, is seeded at random per
+    /// cache, which keeps crafted colliding keys from degrading lookups.
+    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
+        CacheBuilder {
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            weigher: self.weigher,
+            default_ttl: self.default_ttl,
+            shards: self.shards,
+            hasher,
+            clock: self.clock,
+            listener: self.listener,
+            _types: PhantomData,
+        }
+    }
+
+    /// The time source for TTLs (default [`MonotonicClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Called with each entry that leaves the cache and why, after the cache's locks are
+    /// released (so it may call back into the cache). A panic in the listener propagates to
+    /// the call that triggered it once all pending notifications have run; the cache stays
+    /// consistent.
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+}
+
+impl<K, V, S> CacheBuilder<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Checks the settings and builds the cache.
+    ///
+    /// # Errors
+    /// [`BuildError`] when no capacity or both were set, the capacity is zero or absurdly
+    /// large, a weigher was set without `max_bytes`, or `shards` is not a power of two in
+    /// `1..=MAX_SHARDS`.
+    pub fn build(self) -> Result<Cache<K, V, S>, BuildError> {
+        let (budget, weigher) = match (self.max_entries, self.max_bytes) {
+            (None, None) => return Err(BuildError::NoCapacity),
+            (Some(_), Some(_)) => return Err(BuildError::BothCapacities),
+            (Some(_), None) if self.weigher.is_some() => {
+                return Err(BuildError::WeigherWithoutBytes)
+            }
+            (Some(0), None) | (None, Some(0)) => return Err(BuildError::ZeroCapacity),
+            (Some(n), None) if n > MAX_ENTRIES => {
+                return Err(BuildError::CapacityTooLarge { requested: n })
+            }
+            (None, Some(n)) if n > MAX_BYTES => {
+                return Err(BuildError::CapacityTooLarge { requested: n })
+            }
+            (Some(n), None) => (n, None),
+            (None, Some(n)) => {
+                let weigher = self.weigher.unwrap_or_else(|| {
+                    let shallow = (std::mem::size_of::<K>() + std::mem::size_of::<V>()) as u64;
+                    Arc::new(move |_: &K, _: &V| shallow)
+                });
+                (n, Some(weigher))
+            }
+        };
+        // In byte mode, guess entries from the smallest plausible entry.
+        let expected_entries = match weigher {
+            None => budget,
+            Some(_) => budget / crate::raw::entry_overhead::<K, V>().max(1),
+        };
+        let shards = match self.shards {
+            Some(n) if n == 0 || !n.is_power_of_two() || n > MAX_SHARDS => {
+                return Err(BuildError::BadShardCount { requested: n })
+            }
+            Some(n) => n,
+            None => default_shards(expected_entries),
+        };
+        let raw = RawCache::new(Config {
+            budget,
+            shards,
+            weigher,
+            default_ttl: self.default_ttl.map(duration_to_nanos),
+            hasher: self.hasher,
+            clock: self
+                .clock
+                .unwrap_or_else(|| Arc::new(MonotonicClock::default())),
+            listener: self.listener,
+            expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
+        });
+        Ok(Cache::from_raw(raw))
+    }
+}
+
+/// Four shards per core (so two threads rarely meet on a lock), fewer for small caches.
+fn default_shards(expected_entries: u64) -> usize {
+    if cfg!(any(miri, larder_loom)) {
+        return 2;
+    }
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let wanted = (cores * 4).next_power_of_two().min(MAX_SHARDS);
+    let affordable = (expected_entries / MIN_DEFAULT_SHARD_ENTRIES).max(1);
+    // Largest power of two not above `affordable`.
+    let affordable = 1usize << (63 - affordable.leading_zeros()).min(16);
+    wanted.min(affordable)
+}

@@ -1,0 +1,258 @@
+//! The public [`Cache`]: a thin, documented shell over the engine in `raw`.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::load::Loads;
+use crate::raw::RawCache;
+use crate::time::duration_to_nanos;
+use crate::{CacheBuilder, InsertError, InsertErrorKind, Stats};
+
+/// Why an entry left the cache, as told to the eviction listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemovalCause {
+    /// Evicted by the policy to stay within the budget.
+    Evicted,
+    /// Its TTL ran out.
+    Expired,
+    /// Taken out by `remove` or `clear`.
+    Removed,
+    /// Overwritten by an insert of the same key.
+    Replaced,
+}
+
+/// A concurrent cache with lock-free reads. Cloning gives another handle to the same cache.
+///
+/// See the [crate documentation](crate) for the design and guarantees.
+pub struct Cache<K, V, S = ahash::RandomState> {
+    raw: Arc<RawCache<K, V, S>>,
+    loads: Arc<Loads<K, V>>,
+}
+
+impl<K, V, S> Clone for Cache<K, V, S> {
+    fn clone(&self) -> Self {
+        Self {
+            raw: Arc::clone(&self.raw),
+            loads: Arc::clone(&self.loads),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Cache<K, V> {
+    /// Starts building a cache; see [`CacheBuilder`].
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder::new()
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    pub(crate) fn from_raw(raw: RawCache<K, V, S>) -> Self {
+        let loads = Loads::new(raw.shard_count());
+        Self {
+            raw: Arc::new(raw),
+            loads: Arc::new(loads),
+        }
+    }
+
+    /// The value for `key` if present and not expired. Never blocks: no lock is taken.
+    ///
+    /// ```
+    /// let cache = larder::Cache::<u64, String>::builder().max_entries(100).build().unwrap();
+    /// cache.insert(1, "one".to_string()).unwrap();
+    /// assert_eq!(cache.get(&1).as_deref(), Some("one"));
+    /// assert_eq!(cache.get(&2), None);
+    /// ```
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let guard = crate::sync::pin();
+        self.raw.get(key, &guard).map(|entry| entry.value.clone())
+    }
+
+    /// Whether `key` has a live entry. Does not count as a read (no statistics, no
+    /// frequency).
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let guard = crate::sync::pin();
+        self.raw.peek(key, &guard).is_some()
+    }
+
+    /// Inserts `key` → `value` with the default TTL (if any), replacing any previous value.
+    ///
+    /// The entry is readable as soon as this returns. When the cache is over budget the
+    /// policy then evicts; a new entry that loses TinyLFU's admission duel may be evicted at
+    /// once (counted in [`Stats::admission_rejections`]).
+    ///
+    /// # Errors
+    /// [`InsertErrorKind::TooHeavy`] if the entry's weight (overhead included) exceeds the
+    /// whole budget; the key and value come back in the error and the cache is unchanged
+    /// (a previous value of the key stays).
+    pub fn insert(&self, key: K, value: V) -> Result<(), InsertError<K, V>> {
+        self.insert_inner(key, value, None)
+    }
+
+    /// Inserts with a TTL of its own. `Duration::ZERO` stores an already expired entry
+    /// (it replaces, and so hides, an older value); `Duration::MAX`, or any TTL beyond
+    /// about 584 years, means no expiry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
+    /// cache.insert_with_ttl(7, 49, Duration::from_secs(60)).unwrap();
+    /// assert_eq!(cache.get(&7), Some(49));
+    /// ```
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn insert_with_ttl(
+        &self,
+        key: K,
+        value: V,
+        ttl: Duration,
+    ) -> Result<(), InsertError<K, V>> {
+        self.insert_inner(key, value, Some(duration_to_nanos(ttl)))
+    }
+
+    fn insert_inner(&self, key: K, value: V, ttl: Option<u64>) -> Result<(), InsertError<K, V>> {
+        let weight = self.raw.weigh(&key, &value);
+        let budget = self.raw.budget();
+        if weight > budget {
+            return Err(InsertError {
+                key,
+                value,
+                kind: InsertErrorKind::TooHeavy { weight, budget },
+            });
+        }
+        self.raw.insert(key, value, weight, ttl);
+        Ok(())
+    }
+
+    /// Removes `key`, returning its value if it was live.
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let guard = crate::sync::pin();
+        let (removed, out) = self.raw.remove(key, &guard);
+        let value = removed.map(|entry| entry.value.clone());
+        self.raw.finish(out);
+        value
+    }
+
+    /// Number of entries, including expired ones not yet removed by the wheel.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sum of the entries' weights: the entry count in count mode, bytes (larder's overhead
+    /// included) in byte mode.
+    pub fn weighted_size(&self) -> u64 {
+        self.raw.weighted_size()
+    }
+
+    /// Removes every entry (each reported to the listener as removed, or expired).
+    pub fn clear(&self) {
+        self.raw.clear();
+    }
+
+    /// Removes every expired entry now, instead of a little at a time on writes. Useful
+    /// before reading `len` or `stats`, or from a timer on a cache that is rarely written.
+    pub fn run_pending_tasks(&self) {
+        while !self.raw.run_pending_tasks(4096) {}
+    }
+
+    /// A snapshot of the cache's counters.
+    pub fn stats(&self) -> Stats {
+        self.raw.stats()
+    }
+
+    /// Returns the value for `key`, computing it with `load` if absent. Concurrent callers
+    /// for the same key wait for one load and share its value (no stampede).
+    ///
+    /// If `load` panics, the panic propagates to this caller, nothing is cached, and one
+    /// waiting caller (if any) runs its own loader instead. An entry too heavy to cache is
+    /// returned without being cached.
+    ///
+    /// ```
+    /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
+    /// assert_eq!(cache.get_or_insert_with(3, || 9), 9);
+    /// assert_eq!(cache.get_or_insert_with(3, || unreachable!()), 9);
+    /// ```
+    pub fn get_or_insert_with(&self, key: K, load: impl FnOnce() -> V) -> V
+    where
+        V: Clone,
+    {
+        match self.try_get_or_insert_with(key, || Ok::<V, std::convert::Infallible>(load())) {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`get_or_insert_with`](Self::get_or_insert_with) with a fallible loader.
+    ///
+    /// # Errors
+    /// The loader's error. Nothing is cached; callers that were waiting on this load run
+    /// their own loaders (the error is not shared, so `E` need not be `Clone`).
+    pub fn try_get_or_insert_with<E>(
+        &self,
+        key: K,
+        load: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E>
+    where
+        V: Clone,
+    {
+        crate::load::get_or_load(self, &self.loads, key, load)
+    }
+
+    pub(crate) fn raw(&self) -> &RawCache<K, V, S> {
+        &self.raw
+    }
+
+    /// Bytes of larder's own metadata (tables, slabs, policy, wheels, sketches), for
+    /// measuring per-entry overhead.
+    #[doc(hidden)]
+    pub fn metadata_bytes(&self) -> usize {
+        self.raw.metadata_bytes()
+    }
+
+    /// Panics if an internal invariant is broken: fuzzing and tests call it after each step.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub fn validate(&self) {
+        self.raw.validate();
+        assert!(
+            self.raw.weighted_size() <= self.raw.budget(),
+            "weight {} over budget {} at rest",
+            self.raw.weighted_size(),
+            self.raw.budget()
+        );
+    }
+}

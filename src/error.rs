@@ -1,0 +1,94 @@
+//! Public error types. A failed call hands back whatever it took from the caller.
+
+use std::fmt;
+
+/// Why [`CacheBuilder::build`](crate::CacheBuilder::build) refused its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Neither `max_entries` nor `max_bytes` was set: a cache needs a bound.
+    NoCapacity,
+    /// Both `max_entries` and `max_bytes` were set: pick one mode.
+    BothCapacities,
+    /// The capacity is zero: such a cache could hold nothing.
+    ZeroCapacity,
+    /// The capacity is larger than larder can account for (entries above `u32::MAX` per
+    /// shard, or bytes above `u64::MAX / 2`).
+    CapacityTooLarge {
+        /// The capacity that was asked for.
+        requested: u64,
+    },
+    /// `shards` was zero, not a power of two, or above [`MAX_SHARDS`](crate::MAX_SHARDS).
+    BadShardCount {
+        /// The shard count that was asked for.
+        requested: usize,
+    },
+    /// A weigher was given in `max_entries` mode, where every entry weighs 1.
+    WeigherWithoutBytes,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoCapacity => write!(f, "set max_entries or max_bytes"),
+            Self::BothCapacities => write!(f, "set only one of max_entries and max_bytes"),
+            Self::ZeroCapacity => write!(f, "capacity must be at least 1"),
+            Self::CapacityTooLarge { requested } => {
+                write!(f, "capacity {requested} is larger than larder supports")
+            }
+            Self::BadShardCount { requested } => write!(
+                f,
+                "shard count {requested} must be a power of two between 1 and {}",
+                crate::MAX_SHARDS
+            ),
+            Self::WeigherWithoutBytes => write!(f, "a weigher needs max_bytes mode"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// An insert that the cache refused. The key and value are handed back unchanged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InsertError<K, V> {
+    /// The key that was not inserted.
+    pub key: K,
+    /// The value that was not inserted.
+    pub value: V,
+    /// Why.
+    pub kind: InsertErrorKind,
+}
+
+/// Why an insert was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InsertErrorKind {
+    /// The entry's weight plus larder's per-entry overhead exceeds the whole budget.
+    TooHeavy {
+        /// The entry's weight as charged, overhead included.
+        weight: u64,
+        /// The cache's budget.
+        budget: u64,
+    },
+}
+
+impl<K, V> fmt::Debug for InsertError<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InsertError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> fmt::Display for InsertError<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            InsertErrorKind::TooHeavy { weight, budget } => write!(
+                f,
+                "entry weighs {weight} (overhead included), more than the whole budget of {budget}"
+            ),
+        }
+    }
+}
+
+impl<K, V> std::error::Error for InsertError<K, V> {}

@@ -1,0 +1,342 @@
+//! Which entry leaves when a shard is over budget: W-TinyLFU over CLOCK rings.
+//!
+//! New entries enter a small *window* ring (a recency buffer that absorbs bursts). When the
+//! window is over its share, its CLOCK victim becomes a *candidate* for the *main* ring; if
+//! main is full, the candidate duels main's CLOCK victim on estimated frequency (TinyLFU) and
+//! the loser is evicted. Reads never touch this code: they bump a lossy counter in the entry,
+//! which the CLOCK hand reads, clears and feeds into the frequency sketch as it sweeps.
+//!
+//! Everything here is plain `&mut self` code over slab ids; the shard drives it under its lock.
+
+pub(crate) mod clock;
+pub(crate) mod sketch;
+
+use clock::{Links, Ring};
+use sketch::FrequencySketch;
+
+/// What the policy needs to know about the entries it orders, supplied by the shard.
+pub(crate) trait Members {
+    /// The entry's weight as charged to the budget.
+    fn weight(&self, id: u32) -> u64;
+    /// The entry's key hash, for the frequency sketch.
+    fn hash(&self, id: u32) -> u64;
+    /// Reads of the entry since the last call (see `Entry::take_access`).
+    fn take_access(&self, id: u32) -> u8;
+}
+
+/// Per mille of a shard's capacity given to the window (Caffeine's starting point, 1%).
+const WINDOW_PER_MILLE: u64 = 10;
+
+/// A candidate this frequent may be admitted at random even when it loses the duel: an
+/// attacker who floods keys that collide with a hot victim in the sketch cannot pin it out.
+const JITTER_MIN_FREQUENCY: u8 = 6;
+
+/// How one eviction was decided, for statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Eviction {
+    pub(crate) id: u32,
+    /// The victim was a window candidate that lost the admission duel.
+    pub(crate) rejected: bool,
+}
+
+/// Where an id lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Window,
+    Main,
+}
+
+/// The replacement policy of one shard.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    links: Links,
+    region: Vec<Region>,
+    window: Ring,
+    main: Ring,
+    sketch: FrequencySketch,
+    window_target: u64,
+    main_target: u64,
+    /// xorshift state for admission jitter; seeded per shard from the cache's random state.
+    jitter: u64,
+}
+
+impl Policy {
+    /// A policy for a shard holding up to `capacity` weight, expected to hold about
+    /// `expected_entries` entries (sizes the sketch; it grows if more arrive).
+    pub(crate) fn new(capacity: u64, expected_entries: usize, seed: u64) -> Self {
+        let window_target = (capacity * WINDOW_PER_MILLE / 1000).max(1);
+        Self {
+            links: Links::default(),
+            region: Vec::new(),
+            window: Ring::default(),
+            main: Ring::default(),
+            sketch: FrequencySketch::with_capacity(expected_entries),
+            window_target,
+            main_target: capacity.saturating_sub(window_target),
+            jitter: seed | 1,
+        }
+    }
+
+    /// Entries the policy orders.
+    pub(crate) fn len(&self) -> usize {
+        self.window.len() + self.main.len()
+    }
+
+    /// Records a newly inserted entry: it counts as an access and joins the window.
+    pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u64) {
+        self.sketch.increment(hash);
+        self.sketch.ensure_capacity(self.len() + 1);
+        self.set_region(id, Region::Window);
+        self.window.push(&mut self.links, id, weight);
+    }
+
+    /// Records a write over an existing entry: an access, and perhaps a new weight.
+    pub(crate) fn on_update(&mut self, id: u32, hash: u64, old_weight: u64, new_weight: u64) {
+        self.sketch.increment(hash);
+        self.ring_of(id).reweigh(old_weight, new_weight);
+    }
+
+    /// Forgets an entry removed for any reason other than [`Policy::evict`].
+    pub(crate) fn on_remove(&mut self, id: u32, weight: u64) {
+        let region = self.region[id as usize];
+        let ring = match region {
+            Region::Window => &mut self.window,
+            Region::Main => &mut self.main,
+        };
+        ring.remove(&mut self.links, id, weight);
+    }
+
+    /// Forgets every entry (the cache was cleared); frequency history is kept.
+    pub(crate) fn clear(&mut self) {
+        self.links = Links::default();
+        self.window = Ring::default();
+        self.main = Ring::default();
+    }
+
+    /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
+    pub(crate) fn evict(&mut self, members: &impl Members) -> Option<Eviction> {
+        // Window overflow moves into main for free while main has room: no one must leave.
+        while self.window.weight() > self.window_target {
+            let Some(candidate) = self.sweep(Region::Window, members) else {
+                break;
+            };
+            let weight = members.weight(candidate);
+            if self.main.weight() + weight > self.main_target {
+                break;
+            }
+            self.window.remove(&mut self.links, candidate, weight);
+            self.promote(candidate, weight);
+        }
+        if self.window.weight() <= self.window_target && !self.main.is_empty() {
+            let victim = self.sweep(Region::Main, members)?;
+            self.main
+                .remove(&mut self.links, victim, members.weight(victim));
+            return Some(Eviction {
+                id: victim,
+                rejected: false,
+            });
+        }
+        let candidate = self.sweep(Region::Window, members)?;
+        let candidate_weight = members.weight(candidate);
+        self.window
+            .remove(&mut self.links, candidate, candidate_weight);
+        let Some(victim) = self.sweep(Region::Main, members) else {
+            return Some(Eviction {
+                id: candidate,
+                rejected: false,
+            });
+        };
+        if self.admit(members.hash(candidate), members.hash(victim)) {
+            self.main
+                .remove(&mut self.links, victim, members.weight(victim));
+            self.promote(candidate, candidate_weight);
+            Some(Eviction {
+                id: victim,
+                rejected: false,
+            })
+        } else {
+            Some(Eviction {
+                id: candidate,
+                rejected: true,
+            })
+        }
+    }
+
+    /// TinyLFU's duel: the candidate enters only if it was seen more often than the victim.
+    fn admit(&mut self, candidate_hash: u64, victim_hash: u64) -> bool {
+        let candidate = self.sketch.frequency(candidate_hash);
+        let victim = self.sketch.frequency(victim_hash);
+        if candidate > victim {
+            return true;
+        }
+        if candidate < JITTER_MIN_FREQUENCY {
+            return false;
+        }
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        self.jitter & 127 == 0
+    }
+
+    /// Runs the CLOCK hand of `region` to the first entry not read since the hand last
+    /// passed, feeding the reads it clears into the sketch. Returns that entry, still linked.
+    /// Terminates within two laps: the first lap clears every counter it passes.
+    fn sweep(&mut self, region: Region, members: &impl Members) -> Option<u32> {
+        let laps = 2 * self.ring(region).len();
+        for _ in 0..laps {
+            let id = self.ring(region).hand()?;
+            let reads = members.take_access(id);
+            if reads == 0 {
+                return Some(id);
+            }
+            let hash = members.hash(id);
+            for _ in 0..reads {
+                self.sketch.increment(hash);
+            }
+            let ring = match region {
+                Region::Window => &mut self.window,
+                Region::Main => &mut self.main,
+            };
+            ring.advance(&self.links);
+        }
+        self.ring(region).hand()
+    }
+
+    fn promote(&mut self, id: u32, weight: u64) {
+        self.set_region(id, Region::Main);
+        self.main.push(&mut self.links, id, weight);
+    }
+
+    fn set_region(&mut self, id: u32, region: Region) {
+        let index = id as usize;
+        if self.region.len() <= index {
+            self.region
+                .resize((index + 1).next_power_of_two(), Region::Window);
+        }
+        self.region[index] = region;
+    }
+
+    fn ring(&self, region: Region) -> &Ring {
+        match region {
+            Region::Window => &self.window,
+            Region::Main => &self.main,
+        }
+    }
+
+    fn ring_mut(&mut self, region: Region) -> &mut Ring {
+        match region {
+            Region::Window => &mut self.window,
+            Region::Main => &mut self.main,
+        }
+    }
+
+    fn ring_of(&mut self, id: u32) -> &mut Ring {
+        let region = self.region[id as usize];
+        self.ring_mut(region)
+    }
+
+    /// Bytes of policy metadata, for memory accounting.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.links.heap_bytes() + self.region.capacity() + self.sketch.heap_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Entries of unit weight whose hash is their id and whose reads the test sets.
+    #[derive(Default)]
+    struct Fake {
+        reads: RefCell<Vec<u8>>,
+    }
+
+    impl Fake {
+        fn read(&self, id: u32) {
+            let mut reads = self.reads.borrow_mut();
+            if reads.len() <= id as usize {
+                reads.resize(id as usize + 1, 0);
+            }
+            reads[id as usize] = reads[id as usize].saturating_add(1).min(3);
+        }
+    }
+
+    impl Members for Fake {
+        fn weight(&self, _: u32) -> u64 {
+            1
+        }
+        fn hash(&self, id: u32) -> u64 {
+            (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        }
+        fn take_access(&self, id: u32) -> u8 {
+            self.reads
+                .borrow_mut()
+                .get_mut(id as usize)
+                .map_or(0, std::mem::take)
+        }
+    }
+
+    fn fill(policy: &mut Policy, fake: &Fake, ids: std::ops::Range<u32>) {
+        for id in ids {
+            policy.on_insert(id, fake.hash(id), 1);
+        }
+    }
+
+    #[test]
+    fn empty_policy_has_no_victim() {
+        let mut policy = Policy::new(10, 10, 1);
+        assert_eq!(policy.evict(&Fake::default()), None);
+    }
+
+    #[test]
+    fn every_inserted_id_is_evicted_exactly_once() {
+        let fake = Fake::default();
+        let mut policy = Policy::new(100, 100, 7);
+        fill(&mut policy, &fake, 0..300);
+        let mut seen = vec![false; 300];
+        while let Some(eviction) = policy.evict(&fake) {
+            assert!(!std::mem::replace(&mut seen[eviction.id as usize], true));
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(policy.len(), 0);
+    }
+
+    #[test]
+    fn frequently_read_entries_survive_a_scan() {
+        let fake = Fake::default();
+        let mut policy = Policy::new(100, 100, 3);
+        fill(&mut policy, &fake, 0..100);
+        // Make 0..50 hot: read and re-insert signals through the sketch.
+        for _ in 0..4 {
+            for id in 0..50 {
+                fake.read(id);
+                policy.on_update(id, fake.hash(id), 1, 1);
+            }
+        }
+        let mut evicted = Vec::new();
+        // A scan of 1000 one-hit ids, each inserted then trimmed back to capacity.
+        for id in 1000..2000 {
+            policy.on_insert(id, fake.hash(id), 1);
+            while policy.len() > 100 {
+                evicted.push(policy.evict(&fake).unwrap().id);
+            }
+        }
+        let hot_lost = evicted.iter().filter(|&&id| id < 50).count();
+        assert_eq!(hot_lost, 0, "hot ids evicted by a scan: {hot_lost}");
+    }
+
+    #[test]
+    fn removing_an_id_takes_it_out_of_eviction_order() {
+        let fake = Fake::default();
+        let mut policy = Policy::new(10, 10, 5);
+        fill(&mut policy, &fake, 0..5);
+        policy.on_remove(2, 1);
+        let mut order = Vec::new();
+        while let Some(eviction) = policy.evict(&fake) {
+            order.push(eviction.id);
+        }
+        order.sort_unstable();
+        assert_eq!(order, vec![0, 1, 3, 4]);
+    }
+}

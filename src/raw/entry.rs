@@ -1,0 +1,70 @@
+//! One cached key-value pair as readers see it.
+
+use crate::sync::{AtomicU8, Ordering};
+
+/// Saturation point of [`Entry::record_access`]: two bits of frequency are enough for CLOCK
+/// to tell "touched once" from "hot", and saturating early means a hot entry stops writing
+/// its cache line after a few reads.
+pub(crate) const ACCESS_MAX: u8 = 3;
+
+/// Expiry time meaning "never": the read path skips the clock entirely for such entries.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// A published key-value pair.
+///
+/// Immutable once published except for `access`: a write of the same key publishes a new
+/// `Entry` and retires this one through the epoch collector, so a reader holding a guard can
+/// clone `value` without any lock.
+#[derive(Debug)]
+pub(crate) struct Entry<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+    /// The full hash of `key`, so probes and table rebuilds never call the user's hasher.
+    pub(crate) hash: u64,
+    /// Clock time (ns) at which the entry stops being readable; [`NEVER`] for no TTL.
+    pub(crate) expires_at: u64,
+    /// Index of this entry's record in its shard's slab, policy and wheel.
+    pub(crate) id: u32,
+    /// Reads since the CLOCK hand last passed, saturating at [`ACCESS_MAX`]. Lossy on purpose:
+    /// racing readers may lose an increment, which costs a little precision and no lock.
+    access: AtomicU8,
+}
+
+impl<K, V> Entry<K, V> {
+    pub(crate) fn new(key: K, value: V, hash: u64, expires_at: u64) -> Self {
+        Self {
+            key,
+            value,
+            hash,
+            expires_at,
+            id: u32::MAX,
+            access: AtomicU8::new(0),
+        }
+    }
+
+    /// True once `now` has reached the expiry time.
+    #[inline]
+    pub(crate) fn is_expired_at(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    /// Notes a read. Loads first so a saturated (hot) entry is never written again.
+    #[inline]
+    pub(crate) fn record_access(&self) {
+        let seen = self.access.load(Ordering::Relaxed);
+        if seen < ACCESS_MAX {
+            self.access.store(seen + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns the reads since the last call and starts counting afresh (CLOCK's sweep).
+    pub(crate) fn take_access(&self) -> u8 {
+        self.access.swap(0, Ordering::Relaxed)
+    }
+
+    /// Carries the read history of the entry this one replaces.
+    pub(crate) fn inherit_access(&self, previous: &Self) {
+        self.access
+            .store(previous.access.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}

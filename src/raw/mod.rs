@@ -1,0 +1,350 @@
+//! The engine under the public API: shard choice, the global byte budget, TTL arithmetic.
+
+pub(crate) mod entry;
+pub(crate) mod shard;
+pub(crate) mod slab;
+pub(crate) mod table;
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::stats::Counters;
+use crate::sync::{AtomicU64, AtomicUsize, Guard, Ordering, Owned};
+use crate::time::Clock;
+use crate::{RemovalCause, Stats};
+use entry::{Entry, NEVER};
+use shard::{Departures, Inserted, Shard};
+
+/// The user's eviction listener.
+pub(crate) type Listener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
+
+/// The user's weigher.
+pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
+
+/// Settings the builder validated.
+pub(crate) struct Config<K, V, S> {
+    pub(crate) budget: u64,
+    pub(crate) shards: usize,
+    /// Weight of one entry: `None` in count mode (each weighs 1), else the weigher plus
+    /// larder's per-entry overhead.
+    pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) default_ttl: Option<u64>,
+    pub(crate) hasher: S,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) listener: Option<Listener<K, V>>,
+    /// Expected entries in the whole cache (sizes the sketches).
+    pub(crate) expected_entries: usize,
+}
+
+/// The shared state of a cache.
+pub(crate) struct RawCache<K, V, S> {
+    shards: Box<[Shard<K, V>]>,
+    /// Bits of the hash to shift away to pick a shard (the top bits choose).
+    shard_shift: u32,
+    hasher: S,
+    budget: u64,
+    share: u64,
+    weigher: Option<Weigher<K, V>>,
+    default_ttl: Option<u64>,
+    clock: Arc<dyn Clock>,
+    listener: Option<Listener<K, V>>,
+    /// Sum of all shards' weights. Writers add before and subtract after, so it may briefly
+    /// exceed the truth, never fall below it: eviction errs on the side of the budget.
+    weight: CachePadded<AtomicU64>,
+    /// Where the global eviction sweep starts, spreading it over shards.
+    sweep: AtomicUsize,
+    counters: Counters,
+}
+
+impl<K, V, S> RawCache<K, V, S>
+where
+    K: Hash + Eq + 'static,
+    V: 'static,
+    S: BuildHasher,
+{
+    pub(crate) fn new(config: Config<K, V, S>) -> Self {
+        let shards = config.shards;
+        let share = config.budget.div_ceil(shards as u64);
+        let per_shard_entries = config.expected_entries.div_ceil(shards).max(1);
+        let now = config.clock.now_nanos();
+        let seed = config.hasher.hash_one(0x5eed_u64);
+        Self {
+            shards: (0..shards)
+                .map(|index| {
+                    let shard_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    Shard::new(share, per_shard_entries, shard_seed, now)
+                })
+                .collect(),
+            shard_shift: 64 - shards.trailing_zeros(),
+            hasher: config.hasher,
+            budget: config.budget,
+            share,
+            weigher: config.weigher,
+            default_ttl: config.default_ttl,
+            clock: config.clock,
+            listener: config.listener,
+            weight: CachePadded::new(AtomicU64::new(0)),
+            sweep: AtomicUsize::new(0),
+            counters: Counters::new(
+                std::thread::available_parallelism().map_or(4, |n| n.get()) * 2,
+            ),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard<K, V> {
+        // A shift by 64 (one shard) would overflow; `checked_shr` maps it to shard 0.
+        let index = hash.checked_shr(self.shard_shift).unwrap_or(0) as usize;
+        &self.shards[index]
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    /// The read path: hash, shard, lock-free probe, expiry check, access record.
+    #[inline]
+    pub(crate) fn get<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let found = self.shard(hash).get(hash, key, || self.now(), guard);
+        let stripe = self.counters.local();
+        match found {
+            Some(_) => stripe
+                .hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            None => stripe
+                .misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        found
+    }
+
+    /// Like `get` without touching statistics or the access record.
+    pub(crate) fn peek<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        self.shard(hash).peek(hash, key, || self.now(), guard)
+    }
+
+    /// The charged weight of an entry, or `None` in count mode.
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> u64 {
+        match &self.weigher {
+            None => 1,
+            Some(weigher) => weigher(key, value).saturating_add(entry_overhead::<K, V>()),
+        }
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Absolute expiry for a TTL in nanoseconds (`None`: the default TTL, if any).
+    pub(crate) fn expiry(&self, ttl: Option<u64>, now: u64) -> u64 {
+        match ttl.or(self.default_ttl) {
+            None | Some(u64::MAX) => NEVER,
+            // Saturate one below NEVER: a finite TTL never turns into "no expiry" by overflow,
+            // it just lasts until the clock's end (about 584 years).
+            Some(ttl) => now.saturating_add(ttl).min(NEVER - 1),
+        }
+    }
+
+    /// Inserts an already weighed entry and brings the cache back within budget.
+    pub(crate) fn insert(&self, key: K, value: V, weight: u64, ttl: Option<u64>) -> Inserted {
+        let hash = self.hash(&key);
+        let needs_clock = ttl.or(self.default_ttl).is_some();
+        let now = if needs_clock { self.now() } else { 0 };
+        let entry = Owned::new(Entry::new(key, value, hash, self.expiry(ttl, now)));
+        let guard = crate::sync::pin();
+        let mut out = Departures::new(self.listener.is_some());
+        // Charge before publishing so concurrent writers see the weight and evict for it.
+        self.weight.fetch_add(weight, Ordering::Relaxed);
+        let shard = self.shard(hash);
+        // TTL-free caches read the clock only if the shard's wheel or a replaced entry
+        // needs it: most writes then skip it.
+        let clock = || if needs_clock { now } else { self.now() };
+        let outcome = shard.insert(entry, weight, clock, &guard, &mut out);
+        self.settle_weight(&mut out);
+        self.make_room(shard, &guard, &mut out);
+        let stripe = self.counters.local();
+        match outcome {
+            Inserted::New => stripe
+                .inserts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Inserted::Updated => stripe
+                .updates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        self.finish(out);
+        outcome
+    }
+
+    /// Takes the weight that left the shards off the global total.
+    fn settle_weight(&self, out: &mut Departures<'_, K, V>) {
+        self.weight
+            .fetch_sub(std::mem::take(&mut out.weight), Ordering::Relaxed);
+    }
+
+    /// Evicts until the global weight is within budget: first from `home` while it holds
+    /// more than its share, then from whichever shards hold more than theirs.
+    fn make_room<'g>(&self, home: &Shard<K, V>, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
+        while self.weight.load(Ordering::Relaxed) > self.budget {
+            let victim = if home.weight() > self.share {
+                Some(home)
+            } else {
+                self.heaviest_other()
+            };
+            let Some(victim) = victim else { break };
+            if !victim.evict_one(guard, out) && !home.evict_one(guard, out) {
+                break;
+            }
+            self.settle_weight(out);
+        }
+    }
+
+    /// A shard over its share, else the heaviest shard: the fairest place to evict from.
+    fn heaviest_other(&self) -> Option<&Shard<K, V>> {
+        let start = self.sweep.fetch_add(1, Ordering::Relaxed);
+        let count = self.shards.len();
+        let mut heaviest: Option<&Shard<K, V>> = None;
+        for step in 0..count {
+            let shard = &self.shards[(start + step) & (count - 1)];
+            if shard.weight() > self.share {
+                return Some(shard);
+            }
+            if shard.weight() > heaviest.map_or(0, |h| h.weight()) {
+                heaviest = Some(shard);
+            }
+        }
+        heaviest
+    }
+
+    /// Removes `key`, returning its live entry (readable while `guard` is pinned).
+    pub(crate) fn remove<'g, Q>(
+        &self,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> (Option<&'g Entry<K, V>>, Departures<'g, K, V>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let mut out = Departures::new(self.listener.is_some());
+        let removed = self
+            .shard(hash)
+            .remove(hash, key, self.now(), guard, &mut out);
+        (removed, out)
+    }
+
+    /// Expires what is due in every shard, within `max_work` wheel steps per shard.
+    pub(crate) fn run_pending_tasks(&self, max_work: usize) -> bool {
+        let guard = crate::sync::pin();
+        let now = self.now();
+        let mut done = true;
+        for shard in self.shards.iter() {
+            let mut out = Departures::new(self.listener.is_some());
+            done &= shard.expire(now, max_work, &guard, &mut out);
+            self.finish(out);
+        }
+        guard.flush();
+        done
+    }
+
+    pub(crate) fn clear(&self) {
+        let guard = crate::sync::pin();
+        let now = self.now();
+        for shard in self.shards.iter() {
+            let mut out = Departures::new(self.listener.is_some());
+            shard.clear(now, &guard, &mut out);
+            self.finish(out);
+        }
+        guard.flush();
+    }
+
+    /// Settles what left the cache: global weight, statistics, then the listener (outside
+    /// every lock). A panicking listener does not stop the others; the first panic is
+    /// re-raised once all have run, with the cache already consistent.
+    pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
+        self.settle_weight(&mut out);
+        let stripe = self.counters.local();
+        let add = |counter: &std::sync::atomic::AtomicU64, n: u64| {
+            if n != 0 {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        add(&stripe.evictions, out.evicted);
+        add(&stripe.admission_rejections, out.rejected);
+        add(&stripe.expirations, out.expired);
+        add(&stripe.removals, out.removed);
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let mut first_panic = None;
+        for (entry, cause) in out.list {
+            let call = std::panic::AssertUnwindSafe(|| listener(&entry.key, &entry.value, cause));
+            if let Err(panic) = std::panic::catch_unwind(call) {
+                first_panic.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first_panic {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(Shard::len).sum()
+    }
+
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.shards.iter().map(Shard::weight).sum()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.counters.snapshot();
+        stats.entries = self.len() as u64;
+        stats.weighted_size = self.weighted_size();
+        stats
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub(crate) fn metadata_bytes(&self) -> usize {
+        let guard = crate::sync::pin();
+        self.shards.iter().map(|s| s.metadata_bytes(&guard)).sum()
+    }
+
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn validate(&self) {
+        let guard = crate::sync::pin();
+        for shard in self.shards.iter() {
+            shard.validate(&guard);
+        }
+    }
+}
+
+/// Bytes larder spends per entry beyond the key and value, charged in `max_bytes` mode: the
+/// entry header, the allocator's rounding, the slot, slab, policy and wheel records.
+pub(crate) const fn entry_overhead<K, V>() -> u64 {
+    let entry =
+        std::mem::size_of::<Entry<K, V>>() - std::mem::size_of::<K>() - std::mem::size_of::<V>();
+    // Slot array at its average load (~0.55): 8 / 0.55 ≈ 15; slab record 16; ring link 8 and
+    // region byte; wheel node 16; allocator rounding of the entry ~8.
+    (entry + 15 + 16 + 9 + 16 + 8) as u64
+}

@@ -1,0 +1,442 @@
+//! One shard: a lock-free-read table plus the write-side state behind a short mutex.
+
+use std::borrow::Borrow;
+
+use crate::policy::{Members, Policy};
+use crate::raw::entry::{Entry, NEVER};
+use crate::raw::slab::{Record, Slab};
+use crate::raw::table::{Table, TableCounts};
+use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Owned, Shared};
+use crate::time::wheel::TimerWheel;
+use crate::RemovalCause;
+
+/// Wheel work done per write: enough to keep up with expiries at any realistic write rate
+/// while keeping the critical section short. `run_pending_tasks` drains the rest.
+pub(crate) const WHEEL_WORK_PER_WRITE: usize = 64;
+
+/// Entries that left a shard during one call, kept until the caller has released the lock so
+/// statistics and the eviction listener run outside it. Each entry is already retired: it
+/// stays readable only as long as the guard `'g` is pinned.
+#[derive(Debug)]
+pub(crate) struct Departures<'g, K, V> {
+    /// Filled only when someone listens; counting is always on.
+    pub(crate) list: Vec<(&'g Entry<K, V>, RemovalCause)>,
+    keep: bool,
+    pub(crate) evicted: u64,
+    pub(crate) rejected: u64,
+    pub(crate) expired: u64,
+    pub(crate) removed: u64,
+    pub(crate) replaced: u64,
+    /// Weight that left the shards, to take off the global total.
+    pub(crate) weight: u64,
+}
+
+impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
+    pub(crate) fn new(keep: bool) -> Self {
+        Self {
+            list: Vec::new(),
+            keep,
+            evicted: 0,
+            rejected: 0,
+            expired: 0,
+            removed: 0,
+            replaced: 0,
+            weight: 0,
+        }
+    }
+
+    fn push(&mut self, entry: &'g Entry<K, V>, cause: RemovalCause) {
+        match cause {
+            RemovalCause::Evicted => self.evicted += 1,
+            RemovalCause::Expired => self.expired += 1,
+            RemovalCause::Removed => self.removed += 1,
+            RemovalCause::Replaced => self.replaced += 1,
+        }
+        if self.keep {
+            self.list.push((entry, cause));
+        }
+    }
+}
+
+/// What an insert did to the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    /// The key was absent (or only held an expired entry).
+    New,
+    /// A live value was replaced.
+    Updated,
+}
+
+/// Write-side state, only touched under the shard mutex.
+struct State<K, V> {
+    counts: TableCounts,
+    slab: Slab<K, V>,
+    policy: Policy,
+    wheel: TimerWheel,
+    weight: u64,
+}
+
+impl<K, V> std::fmt::Debug for State<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("weight", &self.weight)
+            .field("live", &self.counts.live())
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: `State` is `!Send` only because `Slab` stores `*const Entry` pointers. They point to
+// entries owned by the shard's table, which is `Send`/`Sync` when `K` and `V` are `Send` and
+// `Sync` (entries are read from many threads and dropped on whichever thread reclaims them).
+// The pointers are dereferenced only under the shard mutex, so moving the state between
+// threads (as the mutex does) creates no unsynchronised access.
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for State<K, V> {}
+
+/// The policy's view of the slab.
+struct SlabMembers<'a, K, V>(&'a Slab<K, V>);
+
+impl<K, V> SlabMembers<'_, K, V> {
+    fn entry(&self, id: u32) -> &Entry<K, V> {
+        // SAFETY: an occupied record points to an entry that is live in the table; only the
+        // lock holder (who lent us the slab) could retire it, and it clears the record first.
+        unsafe { &*self.0.get(id).entry }
+    }
+}
+
+impl<K, V> Members for SlabMembers<'_, K, V> {
+    fn weight(&self, id: u32) -> u64 {
+        self.0.get(id).weight
+    }
+    fn hash(&self, id: u32) -> u64 {
+        self.entry(id).hash
+    }
+    fn take_access(&self, id: u32) -> u8 {
+        self.entry(id).take_access()
+    }
+}
+
+/// One shard of a cache.
+#[derive(Debug)]
+pub(crate) struct Shard<K, V> {
+    table: Table<K, V>,
+    state: Mutex<State<K, V>>,
+    /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
+    weight: AtomicU64,
+}
+
+impl<K, V> Shard<K, V>
+where
+    K: Eq + 'static,
+    V: 'static,
+{
+    /// A shard of `capacity` weight expected to hold about `expected_entries` entries.
+    pub(crate) fn new(capacity: u64, expected_entries: usize, seed: u64, now: u64) -> Self {
+        let (table, counts) = Table::new();
+        Self {
+            table,
+            state: Mutex::new(State {
+                counts,
+                slab: Slab::default(),
+                policy: Policy::new(capacity, expected_entries, seed),
+                wheel: TimerWheel::new(now),
+                weight: 0,
+            }),
+            weight: AtomicU64::new(0),
+        }
+    }
+
+    /// Weight of the shard's live entries.
+    pub(crate) fn weight(&self) -> u64 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The live, unexpired entry for `key`, its read recorded. Takes no lock.
+    #[inline]
+    pub(crate) fn get<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        now: impl FnOnce() -> u64,
+        guard: &'g Guard,
+    ) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let entry = self.peek(hash, key, now, guard)?;
+        entry.record_access();
+        Some(entry)
+    }
+
+    /// The live, unexpired entry for `key`, without recording a read. Takes no lock.
+    /// `now` is called only if the entry has a TTL.
+    #[inline]
+    pub(crate) fn peek<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        now: impl FnOnce() -> u64,
+        guard: &'g Guard,
+    ) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let found = self.table.find(hash, key, guard)?;
+        // SAFETY: `find` returns entries reachable from the table, retired only through the
+        // epoch collector, so they outlive `guard`.
+        let entry = unsafe { found.entry.deref() };
+        if entry.expires_at != NEVER && entry.is_expired_at(now()) {
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Publishes `entry` charged at `weight`, replacing any entry of the same key.
+    /// `clock` is called at most once, and only if an expiry must be checked.
+    pub(crate) fn insert<'g>(
+        &self,
+        mut entry: Owned<Entry<K, V>>,
+        weight: u64,
+        clock: impl Fn() -> u64,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> Inserted {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let hash = entry.hash;
+        let expires_at = entry.expires_at;
+        let outcome = if let Some(found) = self.table.find(hash, &entry.key, guard) {
+            // SAFETY: found under the lock; only the lock holder retires entries.
+            let old = unsafe { found.entry.deref() };
+            let id = old.id;
+            entry.id = id;
+            entry.inherit_access(old);
+            let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
+            let (old, new) = self
+                .table
+                .replace(&mut state.counts, found.index, entry, guard);
+            let record = state.slab.get_mut(id);
+            let old_weight = std::mem::replace(&mut record.weight, weight);
+            record.entry = new.as_raw();
+            state.policy.on_update(id, hash, old_weight, weight);
+            state.weight = state.weight - old_weight + weight;
+            out.weight += old_weight;
+            let cause = if was_expired {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Replaced
+            };
+            self.retire(old, cause, guard, out);
+            state.wheel.schedule(id, expires_at);
+            if was_expired {
+                Inserted::New
+            } else {
+                Inserted::Updated
+            }
+        } else {
+            let id = state.slab.insert(Record {
+                entry: std::ptr::null(),
+                weight,
+            });
+            entry.id = id;
+            let new = self.table.insert(&mut state.counts, entry, guard);
+            state.slab.get_mut(id).entry = new.as_raw();
+            state.policy.on_insert(id, hash, weight);
+            state.weight += weight;
+            state.wheel.schedule(id, expires_at);
+            Inserted::New
+        };
+        if state.wheel.len() != 0 {
+            self.expire_locked(state, clock(), WHEEL_WORK_PER_WRITE, guard, out);
+        }
+        self.weight.store(state.weight, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Removes `key`'s entry. Returns it if it was live; an expired one is removed as expired.
+    pub(crate) fn remove<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        now: u64,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> Option<&'g Entry<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let found = self.table.find(hash, key, guard)?;
+        // SAFETY: found under the lock; only the lock holder retires entries.
+        let entry = unsafe { found.entry.deref() };
+        let live = !entry.is_expired_at(now);
+        let cause = if live {
+            RemovalCause::Removed
+        } else {
+            RemovalCause::Expired
+        };
+        state
+            .policy
+            .on_remove(entry.id, state.slab.get(entry.id).weight);
+        self.unlink(state, entry.id, cause, guard, out);
+        self.weight.store(state.weight, Ordering::Relaxed);
+        live.then_some(entry)
+    }
+
+    /// Evicts one entry chosen by the policy. Returns false if the shard is empty.
+    pub(crate) fn evict_one<'g>(&self, guard: &'g Guard, out: &mut Departures<'g, K, V>) -> bool {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let Some(eviction) = state.policy.evict(&SlabMembers(&state.slab)) else {
+            return false;
+        };
+        if eviction.rejected {
+            out.rejected += 1;
+        }
+        self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
+        self.weight.store(state.weight, Ordering::Relaxed);
+        true
+    }
+
+    /// Removes entries whose TTL ran out, doing at most about `max_work` wheel steps.
+    /// Returns true if the wheel caught up with `now`.
+    pub(crate) fn expire<'g>(
+        &self,
+        now: u64,
+        max_work: usize,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> bool {
+        let mut state = lock(&self.state);
+        let done = self.expire_locked(&mut state, now, max_work, guard, out);
+        self.weight.store(state.weight, Ordering::Relaxed);
+        done
+    }
+
+    fn expire_locked<'g>(
+        &self,
+        state: &mut State<K, V>,
+        now: u64,
+        max_work: usize,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> bool {
+        if state.wheel.len() == 0 {
+            return true;
+        }
+        let mut expired = Vec::new();
+        let done = state.wheel.advance(now, max_work, &mut expired);
+        for id in expired {
+            state.policy.on_remove(id, state.slab.get(id).weight);
+            self.unlink(state, id, RemovalCause::Expired, guard, out);
+        }
+        done
+    }
+
+    /// Removes every entry.
+    pub(crate) fn clear<'g>(&self, now: u64, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        self.table.clear(&mut state.counts, guard, |entry| {
+            // SAFETY: unlinked from the table just now, under the lock; retired once, here.
+            let departed = unsafe { entry.deref() };
+            let cause = if departed.is_expired_at(now) {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Removed
+            };
+            out.push(departed, cause);
+            // SAFETY: unreachable from the table; readers still holding it are pinned.
+            unsafe { guard.defer_destroy(entry) };
+        });
+        out.weight += state.weight;
+        state.slab = Slab::default();
+        state.policy.clear();
+        state.wheel = TimerWheel::new(now);
+        state.weight = 0;
+        self.weight.store(0, Ordering::Relaxed);
+    }
+
+    /// Takes `id` (already out of the policy) out of the table, slab and wheel, and retires it.
+    fn unlink<'g>(
+        &self,
+        state: &mut State<K, V>,
+        id: u32,
+        cause: RemovalCause,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) {
+        let record = state.slab.remove(id);
+        state.wheel.deschedule(id);
+        state.weight -= record.weight;
+        out.weight += record.weight;
+        let entry = Shared::from(record.entry);
+        // SAFETY: an occupied record points to a live entry of this table (see SlabMembers).
+        let unlinked = self
+            .table
+            .remove(&mut state.counts, unsafe { entry.deref() }, guard);
+        debug_assert!(unlinked, "slab and table disagree on id {id}");
+        self.retire(entry, cause, guard, out);
+    }
+
+    fn retire<'g>(
+        &self,
+        entry: Shared<'g, Entry<K, V>>,
+        cause: RemovalCause,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) {
+        // SAFETY: the entry is unreachable from the table (unlinked or replaced by the caller
+        // under the lock), so no new reader can find it; `defer_destroy` waits for every
+        // pinned reader, including `guard`, which keeps the reference in `out` valid.
+        unsafe {
+            out.push(entry.deref(), cause);
+            guard.defer_destroy(entry);
+        }
+    }
+
+    /// Number of live entries (including expired ones the wheel has not reached).
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).counts.live()
+    }
+
+    /// Bytes of shard metadata outside the entries themselves.
+    pub(crate) fn metadata_bytes(&self, guard: &Guard) -> usize {
+        let state = lock(&self.state);
+        self.table.slot_bytes(guard)
+            + state.slab.heap_bytes()
+            + state.policy.heap_bytes()
+            + state.wheel.heap_bytes()
+    }
+
+    /// Checks the shard's internal invariants; panics with a description if one fails.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn validate(&self, guard: &Guard) {
+        let state = lock(&self.state);
+        let mut in_table = 0usize;
+        let mut table_weight = 0u64;
+        self.table.for_each(guard, |shared| {
+            // SAFETY: reachable from the table under the lock.
+            let entry = unsafe { shared.deref() };
+            let record = state.slab.get(entry.id);
+            assert!(
+                std::ptr::eq(record.entry, entry),
+                "slab id does not point back"
+            );
+            table_weight += record.weight;
+            in_table += 1;
+        });
+        assert_eq!(in_table, state.counts.live(), "live count drifted");
+        assert_eq!(
+            state.slab.occupied().count(),
+            in_table,
+            "slab holds stale ids"
+        );
+        assert_eq!(state.policy.len(), in_table, "policy lost or kept ids");
+        assert_eq!(table_weight, state.weight, "shard weight drifted");
+        assert_eq!(self.weight(), state.weight, "weight mirror drifted");
+    }
+}

@@ -1,0 +1,312 @@
+//! The shard index: an open-addressing hash table that readers probe without a lock.
+//!
+//! Slots hold `Atomic<Entry>` pointers. Writers (holding the shard lock, proven by the
+//! `&mut TableCounts` they pass) only ever store whole pointers: a new entry into an empty
+//! slot, a replacement entry over an old one, or a tombstone over a removed one. A reader
+//! therefore sees either the old or the new pointer of each slot, never a torn state, and
+//! any entry it reaches stays allocated until its guard is dropped because writers retire
+//! entries through the epoch collector. Growing or purging tombstones builds a fresh slot
+//! array and swaps it in; readers still probing the old array see a consistent older view.
+//!
+//! Non-null slot pointers carry three bits of the key's hash in their alignment bits, so a
+//! probe skips most mismatching entries without touching their memory.
+
+use std::borrow::Borrow;
+
+use crate::raw::entry::Entry;
+use crate::sync::{Atomic, Guard, Ordering, Owned, Shared};
+
+/// Tag of a null slot that once held an entry: probes continue past it.
+const TOMBSTONE: usize = 1;
+
+/// Smallest slot array; keeps tiny shards from rebuilding on every insert.
+const MIN_SLOTS: usize = 8;
+
+/// Hash bits stored in a slot's pointer tag. Taken from the middle of the hash because the
+/// low bits pick the slot and the top bits pick the shard.
+#[inline]
+fn hash_tag(hash: u64) -> usize {
+    ((hash >> 32) & 0b111) as usize
+}
+
+struct Slots<K, V> {
+    mask: usize,
+    slots: Box<[Atomic<Entry<K, V>>]>,
+}
+
+impl<K, V> Slots<K, V> {
+    fn with_len(len: usize) -> Self {
+        debug_assert!(len.is_power_of_two());
+        Self {
+            mask: len - 1,
+            slots: (0..len).map(|_| Atomic::null()).collect(),
+        }
+    }
+
+    /// Slot indexes in probe order for `hash`, wrapping once around the array.
+    #[inline]
+    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let start = hash as usize & self.mask;
+        (0..self.slots.len()).map(move |step| (start + step) & self.mask)
+    }
+}
+
+/// Writer-side bookkeeping of a [`Table`]. Exactly one exists per table and it lives inside
+/// the shard's mutex, so holding `&mut TableCounts` proves the caller holds that lock.
+#[derive(Debug, Default)]
+pub(crate) struct TableCounts {
+    live: usize,
+    /// Live entries plus tombstones: what lengthens probes.
+    used: usize,
+}
+
+impl TableCounts {
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+}
+
+/// A lock-free-read hash index from keys to entries.
+pub(crate) struct Table<K, V> {
+    slots: Atomic<Slots<K, V>>,
+}
+
+impl<K, V> std::fmt::Debug for Table<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").finish_non_exhaustive()
+    }
+}
+
+/// The (old, new) entries of a replacement.
+pub(crate) type Swapped<'g, K, V> = (Shared<'g, Entry<K, V>>, Shared<'g, Entry<K, V>>);
+
+/// Where a key was found: the slot (valid until the table is next rebuilt, which only the
+/// lock holder does) and the entry.
+pub(crate) struct Found<'g, K, V> {
+    pub(crate) index: usize,
+    pub(crate) entry: Shared<'g, Entry<K, V>>,
+}
+
+impl<K: 'static, V: 'static> Table<K, V> {
+    /// An empty table paired with the counts that guard its writes.
+    pub(crate) fn new() -> (Self, TableCounts) {
+        let table = Self {
+            slots: Atomic::new(Slots::with_len(MIN_SLOTS)),
+        };
+        (table, TableCounts::default())
+    }
+
+    #[inline]
+    fn slots<'g>(&self, guard: &'g Guard) -> &'g Slots<K, V> {
+        let slots = self.slots.load(Ordering::Acquire, guard);
+        // SAFETY: the slot array pointer is never null (set in `new`, replaced only by
+        // `rebuild` with another array) and a replaced array is retired through the epoch
+        // collector, so it stays allocated while `guard` is pinned.
+        unsafe { slots.deref() }
+    }
+
+    /// Finds the live entry for `key`; the lock-free read path.
+    #[inline]
+    pub(crate) fn find<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Option<Found<'g, K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let slots = self.slots(guard);
+        let tag = hash_tag(hash);
+        for index in slots.probe(hash) {
+            let entry = slots.slots[index].load(Ordering::Acquire, guard);
+            if entry.is_null() {
+                if entry.tag() == TOMBSTONE {
+                    continue;
+                }
+                return None;
+            }
+            if entry.tag() != tag {
+                continue;
+            }
+            // SAFETY: non-null slot pointers point to entries published with Release and
+            // retired only through the epoch collector, so the entry outlives `guard`.
+            let candidate = unsafe { entry.deref() };
+            if candidate.hash == hash && candidate.key.borrow() == key {
+                return Some(Found { index, entry });
+            }
+        }
+        None
+    }
+
+    /// Finds the slot holding exactly `target` (by pointer), for removals driven by the
+    /// policy, which knows the entry but not its slot.
+    fn index_of(&self, target: &Entry<K, V>, guard: &Guard) -> Option<usize> {
+        let slots = self.slots(guard);
+        for index in slots.probe(target.hash) {
+            let entry = slots.slots[index].load(Ordering::Relaxed, guard);
+            if entry.is_null() && entry.tag() != TOMBSTONE {
+                return None;
+            }
+            if std::ptr::eq(entry.as_raw(), target) {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Publishes `entry`, whose key must not be in the table, and returns it as shared.
+    pub(crate) fn insert<'g>(
+        &self,
+        counts: &mut TableCounts,
+        entry: Owned<Entry<K, V>>,
+        guard: &'g Guard,
+    ) -> Shared<'g, Entry<K, V>> {
+        let len = self.slots(guard).slots.len();
+        // Keep at most 3/4 of the slots used so probes stay short and always find a hole.
+        if (counts.used + 1) * 4 > len * 3 {
+            self.rebuild(counts, guard);
+        }
+        let slots = self.slots(guard);
+        let tag = hash_tag(entry.hash);
+        let index = slots
+            .probe(entry.hash)
+            .find(|&index| slots.slots[index].load(Ordering::Relaxed, guard).is_null())
+            .expect("a table at most 3/4 full has an empty slot");
+        let reused_tombstone = slots.slots[index].load(Ordering::Relaxed, guard).tag() == TOMBSTONE;
+        let shared = entry.with_tag(tag).into_shared(guard);
+        slots.slots[index].store(shared, Ordering::Release);
+        counts.live += 1;
+        if !reused_tombstone {
+            counts.used += 1;
+        }
+        shared.with_tag(0)
+    }
+
+    /// Swaps the entry at `index` (from a [`Found`] under the same lock) for `entry`, which
+    /// has the same key. Returns the old entry, which the caller must retire, and the new.
+    pub(crate) fn replace<'g>(
+        &self,
+        _counts: &mut TableCounts,
+        index: usize,
+        entry: Owned<Entry<K, V>>,
+        guard: &'g Guard,
+    ) -> Swapped<'g, K, V> {
+        let slots = self.slots(guard);
+        let tag = hash_tag(entry.hash);
+        let new = entry.with_tag(tag).into_shared(guard);
+        let old = slots.slots[index].swap(new, Ordering::AcqRel, guard);
+        debug_assert!(!old.is_null());
+        (old.with_tag(0), new.with_tag(0))
+    }
+
+    /// Unlinks `entry` from the table. The caller must retire it. Returns false if it was
+    /// not there (it was already removed).
+    pub(crate) fn remove(
+        &self,
+        counts: &mut TableCounts,
+        entry: &Entry<K, V>,
+        guard: &Guard,
+    ) -> bool {
+        let Some(index) = self.index_of(entry, guard) else {
+            return false;
+        };
+        let tombstone = Shared::null().with_tag(TOMBSTONE);
+        self.slots(guard).slots[index].store(tombstone, Ordering::Release);
+        counts.live -= 1;
+        true
+    }
+
+    /// Calls `f` on every live entry, in slot order.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn for_each<'g>(
+        &self,
+        guard: &'g Guard,
+        mut f: impl FnMut(Shared<'g, Entry<K, V>>),
+    ) {
+        for slot in self.slots(guard).slots.iter() {
+            let entry = slot.load(Ordering::Acquire, guard);
+            if !entry.is_null() {
+                f(entry.with_tag(0));
+            }
+        }
+    }
+
+    /// Moves every live entry into a fresh array sized for twice the live count, dropping
+    /// tombstones, and retires the old array (not the entries: they move).
+    fn rebuild(&self, counts: &mut TableCounts, guard: &Guard) {
+        let wanted = ((counts.live + 1) * 2).max(MIN_SLOTS).next_power_of_two();
+        let fresh = Slots::with_len(wanted);
+        for slot in self.slots(guard).slots.iter() {
+            let entry = slot.load(Ordering::Relaxed, guard);
+            if entry.is_null() {
+                continue;
+            }
+            // SAFETY: a live slot's entry is allocated while the lock holder has not retired
+            // it, and only the lock holder (us) retires.
+            let hash = unsafe { entry.deref() }.hash;
+            let index = fresh
+                .probe(hash)
+                .find(|&index| fresh.slots[index].load(Ordering::Relaxed, guard).is_null())
+                .expect("the fresh array has room for every live entry");
+            fresh.slots[index].store(entry, Ordering::Relaxed);
+        }
+        // Release publishes the filled array (and, transitively, the entries' contents).
+        let old = self.slots.swap(Owned::new(fresh), Ordering::AcqRel, guard);
+        // SAFETY: `old` is no longer reachable from the table; readers that loaded it are
+        // pinned, and `defer_destroy` frees it only after they unpin. Its entries are not
+        // freed with it: `Slots` has no drop glue for what its `Atomic`s point to.
+        unsafe { guard.defer_destroy(old) };
+        counts.used = counts.live;
+    }
+
+    /// Empties the table, handing each entry to `retire`.
+    pub(crate) fn clear<'g>(
+        &self,
+        counts: &mut TableCounts,
+        guard: &'g Guard,
+        mut retire: impl FnMut(Shared<'g, Entry<K, V>>),
+    ) {
+        let old = self.slots.swap(
+            Owned::new(Slots::with_len(MIN_SLOTS)),
+            Ordering::AcqRel,
+            guard,
+        );
+        // SAFETY: see `slots`: the array is alive while `guard` is pinned.
+        for slot in unsafe { old.deref() }.slots.iter() {
+            let entry = slot.load(Ordering::Relaxed, guard);
+            if !entry.is_null() {
+                retire(entry.with_tag(0));
+            }
+        }
+        // SAFETY: unreachable from the table now; readers holding it are pinned.
+        unsafe { guard.defer_destroy(old) };
+        *counts = TableCounts::default();
+    }
+
+    /// Bytes of slot arrays, for memory accounting.
+    pub(crate) fn slot_bytes(&self, guard: &Guard) -> usize {
+        self.slots(guard).slots.len() * std::mem::size_of::<Atomic<Entry<K, V>>>()
+    }
+}
+
+impl<K, V> Drop for Table<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` means no reader or writer can reach the table any more, so no
+        // other thread holds a pointer into it and an unprotected guard is enough.
+        let guard = unsafe { crossbeam_epoch::unprotected() };
+        let slots = self.slots.load(Ordering::Relaxed, guard);
+        // SAFETY: the array pointer is never null (see `slots`).
+        for slot in unsafe { slots.deref() }.slots.iter() {
+            let entry = slot.load(Ordering::Relaxed, guard);
+            if !entry.is_null() {
+                // SAFETY: live entries are owned by the table alone: retired ones were
+                // unlinked first, so each live entry is dropped exactly once, here.
+                drop(unsafe { entry.into_owned() });
+            }
+        }
+        // SAFETY: as above, nothing else can reach the array.
+        drop(unsafe { slots.into_owned() });
+    }
+}

@@ -1,0 +1,55 @@
+//! The one place atomics, locks and the epoch collector come from.
+//!
+//! Under `--cfg larder_loom` every primitive is loom's, so the loom models in `tests/loom.rs`
+//! explore the same code that ships. Nothing else in the crate names `std::sync` or `loom`
+//! directly.
+
+#[cfg(not(larder_loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    Mutex, MutexGuard,
+};
+
+#[cfg(larder_loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    Mutex, MutexGuard,
+};
+
+pub(crate) use crossbeam_epoch::{Atomic, Guard, Owned, Shared};
+
+/// Pins the current thread to the epoch collector.
+///
+/// Outside loom this is the process-wide default collector, whose per-thread handle makes
+/// pinning a few instructions. Under loom each model execution needs fresh state, so the
+/// collector lives in a loom `lazy_static` that loom resets between executions.
+#[cfg(not(larder_loom))]
+#[inline]
+pub(crate) fn pin() -> Guard {
+    crossbeam_epoch::pin()
+}
+
+/// Pins the current thread to the model-local epoch collector (see the std version).
+#[cfg(larder_loom)]
+pub(crate) fn pin() -> Guard {
+    use crossbeam_epoch::{Collector, LocalHandle};
+    loom::lazy_static! {
+        static ref COLLECTOR: Collector = Collector::new();
+    }
+    loom::thread_local! {
+        static HANDLE: LocalHandle = COLLECTOR.register();
+    }
+    HANDLE.with(|handle| handle.pin())
+}
+
+/// Locks `mutex`, ignoring poison.
+///
+/// Every critical section in larder leaves its state valid before any call that can panic
+/// (user hashers, `Eq`, weighers run where a panic cannot tear a structure half-way), so a
+/// poisoned lock carries no broken invariant and refusing it would only wedge the cache.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
