@@ -33,6 +33,12 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     loads: Arc<Loads<K, V>>,
 }
 
+// A panic in user code (hasher, `Eq`, weigher, loader, listener) never leaves a shard half
+// updated: such code runs either before a write starts or after it has finished. So a cache
+// seen again after a caught panic is consistent, which is what these impls promise.
+impl<K, V, S> std::panic::UnwindSafe for Cache<K, V, S> {}
+impl<K, V, S> std::panic::RefUnwindSafe for Cache<K, V, S> {}
+
 impl<K, V, S> Clone for Cache<K, V, S> {
     fn clone(&self) -> Self {
         Self {

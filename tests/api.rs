@@ -1,0 +1,359 @@
+//! Behaviour of the public API, one property per test.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use larder::{BuildError, Cache, InsertErrorKind, ManualClock, RemovalCause};
+
+fn cache(n: u64) -> Cache<u64, u64> {
+    Cache::builder().max_entries(n).build().unwrap()
+}
+
+#[test]
+fn builder_rejects_bad_settings_with_clear_errors() {
+    let err = |b: larder::CacheBuilder<u64, u64>| b.build().unwrap_err();
+    assert_eq!(err(Cache::builder()), BuildError::NoCapacity);
+    assert_eq!(
+        err(Cache::builder().max_entries(0)),
+        BuildError::ZeroCapacity
+    );
+    assert_eq!(err(Cache::builder().max_bytes(0)), BuildError::ZeroCapacity);
+    assert_eq!(
+        err(Cache::builder().max_entries(1).max_bytes(1)),
+        BuildError::BothCapacities
+    );
+    assert_eq!(
+        err(Cache::builder().max_entries(u64::MAX)),
+        BuildError::CapacityTooLarge {
+            requested: u64::MAX
+        }
+    );
+    assert_eq!(
+        err(Cache::builder().max_bytes(u64::MAX)),
+        BuildError::CapacityTooLarge {
+            requested: u64::MAX
+        }
+    );
+    for shards in [0, 3, 512] {
+        assert_eq!(
+            err(Cache::builder().max_entries(10).shards(shards)),
+            BuildError::BadShardCount { requested: shards }
+        );
+    }
+    assert_eq!(
+        err(Cache::builder().max_entries(10).weigher(|_, _| 1)),
+        BuildError::WeigherWithoutBytes
+    );
+    assert!(!BuildError::ZeroCapacity.to_string().is_empty());
+}
+
+#[test]
+fn huge_capacity_builds_without_allocating_for_it() {
+    // 2^40 entries would need terabytes if anything were sized up front.
+    let cache: Cache<u64, u64> = Cache::builder().max_entries(1 << 40).build().unwrap();
+    cache.insert(1, 1).unwrap();
+    assert_eq!(cache.get(&1), Some(1));
+    assert!(cache.metadata_bytes() < 64 << 20);
+}
+
+#[test]
+fn insert_get_replace_remove() {
+    let cache = cache(100);
+    cache.insert(1, 10).unwrap();
+    cache.insert(1, 11).unwrap();
+    assert_eq!(cache.get(&1), Some(11));
+    assert!(cache.contains_key(&1));
+    assert_eq!(cache.remove(&1), Some(11));
+    assert_eq!(cache.remove(&1), None);
+    assert_eq!(cache.get(&1), None);
+    let stats = cache.stats();
+    assert_eq!((stats.inserts, stats.updates, stats.removals), (1, 1, 1));
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+}
+
+#[test]
+fn borrowed_lookups() {
+    let cache: Cache<String, u32> = Cache::builder().max_entries(10).build().unwrap();
+    cache.insert("alpha".to_string(), 1).unwrap();
+    assert_eq!(cache.get("alpha"), Some(1));
+    assert_eq!(cache.remove("alpha"), Some(1));
+}
+
+#[test]
+fn count_mode_never_exceeds_capacity() {
+    let cache = cache(1000);
+    for key in 0..50_000 {
+        cache.insert(key, key).unwrap();
+        assert!(cache.weighted_size() <= 1000);
+    }
+    assert_eq!(cache.len() as u64, cache.weighted_size());
+    let stats = cache.stats();
+    assert_eq!(stats.inserts, stats.entries + stats.evictions);
+}
+
+#[test]
+fn entry_heavier_than_budget_is_refused_and_handed_back() {
+    let cache: Cache<u32, Vec<u8>> = Cache::builder()
+        .max_bytes(10_000)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build()
+        .unwrap();
+    cache.insert(1, vec![1; 10]).unwrap();
+    let err = cache.insert(1, vec![7; 20_000]).unwrap_err();
+    assert_eq!((err.key, err.value.len()), (1, 20_000));
+    assert!(matches!(
+        err.kind,
+        InsertErrorKind::TooHeavy { budget: 10_000, .. }
+    ));
+    // The old value survives a refused replacement.
+    assert_eq!(cache.get(&1).map(|v| v.len()), Some(10));
+    // A weigher saying u64::MAX is just too heavy, not an overflow.
+    let maxed: Cache<u32, u32> = Cache::builder()
+        .max_bytes(1000)
+        .weigher(|_, _| u64::MAX)
+        .build()
+        .unwrap();
+    assert!(maxed.insert(1, 1).is_err());
+}
+
+#[test]
+fn one_entry_may_use_almost_the_whole_budget_whatever_the_shards() {
+    let cache: Cache<u32, Vec<u8>> = Cache::builder()
+        .max_bytes(1 << 20)
+        .shards(16)
+        .weigher(|_, v: &Vec<u8>| v.len() as u64)
+        .build()
+        .unwrap();
+    for key in 0..100 {
+        cache.insert(key, vec![0; 1000]).unwrap();
+    }
+    // Far more than one shard's 1/16 share.
+    cache.insert(1000, vec![0; 900_000]).unwrap();
+    assert_eq!(cache.get(&1000).map(|v| v.len()), Some(900_000));
+    assert!(cache.weighted_size() <= 1 << 20);
+    cache.validate();
+}
+
+#[test]
+fn byte_mode_charges_overhead() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_bytes(1 << 20)
+        .weigher(|_, _| 16)
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    assert!(cache.weighted_size() > 16, "overhead must be charged");
+}
+
+#[test]
+fn ttl_expiry_and_edge_values() {
+    let clock = ManualClock::new();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_entries(100)
+        .default_ttl(Duration::from_secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    cache.insert_with_ttl(2, 2, Duration::ZERO).unwrap();
+    cache.insert_with_ttl(3, 3, Duration::MAX).unwrap();
+    cache
+        .insert_with_ttl(4, 4, Duration::from_secs(u64::MAX / 4))
+        .unwrap();
+    assert_eq!(cache.get(&2), None, "zero TTL is already expired");
+    assert!(!cache.contains_key(&2));
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(cache.get(&1), Some(1));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(cache.get(&1), None, "default TTL elapsed");
+    clock.advance(Duration::from_secs(400 * 365 * 24 * 3600));
+    assert_eq!(cache.get(&3), Some(3), "Duration::MAX never expires");
+    assert_eq!(
+        cache.get(&4),
+        Some(4),
+        "overflowing TTL saturates, does not wrap"
+    );
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.stats().expirations, 2);
+}
+
+#[test]
+fn expired_entries_leave_through_the_wheel_and_writes() {
+    let clock = ManualClock::new();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_entries(10_000)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for key in 0..1000 {
+        cache
+            .insert_with_ttl(key, key, Duration::from_secs(1 + key as u64 % 100))
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(3600));
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0);
+    assert_eq!(cache.weighted_size(), 0);
+    assert_eq!(cache.stats().expirations, 1000);
+}
+
+#[test]
+fn a_clock_that_jumps_back_does_not_corrupt() {
+    let clock = ManualClock::new();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_entries(100)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    clock.set_nanos(1_000_000_000_000);
+    cache.insert_with_ttl(1, 1, Duration::from_secs(5)).unwrap();
+    clock.set_nanos(0);
+    cache.insert_with_ttl(2, 2, Duration::from_secs(5)).unwrap();
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.get(&2), Some(2));
+    clock.set_nanos(2_000_000_000_000);
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0);
+    cache.validate();
+}
+
+#[test]
+fn listener_hears_every_cause_outside_the_lock() {
+    let clock = ManualClock::new();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let cache_slot: Arc<Mutex<Option<Cache<u32, u32>>>> = Arc::default();
+    let cache = {
+        let heard = Arc::clone(&heard);
+        let cache_slot = Arc::clone(&cache_slot);
+        Cache::builder()
+            .max_entries(2)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |k: &u32, v: &u32, cause| {
+                heard.lock().unwrap().push((*k, *v, cause));
+                // Calling back into the cache from the listener must not deadlock.
+                if let Some(cache) = cache_slot.lock().unwrap().as_ref() {
+                    let _ = cache.get(k);
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    *cache_slot.lock().unwrap() = Some(cache.clone());
+    cache.insert(1, 10).unwrap();
+    cache.insert(1, 11).unwrap();
+    cache.remove(&1);
+    cache
+        .insert_with_ttl(2, 20, Duration::from_secs(1))
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    cache.run_pending_tasks();
+    for key in 3..6 {
+        cache.insert(key, key * 10).unwrap();
+    }
+    let heard = heard.lock().unwrap().clone();
+    assert!(heard.contains(&(1, 10, RemovalCause::Replaced)));
+    assert!(heard.contains(&(1, 11, RemovalCause::Removed)));
+    assert!(heard.contains(&(2, 20, RemovalCause::Expired)));
+    assert!(heard
+        .iter()
+        .any(|&(_, _, cause)| cause == RemovalCause::Evicted));
+    *cache_slot.lock().unwrap() = None;
+}
+
+#[test]
+fn a_panicking_listener_leaves_the_cache_consistent() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .max_entries(10)
+        .eviction_listener(|_, _, _| panic!("listener"))
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    let result = std::panic::catch_unwind(|| cache.remove(&1));
+    assert!(result.is_err());
+    assert_eq!(cache.get(&1), None);
+    cache.insert(2, 2).unwrap();
+    assert_eq!(cache.get(&2), Some(2));
+    cache.validate();
+}
+
+#[test]
+fn clear_empties_and_counts_removals() {
+    let cache = cache(100);
+    for key in 0..50 {
+        cache.insert(key, key).unwrap();
+    }
+    cache.clear();
+    assert_eq!((cache.len(), cache.weighted_size()), (0, 0));
+    assert_eq!(cache.stats().removals, 50);
+    cache.insert(1, 1).unwrap();
+    assert_eq!(cache.get(&1), Some(1));
+}
+
+#[test]
+fn single_flight_runs_one_loader_for_many_callers() {
+    let cache = cache(100);
+    let loads = AtomicUsize::new(0);
+    let threads = 8;
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                barrier.wait();
+                let value = cache.get_or_insert_with(7, || {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                    49
+                });
+                assert_eq!(value, 49);
+            });
+        }
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn failing_loader_caches_nothing() {
+    let cache = cache(100);
+    let result: Result<u64, &str> = cache.try_get_or_insert_with(1, || Err("db down"));
+    assert_eq!(result, Err("db down"));
+    assert!(!cache.contains_key(&1));
+    assert_eq!(cache.try_get_or_insert_with(1, || Ok::<_, ()>(5)), Ok(5));
+    assert_eq!(cache.get(&1), Some(5));
+}
+
+#[test]
+fn panicking_loader_releases_its_waiters() {
+    let cache = cache(100);
+    let started = Barrier::new(2);
+    std::thread::scope(|scope| {
+        let leader = scope.spawn(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cache.get_or_insert_with(1, || {
+                    started.wait();
+                    std::thread::sleep(Duration::from_millis(50));
+                    panic!("loader")
+                })
+            }))
+        });
+        started.wait();
+        // Waits on the panicking load, then runs its own loader.
+        let value = cache.get_or_insert_with(1, || 2);
+        assert_eq!(value, 2);
+        assert!(leader.join().unwrap().is_err());
+    });
+    assert_eq!(cache.get(&1), Some(2));
+}
+
+#[test]
+fn cache_is_a_send_sync_clone_handle() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Cache<String, Vec<u8>>>();
+    let a = cache(10);
+    let b = a.clone();
+    a.insert(1, 1).unwrap();
+    assert_eq!(b.get(&1), Some(1));
+}
