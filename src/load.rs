@@ -6,11 +6,11 @@
 //! marked abandoned and the waiters start over: one of them becomes the next loader.
 
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use crate::sync::lock;
+use crate::sync::{lock, Condvar, Mutex};
 use crate::Cache;
 
 /// How a load ended, as seen by its waiters.

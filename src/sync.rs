@@ -7,13 +7,13 @@
 #[cfg(not(larder_loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
-    Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard,
 };
 
 #[cfg(larder_loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
-    Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard,
 };
 
 pub(crate) use crossbeam_epoch::{Atomic, Guard, Owned, Shared};
