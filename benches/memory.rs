@@ -118,16 +118,18 @@ struct Row {
     garbage: isize,
     fill: Duration,
     leftover: isize,
+    /// The cache's own account of its metadata bytes, where it offers one.
+    metadata: Option<usize>,
 }
 
 /// Measures one cache: `build` makes it, `fill` inserts `ENTRIES` entries and settles it,
-/// `held` counts its entries.
+/// `held` counts its entries (and reports the cache's own metadata bytes, if it can).
 fn measure<C>(
     cache: &'static str,
     ttl: &'static str,
     build: impl FnOnce() -> C,
     fill: impl FnOnce(&C),
-    held: impl FnOnce(&C) -> usize,
+    held: impl FnOnce(&C) -> (usize, Option<usize>),
 ) -> Row {
     drain_epoch_garbage();
     let before = heap();
@@ -137,7 +139,7 @@ fn measure<C>(
     let fill_time = started.elapsed();
     let garbage = drain_epoch_garbage();
     let after = heap();
-    let held = held(&c);
+    let (held, metadata) = held(&c);
     drop(c);
     drain_epoch_garbage();
     let leftover = heap() as isize - before as isize;
@@ -145,6 +147,7 @@ fn measure<C>(
         cache,
         ttl,
         held,
+        metadata,
         bytes: after.saturating_sub(before),
         garbage,
         fill: fill_time,
@@ -180,7 +183,7 @@ fn main() {
                 }
                 c.run_pending_tasks();
             },
-            |c| c.len(),
+            |c| (c.len(), Some(c.metadata_bytes())),
         ),
         measure(
             "moka",
@@ -197,7 +200,7 @@ fn main() {
                 }
                 c.run_pending_tasks();
             },
-            |c| c.entry_count() as usize,
+            |c| (c.entry_count() as usize, None),
         ),
         measure(
             "quick_cache",
@@ -208,7 +211,7 @@ fn main() {
                     c.insert(k, k);
                 }
             },
-            |c| c.len(),
+            |c| (c.len(), None),
         ),
     ];
 
@@ -235,6 +238,17 @@ fn main() {
     }
     println!();
     println!("quick_cache has no TTL, so its row carries no expiry metadata.");
+    for r in &rows {
+        if let Some(meta) = r.metadata {
+            println!(
+                "{}: metadata_bytes() (tables, slabs, policy, wheels; entry nodes excluded) = \
+                 {:.1} MiB, {:.1} B/entry.",
+                r.cache,
+                mib(meta as f64),
+                meta as f64 / r.held.max(1) as f64
+            );
+        }
+    }
     println!();
 
     // Scenario 2: larder byte mode under churn.
@@ -245,7 +259,7 @@ fn main() {
     let before = heap();
     let cache = larder::Cache::<u64, Vec<u8>>::builder()
         .max_bytes(MAX_BYTES)
-        .weigher(|_: &u64, v: &Vec<u8>| 8 + v.capacity() as u64)
+        .weigher(|_: &u64, v: &Vec<u8>| v.capacity() as u64)
         .build()
         .expect("valid larder settings");
     let started = Instant::now();
@@ -261,6 +275,7 @@ fn main() {
     let grown = heap().saturating_sub(before);
     let held = cache.len();
     let weighted = cache.weighted_size();
+    let metadata = cache.metadata_bytes();
     drop(cache);
     drain_epoch_garbage();
     let leftover = heap() as isize - before as isize;
@@ -281,6 +296,21 @@ fn main() {
         if ratio <= 1.05 { "met" } else { "MISSED" },
         mib(grown_raw as f64),
         fill.as_secs_f64(),
+    );
+    let values = held * VALUE_LEN;
+    let rest = grown.saturating_sub(values + metadata);
+    let per = |bytes: usize| bytes as f64 / held.max(1) as f64;
+    println!();
+    println!(
+        "Per held entry: {:.1} B of heap = {:.1} B value buffer + {:.1} B larder metadata_bytes() \
+         + {:.1} B other (entry nodes: key, Vec header, larder's entry header); charged weight \
+         {:.1} B ({} B from the weigher).",
+        per(grown),
+        per(values),
+        per(metadata),
+        per(rest),
+        weighted as f64 / held.max(1) as f64,
+        8 + VALUE_LEN,
     );
     println!();
     println!(

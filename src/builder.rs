@@ -92,17 +92,20 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
-    /// Byte mode: entries weigh `weigher(key, value)` plus larder's per-entry overhead, and
-    /// their sum stays within `n` (see the crate docs for the overshoot bound). Without a
-    /// weigher an entry weighs `size_of::<K>() + size_of::<V>()` plus the overhead.
+    /// Byte mode: each entry is charged its weigher's figure plus the entry's inline size
+    /// and larder's per-entry metadata (about 90 bytes plus `size_of::<K>() +
+    /// size_of::<V>()`), and the sum stays within `n` at rest (see the crate docs for the
+    /// overshoot bound under concurrency). Without a weigher, only the fixed part is charged.
     pub fn max_bytes(mut self, n: u64) -> Self {
         self.max_bytes = Some(n);
         self
     }
 
-    /// How many bytes an entry's key and value hold (byte mode only). Called once per
-    /// insert, outside any lock; a weigher that panics makes that insert panic and leaves
-    /// the cache unchanged. Values are saturated, so `u64::MAX` is simply "too heavy".
+    /// The heap bytes an entry's key and value own beyond their inline size, such as a
+    /// `String`'s or `Vec`'s capacity (byte mode only; larder adds the inline size and its own
+    /// overhead). Called once per insert, outside any lock; a weigher that panics makes that
+    /// insert panic and leaves the cache unchanged. Sums saturate, so `u64::MAX` is simply
+    /// "too heavy".
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Arc::new(weigher));
         self
@@ -184,10 +187,7 @@ where
             }
             (Some(n), None) => (n, None),
             (None, Some(n)) => {
-                let weigher = self.weigher.unwrap_or_else(|| {
-                    let shallow = (std::mem::size_of::<K>() + std::mem::size_of::<V>()) as u64;
-                    Arc::new(move |_: &K, _: &V| shallow)
-                });
+                let weigher = self.weigher.unwrap_or_else(|| Arc::new(|_: &K, _: &V| 0));
                 (n, Some(weigher))
             }
         };

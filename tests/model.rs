@@ -197,7 +197,10 @@ macro_rules! machine {
                     Op::GetOrInsert(k, v) => {
                         let got = h.cache.get_or_insert_with(k, || v);
                         // Either the live value (model) or the freshly loaded `v`.
-                        let model_value = model.live(k);
+                        let model_value = match h.overrides.get(&k) {
+                            Some(over) => *over,
+                            None => model.live(k),
+                        };
                         if model.roomy() {
                             assert_eq!(Some(got), model_value, "key {k}: get_or_insert");
                         } else {

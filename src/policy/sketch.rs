@@ -55,10 +55,12 @@ impl FrequencySketch {
     }
 
     /// Grows (and resets) the sketch if `expected_entries` exceeds what it was sized for.
+    /// Growth is at least twofold, so a shard that grows one entry at a time resets its
+    /// sketch O(log n) times, not on every insert.
     pub(crate) fn ensure_capacity(&mut self, expected_entries: usize) {
         // Clamp first, or a request above MAX_ENTRIES would reset the sketch on every call.
         if expected_entries.min(MAX_ENTRIES) > self.sized_for {
-            *self = Self::with_capacity(expected_entries);
+            *self = Self::with_capacity(expected_entries.max(self.sized_for.saturating_mul(2)));
         }
     }
 
@@ -267,5 +269,17 @@ mod tests {
         );
         assert_eq!(s.frequency(h), 0);
         assert!(s.heap_bytes() > before);
+    }
+
+    #[test]
+    fn growing_one_entry_at_a_time_resets_rarely() {
+        let mut s = FrequencySketch::with_capacity(16);
+        let mut resets = 0;
+        for n in 17..100_000 {
+            let before = s.sized_for;
+            s.ensure_capacity(n);
+            resets += usize::from(s.sized_for != before);
+        }
+        assert!(resets <= 14, "{resets} resets");
     }
 }

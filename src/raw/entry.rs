@@ -15,7 +15,11 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// Immutable once published except for `access`: a write of the same key publishes a new
 /// `Entry` and retires this one through the epoch collector, so a reader holding a guard can
 /// clone `value` without any lock.
+///
+/// Aligned to 8 so the table can keep three hash bits in each entry pointer's low bits, on
+/// 32-bit targets too.
 #[derive(Debug)]
+#[repr(align(8))]
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,

@@ -310,3 +310,135 @@ impl<K, V> Drop for Table<K, V> {
         drop(unsafe { slots.into_owned() });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::pin;
+
+    fn entry(key: u64, value: u64) -> Owned<Entry<u64, u64>> {
+        // A weak hash on purpose: many keys share slots and tags, exercising probes.
+        let hash = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xF_0000_000F;
+        Owned::new(Entry::new(key, value, hash, u64::MAX))
+    }
+
+    fn hash_of(key: u64) -> u64 {
+        key.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xF_0000_000F
+    }
+
+    fn get(table: &Table<u64, u64>, key: u64) -> Option<u64> {
+        let guard = pin();
+        let found = table.find(hash_of(key), &key, &guard)?;
+        // SAFETY: found under a pinned guard; entries are retired through the collector.
+        Some(unsafe { found.entry.deref() }.value)
+    }
+
+    /// Removes `key` the way the shard does: find, unlink, retire.
+    fn remove(table: &Table<u64, u64>, counts: &mut TableCounts, key: u64) -> bool {
+        let guard = pin();
+        let Some(found) = table.find(hash_of(key), &key, &guard) else {
+            return false;
+        };
+        // SAFETY: found under the guard; we are the only writer.
+        let removed = table.remove(counts, unsafe { found.entry.deref() }, &guard);
+        // SAFETY: unlinked just now; retired exactly once.
+        unsafe { guard.defer_destroy(found.entry) };
+        removed
+    }
+
+    #[test]
+    fn insert_find_grow_and_remove() {
+        let (table, mut counts) = Table::new();
+        let n = if cfg!(miri) { 40 } else { 2000 };
+        let guard = pin();
+        for key in 0..n {
+            table.insert(&mut counts, entry(key, key * 10), &guard);
+        }
+        drop(guard);
+        assert_eq!(counts.live(), n as usize);
+        for key in 0..n {
+            assert_eq!(get(&table, key), Some(key * 10));
+        }
+        assert_eq!(get(&table, n + 1), None);
+        for key in (0..n).step_by(2) {
+            assert!(remove(&table, &mut counts, key));
+        }
+        assert!(!remove(&table, &mut counts, 0), "removed twice");
+        for key in 0..n {
+            let expected = (key % 2 == 1).then_some(key * 10);
+            assert_eq!(get(&table, key), expected, "key {key}");
+        }
+    }
+
+    #[test]
+    fn tombstones_are_probed_past_and_reused() {
+        let (table, mut counts) = Table::new();
+        let guard = pin();
+        // Same low bits: all collide into one probe run.
+        for key in 0..5 {
+            table.insert(&mut counts, entry(key, key), &guard);
+        }
+        drop(guard);
+        assert!(remove(&table, &mut counts, 1));
+        assert_eq!(get(&table, 4), Some(4), "probe stopped at a tombstone");
+        let used_before = counts.used;
+        let guard = pin();
+        table.insert(&mut counts, entry(9, 9), &guard);
+        drop(guard);
+        assert!(counts.used <= used_before + 1);
+        assert_eq!(get(&table, 9), Some(9));
+    }
+
+    #[test]
+    fn churn_rebuilds_instead_of_filling_with_tombstones() {
+        let (table, mut counts) = Table::new();
+        let rounds = if cfg!(miri) { 50 } else { 10_000 };
+        for key in 0..rounds {
+            let guard = pin();
+            table.insert(&mut counts, entry(key, key), &guard);
+            drop(guard);
+            if key >= 4 {
+                assert!(remove(&table, &mut counts, key - 4));
+            }
+        }
+        let guard = pin();
+        assert!(table.slot_bytes(&guard) <= 64 * 8, "table grew under churn");
+        assert_eq!(counts.live(), 4);
+    }
+
+    #[test]
+    fn replace_swaps_in_place_and_returns_the_old_entry() {
+        let (table, mut counts) = Table::new();
+        let guard = pin();
+        table.insert(&mut counts, entry(1, 10), &guard);
+        let found = table.find(hash_of(1), &1, &guard).unwrap();
+        let (old, new) = table.replace(&mut counts, found.index, entry(1, 11), &guard);
+        // SAFETY: both reachable or just retired below, under the pinned guard.
+        unsafe {
+            assert_eq!(old.deref().value, 10);
+            assert_eq!(new.deref().value, 11);
+            guard.defer_destroy(old);
+        }
+        drop(guard);
+        assert_eq!(get(&table, 1), Some(11));
+        assert_eq!(counts.live(), 1);
+    }
+
+    #[test]
+    fn clear_hands_back_every_entry() {
+        let (table, mut counts) = Table::new();
+        let guard = pin();
+        for key in 0..20 {
+            table.insert(&mut counts, entry(key, key), &guard);
+        }
+        let mut cleared = 0;
+        table.clear(&mut counts, &guard, |entry| {
+            cleared += 1;
+            // SAFETY: unlinked by `clear`; retired once.
+            unsafe { guard.defer_destroy(entry) };
+        });
+        drop(guard);
+        assert_eq!((cleared, counts.live()), (20, 0));
+        assert_eq!(get(&table, 3), None);
+    }
+}
