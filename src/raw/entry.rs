@@ -62,8 +62,14 @@ impl<K, V> Entry<K, V> {
     }
 
     /// Returns the reads since the last call and starts counting afresh (CLOCK's sweep).
+    /// A load and a store rather than a swap: the count is lossy anyway, and a read racing
+    /// the sweep may be forgotten at no cost to correctness.
     pub(crate) fn take_access(&self) -> u8 {
-        self.access.swap(0, Ordering::Relaxed)
+        let reads = self.access.load(Ordering::Relaxed);
+        if reads != 0 {
+            self.access.store(0, Ordering::Relaxed);
+        }
+        reads
     }
 
     /// Carries the read history of the entry this one replaces.

@@ -1,5 +1,6 @@
 //! The engine under the public API: shard choice, the global byte budget, TTL arithmetic.
 
+pub(crate) mod budget;
 pub(crate) mod entry;
 pub(crate) mod shard;
 pub(crate) mod slab;
@@ -9,12 +10,11 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use crossbeam_utils::CachePadded;
-
 use crate::stats::Counters;
-use crate::sync::{AtomicU64, AtomicUsize, Guard, Ordering, Owned};
+use crate::sync::{AtomicUsize, Guard, Ordering, Owned};
 use crate::time::Clock;
 use crate::{RemovalCause, Stats};
+use budget::Budget;
 use entry::{Entry, NEVER};
 use shard::{Departures, Inserted, Shard};
 
@@ -45,15 +45,11 @@ pub(crate) struct RawCache<K, V, S> {
     /// Bits of the hash to shift away to pick a shard (the top bits choose).
     shard_shift: u32,
     hasher: S,
-    budget: u64,
-    share: u64,
+    budget: Budget,
     weigher: Option<Weigher<K, V>>,
     default_ttl: Option<u64>,
     clock: Arc<dyn Clock>,
     listener: Option<Listener<K, V>>,
-    /// Sum of all shards' weights. Writers add before and subtract after, so it may briefly
-    /// exceed the truth, never fall below it: eviction errs on the side of the budget.
-    weight: CachePadded<AtomicU64>,
     /// Where the global eviction sweep starts, spreading it over shards.
     sweep: AtomicUsize,
     counters: Counters,
@@ -67,7 +63,8 @@ where
 {
     pub(crate) fn new(config: Config<K, V, S>) -> Self {
         let shards = config.shards;
-        let share = config.budget.div_ceil(shards as u64);
+        let budget = Budget::new(config.budget, shards);
+        let share = budget.share;
         let per_shard_entries = config.expected_entries.div_ceil(shards).max(1);
         let now = config.clock.now_nanos();
         let seed = config.hasher.hash_one(0x5eed_u64);
@@ -80,13 +77,11 @@ where
                 .collect(),
             shard_shift: 64 - shards.trailing_zeros(),
             hasher: config.hasher,
-            budget: config.budget,
-            share,
+            budget,
             weigher: config.weigher,
             default_ttl: config.default_ttl,
             clock: config.clock,
             listener: config.listener,
-            weight: CachePadded::new(AtomicU64::new(0)),
             sweep: AtomicUsize::new(0),
             counters: Counters::new(
                 std::thread::available_parallelism().map_or(4, |n| n.get()) * 2,
@@ -150,7 +145,7 @@ where
     }
 
     pub(crate) fn budget(&self) -> u64 {
-        self.budget
+        self.budget.limit
     }
 
     /// Absolute expiry for a TTL in nanoseconds (`None`: the default TTL, if any).
@@ -172,13 +167,12 @@ where
         let guard = crate::sync::pin();
         let mut out = Departures::new(self.listener.is_some());
         // Charge before publishing so concurrent writers see the weight and evict for it.
-        self.weight.fetch_add(weight, Ordering::Relaxed);
+        self.budget.charge(weight);
         let shard = self.shard(hash);
         // TTL-free caches read the clock only if the shard's wheel or a replaced entry
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
-        let outcome = shard.insert(entry, weight, clock, &guard, &mut out);
-        self.settle_weight(&mut out);
+        let outcome = shard.insert(entry, weight, clock, &self.budget, &guard, &mut out);
         self.make_room(shard, &guard, &mut out);
         let stripe = self.counters.local();
         match outcome {
@@ -195,15 +189,15 @@ where
 
     /// Takes the weight that left the shards off the global total.
     fn settle_weight(&self, out: &mut Departures<'_, K, V>) {
-        self.weight
-            .fetch_sub(std::mem::take(&mut out.weight), Ordering::Relaxed);
+        self.budget.release(std::mem::take(&mut out.weight));
     }
 
-    /// Evicts until the global weight is within budget: first from `home` while it holds
-    /// more than its share, then from whichever shards hold more than theirs.
+    /// Evicts until the global weight is within budget. The inserting shard already evicted
+    /// from itself down to its share under its lock; what is left comes from whichever
+    /// shards hold more than theirs (an entry larger than a share is paid for by others).
     fn make_room<'g>(&self, home: &Shard<K, V>, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
-        while self.weight.load(Ordering::Relaxed) > self.budget {
-            let victim = if home.weight() > self.share {
+        while self.budget.is_over() {
+            let victim = if home.weight() > self.budget.share {
                 Some(home)
             } else {
                 self.heaviest_other()
@@ -223,7 +217,7 @@ where
         let mut heaviest: Option<&Shard<K, V>> = None;
         for step in 0..count {
             let shard = &self.shards[(start + step) & (count - 1)];
-            if shard.weight() > self.share {
+            if shard.weight() > self.budget.share {
                 return Some(shard);
             }
             if shard.weight() > heaviest.map_or(0, |h| h.weight()) {

@@ -3,6 +3,7 @@
 use std::borrow::Borrow;
 
 use crate::policy::{Members, Policy};
+use crate::raw::budget::Budget;
 use crate::raw::entry::{Entry, NEVER};
 use crate::raw::slab::{Record, Slab};
 use crate::raw::table::{Table, TableCounts};
@@ -193,12 +194,16 @@ where
     }
 
     /// Publishes `entry` charged at `weight`, replacing any entry of the same key.
-    /// `clock` is called at most once, and only if an expiry must be checked.
+    /// `clock` is called only if an expiry must be checked. While the cache is over
+    /// `budget` and this shard over its share, evicts from this shard before unlocking: the
+    /// steady-state case, done without taking the lock twice. Weight that left is released
+    /// to `budget` here.
     pub(crate) fn insert<'g>(
         &self,
         mut entry: Owned<Entry<K, V>>,
         weight: u64,
         clock: impl Fn() -> u64,
+        budget: &Budget,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> Inserted {
@@ -250,6 +255,17 @@ where
         if state.wheel.len() != 0 {
             self.expire_locked(state, clock(), WHEEL_WORK_PER_WRITE, guard, out);
         }
+        loop {
+            budget.release(std::mem::take(&mut out.weight));
+            if !budget.is_over() || state.weight <= budget.share {
+                break;
+            }
+            let Some(eviction) = state.policy.evict(&SlabMembers(&state.slab)) else {
+                break;
+            };
+            out.rejected += u64::from(eviction.rejected);
+            self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
+        }
         self.weight.store(state.weight, Ordering::Relaxed);
         outcome
     }
@@ -293,9 +309,7 @@ where
         let Some(eviction) = state.policy.evict(&SlabMembers(&state.slab)) else {
             return false;
         };
-        if eviction.rejected {
-            out.rejected += 1;
-        }
+        out.rejected += u64::from(eviction.rejected);
         self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
         true

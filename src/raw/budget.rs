@@ -1,0 +1,44 @@
+//! The global weight budget shared by all shards.
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// How much weight the cache may hold and how much it holds now.
+///
+/// Writers charge an entry's weight before publishing it and release weight as entries
+/// leave, so `weight` may briefly exceed the sum of the shards, never fall below it:
+/// eviction errs on the side of the budget.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    /// The most the cache may hold at rest.
+    pub(crate) limit: u64,
+    /// A shard's fair part of `limit`: a shard above it evicts from itself first.
+    pub(crate) share: u64,
+    weight: CachePadded<AtomicU64>,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: u64, shards: usize) -> Self {
+        Self {
+            limit,
+            share: limit.div_ceil(shards as u64),
+            weight: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub(crate) fn charge(&self, weight: u64) {
+        self.weight.fetch_add(weight, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, weight: u64) {
+        if weight != 0 {
+            self.weight.fetch_sub(weight, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the cache holds more than its limit.
+    pub(crate) fn is_over(&self) -> bool {
+        self.weight.load(Ordering::Relaxed) > self.limit
+    }
+}
