@@ -1,10 +1,10 @@
-//! Always-on counters, striped per thread so a hit costs one uncontended atomic add.
+//! Always-on counters, striped per thread so a hit costs a plain load and store.
 //!
 //! These are statistics, not part of any concurrency protocol, so they use std atomics even
 //! under loom (modelling them would only slow the models down).
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use crossbeam_utils::CachePadded;
 
@@ -65,39 +65,71 @@ pub(crate) struct Stripe {
     pub(crate) expirations: AtomicU64,
 }
 
+/// Stripes owned by one live thread each: the owner adds with a plain load and store (no
+/// locked instruction), which is exact because no one else writes there.
+const OWNED_STRIPES: usize = 64;
+
+/// Stripes shared, with atomic adds, by threads beyond the first `OWNED_STRIPES` alive.
+const SHARED_STRIPES: usize = 8;
+
 /// The counters of one cache.
 #[derive(Debug)]
 pub(crate) struct Counters {
     stripes: Box<[CachePadded<Stripe>]>,
 }
 
-/// Hands each thread a stripe number once; threads then keep to their own stripe.
+/// Stripe numbers of threads that exited, for reuse, so a long-lived process that spawns
+/// many short threads keeps getting owned stripes.
+static FREE_STRIPES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
+/// This thread's stripe number, unique among live threads, returned on thread exit.
+struct StripeNumber(usize);
+
+impl StripeNumber {
+    fn take() -> Self {
+        let reused = FREE_STRIPES.lock().ok().and_then(|mut free| free.pop());
+        Self(reused.unwrap_or_else(|| NEXT_STRIPE.fetch_add(1, Relaxed)))
+    }
+}
+
+impl Drop for StripeNumber {
+    fn drop(&mut self) {
+        if let Ok(mut free) = FREE_STRIPES.lock() {
+            free.push(self.0);
+        }
+    }
+}
+
 thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    static STRIPE: StripeNumber = StripeNumber::take();
 }
 
 impl Counters {
-    pub(crate) fn new(stripes: usize) -> Self {
-        let stripes = stripes.max(1).next_power_of_two();
+    pub(crate) fn new() -> Self {
         Self {
-            stripes: (0..stripes).map(|_| CachePadded::default()).collect(),
+            stripes: (0..OWNED_STRIPES + SHARED_STRIPES)
+                .map(|_| CachePadded::default())
+                .collect(),
         }
     }
 
-    /// This thread's stripe.
+    /// Adds `n` (often zero, then nothing happens) to the counter `pick` selects, in this
+    /// thread's stripe.
     #[inline]
-    pub(crate) fn local(&self) -> &Stripe {
-        let index = STRIPE.with(|stripe| {
-            let mut index = stripe.get();
-            if index == usize::MAX {
-                index = NEXT_STRIPE.fetch_add(1, Relaxed);
-                stripe.set(index);
-            }
-            index
-        });
-        &self.stripes[index & (self.stripes.len() - 1)]
+    pub(crate) fn add(&self, pick: impl FnOnce(&Stripe) -> &AtomicU64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        // During thread teardown the stripe number may be gone: count in a shared stripe.
+        let number = STRIPE.try_with(|stripe| stripe.0).unwrap_or(usize::MAX);
+        if number < OWNED_STRIPES {
+            let counter = pick(&self.stripes[number]);
+            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+        } else {
+            let shared = OWNED_STRIPES + number % SHARED_STRIPES;
+            pick(&self.stripes[shared]).fetch_add(n, Relaxed);
+        }
     }
 
     /// Sums the stripes; the caller fills `entries` and `weighted_size`.

@@ -93,7 +93,9 @@ impl Policy {
     /// Records a write over an existing entry: an access, and perhaps a new weight.
     pub(crate) fn on_update(&mut self, id: u32, hash: u64, old_weight: u64, new_weight: u64) {
         self.sketch.increment(hash);
-        self.ring_of(id).reweigh(old_weight, new_weight);
+        if old_weight != new_weight {
+            self.ring_of(id).reweigh(old_weight, new_weight);
+        }
     }
 
     /// Forgets an entry removed for any reason other than [`Policy::evict`].

@@ -83,9 +83,7 @@ where
             clock: config.clock,
             listener: config.listener,
             sweep: AtomicUsize::new(0),
-            counters: Counters::new(
-                std::thread::available_parallelism().map_or(4, |n| n.get()) * 2,
-            ),
+            counters: Counters::new(),
         }
     }
 
@@ -114,15 +112,10 @@ where
     {
         let hash = self.hash(key);
         let found = self.shard(hash).get(hash, key, || self.now(), guard);
-        let stripe = self.counters.local();
         match found {
-            Some(_) => stripe
-                .hits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            None => stripe
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
+            Some(_) => self.counters.add(|s| &s.hits, 1),
+            None => self.counters.add(|s| &s.misses, 1),
+        }
         found
     }
 
@@ -174,15 +167,10 @@ where
         let clock = || if needs_clock { now } else { self.now() };
         let outcome = shard.insert(entry, weight, clock, &self.budget, &guard, &mut out);
         self.make_room(shard, &guard, &mut out);
-        let stripe = self.counters.local();
         match outcome {
-            Inserted::New => stripe
-                .inserts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            Inserted::Updated => stripe
-                .updates
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        };
+            Inserted::New => self.counters.add(|s| &s.inserts, 1),
+            Inserted::Updated => self.counters.add(|s| &s.updates, 1),
+        }
         self.finish(out);
         outcome
     }
@@ -275,16 +263,10 @@ where
     /// re-raised once all have run, with the cache already consistent.
     pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
         self.settle_weight(&mut out);
-        let stripe = self.counters.local();
-        let add = |counter: &std::sync::atomic::AtomicU64, n: u64| {
-            if n != 0 {
-                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        add(&stripe.evictions, out.evicted);
-        add(&stripe.admission_rejections, out.rejected);
-        add(&stripe.expirations, out.expired);
-        add(&stripe.removals, out.removed);
+        self.counters.add(|s| &s.evictions, out.evicted);
+        self.counters.add(|s| &s.admission_rejections, out.rejected);
+        self.counters.add(|s| &s.expirations, out.expired);
+        self.counters.add(|s| &s.removals, out.removed);
         let Some(listener) = &self.listener else {
             return;
         };

@@ -218,6 +218,7 @@ where
             entry.id = id;
             entry.inherit_access(old);
             let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
+            let was_scheduled = old.expires_at != NEVER;
             let (old, new) = self
                 .table
                 .replace(&mut state.counts, found.index, entry, guard);
@@ -233,7 +234,10 @@ where
                 RemovalCause::Replaced
             };
             self.retire(old, cause, guard, out);
-            state.wheel.schedule(id, expires_at);
+            // TTL-free entries never touch the wheel: no memory traffic for them.
+            if was_scheduled || expires_at != NEVER {
+                state.wheel.schedule(id, expires_at);
+            }
             if was_expired {
                 Inserted::New
             } else {
@@ -249,7 +253,9 @@ where
             state.slab.get_mut(id).entry = new.as_raw();
             state.policy.on_insert(id, hash, weight);
             state.weight += weight;
-            state.wheel.schedule(id, expires_at);
+            if expires_at != NEVER {
+                state.wheel.schedule(id, expires_at);
+            }
             Inserted::New
         };
         if state.wheel.len() != 0 {
