@@ -129,7 +129,8 @@ where
         self.shard(hash).peek(hash, key, || self.now(), guard)
     }
 
-    /// The charged weight of an entry, or `None` in count mode.
+    /// The weight charged for an entry: 1 in count mode; in byte mode the weigher's figure
+    /// plus the entry node and metadata larder keeps for it.
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u64 {
         match &self.weigher {
             None => 1,

@@ -1,0 +1,112 @@
+//! The real caches under test (larder and its peers) behind one interface that several
+//! threads can share, each checked on every hit for returning the value stored for its key.
+
+/// A real, thread-safe cache replayed as read-through: read, and on a miss insert.
+pub trait SharedCache: Sync {
+    /// Name in tables and plots.
+    fn name(&self) -> &'static str;
+    /// Reads `key`, inserting it on a miss. `Ok(true)` on a hit; an error if the hit
+    /// returned a value that was never stored for `key` (a broken cache).
+    fn access(&self, key: u64) -> Result<bool, String>;
+}
+
+/// The value stored for `key`: distinct per key, so a mixed-up read is caught.
+pub fn value_of(key: u64) -> u64 {
+    key.rotate_left(17) ^ 0xA5A5_A5A5_A5A5_A5A5
+}
+
+fn checked(name: &str, key: u64, got: Option<u64>) -> Result<bool, String> {
+    match got {
+        None => Ok(false),
+        Some(value) if value == value_of(key) => Ok(true),
+        Some(value) => Err(format!("{name}: key {key} read value {value:#x}")),
+    }
+}
+
+struct Larder(larder::Cache<u64, u64>);
+struct Moka(moka::sync::Cache<u64, u64>);
+struct Quick(quick_cache::sync::Cache<u64, u64>);
+struct Stretto(stretto::Cache<u64, u64>);
+
+impl SharedCache for Larder {
+    fn name(&self) -> &'static str {
+        "larder"
+    }
+    fn access(&self, key: u64) -> Result<bool, String> {
+        let hit = checked(self.name(), key, self.0.get(&key))?;
+        if !hit {
+            self.0
+                .insert(key, value_of(key))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(hit)
+    }
+}
+
+impl SharedCache for Moka {
+    fn name(&self) -> &'static str {
+        "moka"
+    }
+    fn access(&self, key: u64) -> Result<bool, String> {
+        let hit = checked(self.name(), key, self.0.get(&key))?;
+        if !hit {
+            self.0.insert(key, value_of(key));
+        }
+        Ok(hit)
+    }
+}
+
+impl SharedCache for Quick {
+    fn name(&self) -> &'static str {
+        "quick_cache"
+    }
+    fn access(&self, key: u64) -> Result<bool, String> {
+        let hit = checked(self.name(), key, self.0.get(&key))?;
+        if !hit {
+            self.0.insert(key, value_of(key));
+        }
+        Ok(hit)
+    }
+}
+
+impl SharedCache for Stretto {
+    fn name(&self) -> &'static str {
+        "stretto"
+    }
+    fn access(&self, key: u64) -> Result<bool, String> {
+        let got = self.0.get(&key).map(|value| *value.value());
+        let hit = checked(self.name(), key, got)?;
+        if !hit {
+            // Inserts are buffered and applied later unless waited for; as its users run it.
+            self.0.insert(key, value_of(key), 1);
+        }
+        Ok(hit)
+    }
+}
+
+/// Every real cache, each holding at most `capacity` entries.
+pub fn all(capacity: usize) -> Vec<Box<dyn SharedCache>> {
+    let larder = larder::Cache::builder()
+        .max_entries(capacity as u64)
+        .build()
+        .expect("capacity is at least 1");
+    let stretto =
+        stretto::Cache::new(capacity * 10, capacity as i64).expect("valid stretto settings");
+    vec![
+        Box::new(Larder(larder)),
+        Box::new(Moka(moka::sync::Cache::new(capacity as u64))),
+        Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
+        Box::new(Stretto(stretto)),
+    ]
+}
+
+/// Just larder, for the regression test.
+#[allow(dead_code)]
+pub fn larder(capacity: usize) -> Box<dyn SharedCache> {
+    Box::new(Larder(
+        larder::Cache::builder()
+            .max_entries(capacity as u64)
+            .build()
+            .expect("capacity is at least 1"),
+    ))
+}

@@ -1,0 +1,479 @@
+//! Trace loading for the hit-ratio simulator: turns ARC, LIRS, cache2k and plain-text
+//! traces (optionally zstd- or gzip-compressed) into the sequence of requested keys.
+//!
+//! Self-contained (only `zstd` and `flate2`) so a cargo-fuzz target can include it with
+//! `#[path]`. It is fuzzed, so no input may make it panic: every error is a [`TraceError`].
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Most keys one `.lis` line may expand to; a larger range is taken to be garbage input.
+pub const MAX_LINE_KEYS: u64 = 100_000_000;
+/// Most keys a trace may hold when read with [`parse`] or [`load`] (8 GB of keys).
+pub const MAX_TOTAL_KEYS: u64 = 1_000_000_000;
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+/// The layout of a (decompressed) trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// ARC `.lis` text: `start_block num_blocks ignored request_no` per line, fields after the
+    /// second ignored; the line requests keys `start_block..start_block + num_blocks` in order.
+    Arc,
+    /// LIRS `.trc` text: one unsigned integer key per line; `*` lines (checkpoints) are skipped.
+    Lirs,
+    /// Binary big-endian `u32` keys (cache2k traces).
+    U32Be,
+    /// Binary big-endian `u64` keys.
+    U64Be,
+    /// Text, one key per line, trimmed of surrounding ASCII whitespace. A key that parses as a
+    /// `u64` is used as is; any other string is hashed with 64-bit FNV-1a over its UTF-8 bytes.
+    Text,
+}
+
+impl Format {
+    const ALL: [Format; 5] = [Self::Arc, Self::Lirs, Self::U32Be, Self::U64Be, Self::Text];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Arc => "arc",
+            Self::Lirs => "lirs",
+            Self::U32Be => "u32be",
+            Self::U64Be => "u64be",
+            Self::Text => "text",
+        }
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    /// Accepts the [`Display`](fmt::Display) names, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown trace format `{s}` (try arc, lirs, u32be, u64be, text)")
+            })
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a trace could not be read; displays as `FILE:LINE: message` or `FILE: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceError {
+    /// The file (or name) the trace came from.
+    pub file: String,
+    /// The 1-based line of a text trace the problem is on, if it is on one.
+    pub line: Option<u64>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+fn error(file: &str, line: Option<u64>, message: impl Into<String>) -> TraceError {
+    let (file, message) = (file.to_owned(), message.into());
+    TraceError {
+        file,
+        line,
+        message,
+    }
+}
+
+/// Guesses the format from a file name, after stripping one `.zst` or `.gz` suffix:
+/// `.lis` is [`Format::Arc`], `.trc` [`Format::Lirs`], `.u32be` / `.u64be` the binary
+/// formats, anything else [`Format::Text`]. Case is ignored.
+pub fn detect_format(path: &str) -> Format {
+    let lower = path.to_ascii_lowercase();
+    let base = lower.strip_suffix(".zst").or(lower.strip_suffix(".gz"));
+    match base.unwrap_or(&lower).rsplit_once('.').map(|(_, ext)| ext) {
+        Some("lis") => Format::Arc,
+        Some("trc") => Format::Lirs,
+        Some("u32be") => Format::U32Be,
+        Some("u64be") => Format::U64Be,
+        _ => Format::Text,
+    }
+}
+
+/// Decompresses zstd or gzip data, recognised by magic bytes whatever the file is called;
+/// other bytes are returned unchanged. `name` is only used in errors.
+pub fn decompress(name: &str, bytes: &[u8]) -> Result<Vec<u8>, TraceError> {
+    let (kind, result) = if bytes.starts_with(&ZSTD_MAGIC) {
+        ("zstd", zstd::stream::decode_all(bytes))
+    } else if bytes.starts_with(&GZIP_MAGIC) {
+        let mut out = Vec::new();
+        // Multi-member, like `gzip -d`: concatenated .gz files are one valid stream.
+        let read = flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out);
+        ("gzip", read.map(|_| out))
+    } else {
+        return Ok(bytes.to_vec());
+    };
+    result.map_err(|e| error(name, None, format!("corrupt or truncated {kind} data: {e}")))
+}
+
+/// Parses decompressed trace bytes into keys, refusing traces of more than
+/// [`MAX_TOTAL_KEYS`] keys. `name` is only used in errors.
+pub fn parse(name: &str, format: Format, bytes: &[u8]) -> Result<Vec<u64>, TraceError> {
+    parse_with_limit(name, format, bytes, MAX_TOTAL_KEYS)
+}
+
+/// [`parse`] refusing traces of more than `max` keys, so a fuzz target can keep a few
+/// bytes of `.lis` from expanding into gigabytes.
+pub fn parse_with_limit(
+    name: &str,
+    format: Format,
+    bytes: &[u8],
+    max: u64,
+) -> Result<Vec<u64>, TraceError> {
+    let keys = match format {
+        Format::U32Be => parse_binary::<4>(name, bytes, max)?,
+        Format::U64Be => parse_binary::<8>(name, bytes, max)?,
+        Format::Arc | Format::Lirs | Format::Text => parse_lines(name, format, bytes, max)?,
+    };
+    if keys.is_empty() {
+        return Err(error(name, None, "trace holds no requests"));
+    }
+    Ok(keys)
+}
+
+/// Reads, decompresses and parses a trace file; `format: None` means [`detect_format`].
+pub fn load(path: &Path, format: Option<Format>) -> Result<Vec<u64>, TraceError> {
+    let name = path.display().to_string();
+    let raw = std::fs::read(path).map_err(|e| error(&name, None, format!("cannot read: {e}")))?;
+    let bytes = decompress(&name, &raw)?;
+    // The compressed copy is dead weight while the key vector grows.
+    drop(raw);
+    let format = format.unwrap_or_else(|| detect_format(&name));
+    parse(&name, format, &bytes)
+}
+
+fn parse_binary<const W: usize>(
+    name: &str,
+    bytes: &[u8],
+    max: u64,
+) -> Result<Vec<u64>, TraceError> {
+    let (len, tail) = (bytes.len(), bytes.len() % W);
+    if tail != 0 {
+        let why = format!(
+            "truncated {}-bit big-endian trace: length {len} is not a multiple of {W}; \
+             the {tail} byte(s) from byte offset {} do not make a whole key",
+            W * 8,
+            len - tail
+        );
+        return Err(error(name, None, why));
+    }
+    if (len / W) as u64 > max {
+        let why = format!("trace exceeds the limit of {max} keys");
+        return Err(error(name, None, why));
+    }
+    // A fold rather than `from_be_bytes(chunk.try_into())` leaves nothing to unwrap.
+    let key = |c: &[u8]| c.iter().fold(0, |k, &b| (k << 8) | u64::from(b));
+    Ok(bytes.chunks_exact(W).map(key).collect())
+}
+
+fn parse_lines(name: &str, format: Format, bytes: &[u8], max: u64) -> Result<Vec<u64>, TraceError> {
+    let newlines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count();
+    // One up-front check lets the per-line loop stay on raw bytes.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let at = e.valid_up_to();
+        let line = newlines(bytes.get(..at).unwrap_or(bytes)) as u64 + 1;
+        let why = format!("invalid UTF-8 at byte offset {at}");
+        return Err(error(name, Some(line), why));
+    }
+    // One key per line is exact for LIRS/text and a lower bound for ARC; capped so that a
+    // small `max` really bounds memory.
+    let lines = newlines(bytes) + 1;
+    let mut keys = Vec::with_capacity(lines.min(usize::try_from(max).unwrap_or(usize::MAX)));
+    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = raw.trim_ascii(); // also drops the `\r` of CRLF files
+        if line.is_empty() || (format == Format::Lirs && line == b"*") {
+            continue;
+        }
+        let at_line = |why: String| error(name, Some(index as u64 + 1), why);
+        let (first, count) = match format {
+            Format::Arc => arc_range(line),
+            Format::Lirs => number(line, "key").map(|key| (key, 1)),
+            _ => Ok((parse_u64(line).unwrap_or_else(|_| fnv1a(line)), 1)),
+        }
+        .map_err(at_line)?;
+        // Checked before extending, so refused garbage is never allocated.
+        if keys.len() as u64 + count > max {
+            return Err(at_line(format!("trace exceeds the limit of {max} keys")));
+        }
+        // `first + i` cannot overflow: `arc_range` checked `first + count`.
+        keys.extend((0..count).map(|i| first + i));
+    }
+    Ok(keys)
+}
+
+/// The first key and key count of one `.lis` line.
+fn arc_range(line: &[u8]) -> Result<(u64, u64), String> {
+    let mut fields = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty());
+    let (Some(start), Some(count)) = (fields.next(), fields.next()) else {
+        return Err("expected `start_block num_blocks ...` but found fewer than 2 fields".into());
+    };
+    let (start, count) = (number(start, "start_block")?, number(count, "num_blocks")?);
+    if count > MAX_LINE_KEYS {
+        let max = MAX_LINE_KEYS;
+        let why = format!("num_blocks {count} is over the limit of {max} per line");
+        return Err(why);
+    }
+    if start.checked_add(count).is_none() {
+        let why = format!("start_block {start} + num_blocks {count} overflows u64");
+        return Err(why);
+    }
+    Ok((start, count))
+}
+
+fn number(field: &[u8], what: &str) -> Result<u64, String> {
+    parse_u64(field).map_err(|why| {
+        // Cut so that a garbage megabyte line still makes a readable message.
+        let shown = String::from_utf8_lossy(field.get(..40).unwrap_or(field));
+        let more = if field.len() > 40 { "..." } else { "" };
+        format!("{what} `{shown}{more}` {why}")
+    })
+}
+
+/// Digits only (no sign, no spaces), checked against `u64` overflow.
+fn parse_u64(bytes: &[u8]) -> Result<u64, &'static str> {
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return Err("is not an unsigned integer");
+    }
+    let digit = |n: u64, &b: &u8| n.checked_mul(10)?.checked_add(u64::from(b - b'0'));
+    let value = bytes.iter().try_fold(0, digit);
+    value.ok_or("does not fit in 64 bits")
+}
+
+/// 64-bit FNV-1a: fixed and seedless, so a text trace maps to the same keys on every run.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let step = |h: u64, &b: &u8| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn ok(format: Format, input: &[u8]) -> Vec<u64> {
+        parse("t", format, input).unwrap()
+    }
+
+    fn fails(format: Format, input: &[u8]) -> String {
+        let limited = parse_with_limit("t", format, input, 5);
+        limited.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn text_formats() {
+        let arc = b"10 3 0 0\n5 1 0 1 extra\n\n  7\t2 0 2\r\n9 0 0 3\n4 1";
+        assert_eq!(ok(Format::Arc, arc), [10, 11, 12, 5, 7, 8, 4]);
+        assert_eq!(ok(Format::Lirs, b"1\r\n*\r\n\r\n2\n  3 \n*\n"), [1, 2, 3]);
+        assert_eq!(ok(Format::Lirs, b"18446744073709551615"), [u64::MAX]);
+        let (hi, minus) = (fnv1a(b"hi"), fnv1a(b"-1"));
+        let text = b"42\nhi\r\n\n 42 \nhi\n18446744073709551615\n-1\n";
+        assert_eq!(ok(Format::Text, text), [42, hi, 42, hi, u64::MAX, minus]);
+        // Published FNV-1a 64 test vectors, pinning the documented hash.
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn binary_formats() {
+        let bytes = [0, 0, 0, 1, 255, 255, 255, 254];
+        assert_eq!(ok(Format::U32Be, &bytes), [1, 0xffff_fffe]);
+        let mut bytes = 7u64.to_be_bytes().to_vec();
+        bytes.extend(u64::MAX.to_be_bytes());
+        assert_eq!(ok(Format::U64Be, &bytes), [7, u64::MAX]);
+        assert!(fails(Format::U32Be, &[0; 5]).starts_with("t: truncated 32-bit"));
+        assert!(fails(Format::U32Be, &[0; 6]).contains("from byte offset 4"));
+        assert!(fails(Format::U64Be, &[0; 12]).contains("from byte offset 8"));
+        assert!(fails(Format::U32Be, &[0; 24]).contains("limit of 5 keys"));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        #[rustfmt::skip]
+        let cases: [(Format, &[u8], &str); 13] = [
+            (Format::Arc, b"1 1 0 0\nx 1 0 0\n", "t:2: start_block `x` is not an unsigned"),
+            (Format::Arc, b"1 1\n1 -2 0 0", "t:2: num_blocks `-2` is not an unsigned"),
+            (Format::Arc, b"1 1\r\n\r\n 5 \r\n", "t:3: expected `start_block num_blocks"),
+            (Format::Arc, b"18446744073709551615 1", "t:1: start_block 18446744073709551615 + num"),
+            (Format::Arc, b"1 1\n0 100000001 0 0", "t:2: num_blocks 100000001 is over the limit of 100000000 per line"),
+            (Format::Arc, b"0 3\n0 2\n9 1", "t:3: trace exceeds the limit of 5 keys"),
+            (Format::Arc, b"0 1\n1 1\n\xff 1", "t:3: invalid UTF-8 at byte offset 8"),
+            (Format::Lirs, b"1\n\n2x\n", "t:3: key `2x` is not an unsigned integer"),
+            (Format::Lirs, b"1\n99999999999999999999", "t:2: key `99999999999999999999` does not fit"),
+            (Format::Lirs, b"1\n2\n3\n4\n5\n6", "t:6: trace exceeds the limit of 5 keys"),
+            (Format::Text, b"a\nb\xc3(", "t:2: invalid UTF-8 at byte offset 3"),
+            (Format::Lirs, b"*\r\n\r\n*", "t: trace holds no requests"),
+            (Format::Arc, b"1 0 0 0\n", "t: trace holds no requests"),
+        ];
+        for (format, input, want) in cases {
+            let got = fails(format, input);
+            assert!(got.starts_with(want), "{format}: {got:?} vs {want:?}");
+        }
+        for format in Format::ALL {
+            assert_eq!(fails(format, b""), "t: trace holds no requests");
+        }
+        let long = parse("t", Format::Lirs, &[b'7'; 100]).unwrap_err().message;
+        assert!(long.len() < 100, "long fields are shortened: {long}");
+    }
+
+    #[test]
+    fn compression_round_trips() {
+        let plain = b"3\n*\n4\r\n".to_vec();
+        let zst = zstd::encode_all(&plain[..], 3).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        for packed in [&plain, &zst, &gz] {
+            // Named `.txt` on purpose: detection is by magic bytes, not by extension.
+            let bytes = decompress("x.txt", packed).unwrap();
+            assert_eq!(parse("x.txt", Format::Lirs, &bytes).unwrap(), [3, 4]);
+        }
+        for packed in [&zst, &gz] {
+            let cut = decompress("c.zst", &packed[..packed.len() - 3]).unwrap_err();
+            assert!(cut.to_string().starts_with("c.zst: corrupt or truncated"));
+        }
+        let path = std::env::temp_dir().join(format!("h_trace_{}.trc.gz", std::process::id()));
+        std::fs::write(&path, &gz).unwrap();
+        let loaded = load(&path, None);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.unwrap(), [3, 4]);
+        let missing = load(Path::new("/no/such.lis"), None).unwrap_err();
+        assert!(missing.to_string().starts_with("/no/such.lis: cannot read"));
+    }
+
+    #[test]
+    fn format_names_and_detection() {
+        for (path, want) in [
+            ("arc/P12.lis.zst", Format::Arc),
+            ("a/B.TRC.GZ", Format::Lirs),
+            ("orm.u32be.zst", Format::U32Be),
+            ("k.u64be", Format::U64Be),
+            ("keys.txt.gz", Format::Text),
+            ("lis", Format::Text),
+            ("x.lis.zst.gz", Format::Text),
+        ] {
+            assert_eq!(detect_format(path), want, "{path}");
+        }
+        for format in Format::ALL {
+            assert_eq!(format.to_string().parse::<Format>(), Ok(format));
+        }
+        assert_eq!("ARC".parse::<Format>(), Ok(Format::Arc));
+        let unknown = "xz".parse::<Format>().unwrap_err();
+        assert!(unknown.starts_with("unknown trace format `xz`"));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let zst = zstd::encode_all(&b"1 2 0 0\n5 3\n"[..], 1).unwrap();
+        let mut gz = Vec::new();
+        flate2::read::GzEncoder::new(&b"7\r\n*\n"[..], Default::default())
+            .read_to_end(&mut gz)
+            .unwrap();
+        let seeds: [&[u8]; 5] = [
+            b"10 3 0 0\n5 1 0 1\r\n",
+            b"1\r\n*\n22\n",
+            b"ab\n12\n",
+            &zst,
+            &gz,
+        ];
+        // Bytes that steer inputs into the parsers' interesting paths.
+        let alphabet = b"0123456789 \t\r\n*\xff\xc3-99999999999";
+        let pick = |r: u64| alphabet[r as usize % alphabet.len()];
+        for i in 0..10_000 {
+            let mut input: Vec<u8> = match i % 3 {
+                0 => (0..next() % 200).map(|_| next() as u8).collect(),
+                1 => (0..next() % 200).map(|_| pick(next())).collect(),
+                _ => seeds[i % seeds.len()].to_vec(),
+            };
+            for _ in 0..next() % 4 {
+                let at = next() as usize % (input.len() + 1);
+                match next() % 3 {
+                    0 if at < input.len() => input[at] = next() as u8,
+                    1 => input.insert(at, pick(next())),
+                    _ => input.truncate(at),
+                }
+            }
+            let bytes = decompress("f", &input).unwrap_or(input);
+            for format in Format::ALL {
+                let _ = parse_with_limit("f", format, &bytes, 1 << 16);
+            }
+        }
+    }
+
+    /// Run with `cargo test --release -- --ignored --nocapture`; `LARDER_TRACES` overrides the directory.
+    #[test]
+    #[ignore]
+    fn real_traces_match_readme() {
+        let dir = std::env::var("LARDER_TRACES").unwrap_or_else(|_| "/work/shared/traces".into());
+        #[rustfmt::skip]
+        let table: [(&str, usize, usize); 21] = [
+            ("arc/OLTP.lis.zst", 914_145, 186_880), ("arc/P2.lis.zst", 12_729_495, 913_347),
+            ("arc/P3.lis.zst", 3_912_296, 762_543), ("arc/P6.lis.zst", 12_672_123, 773_770),
+            ("arc/P12.lis.zst", 13_208_930, 3_153_310), ("lirs/loop.trc.gz", 505_500, 1_011),
+            ("lirs/2_pools.trc.gz", 100_000, 9_939), ("lirs/sprite.trc.gz", 133_996, 7_075),
+            ("lirs/multi1.trc.gz", 15_858, 2_606), ("lirs/multi2.trc.gz", 26_311, 5_684),
+            ("lirs/multi3.trc.gz", 30_241, 7_454), ("lirs/zigzag.trc.gz", 52_001, 2_001),
+            ("lirs/scan.trc.gz", 50_025, 2_001), ("lirs/gli.trc.gz", 6_015, 2_529),
+            ("lirs/cs.trc.gz", 6_781, 1_409), ("lirs/ps.trc.gz", 10_448, 3_083),
+            ("lirs/cpp.trc.gz", 9_047, 1_223), ("cache2k/orm-busy.u32be.zst", 5_000_000, 76_349),
+            ("cache2k/orm-night.u32be.zst", 5_000_000, 86_466),
+            ("cache2k/web07.u32be.zst", 76_118, 20_484), ("cache2k/web12.u32be.zst", 95_607, 13_756),
+        ];
+        let mut wrong = Vec::new();
+        for (file, requests, unique) in table {
+            let start = std::time::Instant::now();
+            let keys = load(&Path::new(&dir).join(file), None).unwrap();
+            let elapsed = start.elapsed();
+            let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len();
+            println!(
+                "{file}: {} requests, {distinct} unique, {elapsed:.1?}",
+                keys.len()
+            );
+            if (keys.len(), distinct) != (requests, unique) {
+                wrong.push(format!("{file}: README says {requests} / {unique}"));
+            }
+        }
+        // Every trace file in the directory must be in the table, so none goes unchecked.
+        for sub in ["arc", "lirs", "cache2k"] {
+            for entry in std::fs::read_dir(Path::new(&dir).join(sub)).unwrap() {
+                let name = format!("{sub}/{}", entry.unwrap().file_name().to_string_lossy());
+                if !name.ends_with("LICENSE.txt") && !table.iter().any(|t| t.0 == name) {
+                    wrong.push(format!("{name}: not in the README table"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+}
