@@ -286,15 +286,17 @@ fn report(
     for (index, job) in jobs.iter().enumerate() {
         let trace = &traces[job.trace];
         let opt = find(job.trace, job.size, "opt").unwrap_or(100.0);
+        // A peer's flaw is shown, not chased (stretto's buffered inserts and moka's lazy
+        // eviction overshoot their capacity); one of ours fails the run.
+        let ours = job.policy == "larder" || REFERENCE.contains(&job.policy);
         let mut note = String::new();
         if ratio(index) > opt + 1e-9 {
-            note.push_str("ABOVE OPT: broken");
-            // stretto's buffered inserts are known to do this; shown, not chased.
-            broken |= job.policy != "stretto";
+            note.push_str("ABOVE OPT: holds more than its capacity, or broken");
+            broken |= ours;
         }
         if let Some(error) = &results[&index].error {
             note.push_str(&format!("WRONG VALUE: {error}"));
-            broken = true;
+            broken |= ours;
         }
         println!(
             "| {} | {} | {} | {:.2} | {note} |",
@@ -335,7 +337,7 @@ fn report(
         eprintln!("warning: plots not written: {message}");
     }
     if broken {
-        eprintln!("error: a cache returned a wrong value or beat OPT (see the notes)");
+        eprintln!("error: larder or a reference policy returned a wrong value or beat OPT");
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS

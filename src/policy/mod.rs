@@ -129,7 +129,15 @@ impl Policy {
             self.window.remove(&mut self.links, candidate, weight);
             self.promote(candidate, weight);
         }
-        if self.window.weight() <= self.window_target && !self.main.is_empty() {
+        // Main alone is over its target (the window is within its own): main pays. When the
+        // shard is within its capacity the eviction is forced by the cache's global budget;
+        // then the shard acts as full and the newest window entry duels main's victim, as
+        // it would in a full shard, rather than main losing entries without a duel.
+        let over_capacity =
+            self.window.weight() + self.main.weight() > self.window_target + self.main_target;
+        let main_pays =
+            self.window.is_empty() || (self.window.weight() <= self.window_target && over_capacity);
+        if main_pays && !self.main.is_empty() {
             let victim = self.sweep(Region::Main, members)?;
             self.main
                 .remove(&mut self.links, victim, members.weight(victim));

@@ -181,31 +181,33 @@ where
         self.budget.release(std::mem::take(&mut out.weight));
     }
 
-    /// Evicts until the global weight is within budget. The inserting shard already evicted
-    /// from itself down to its share under its lock; what is left comes from whichever
-    /// shards hold more than theirs (an entry larger than a share is paid for by others).
+    /// Evicts until the global weight is within budget, when the inserting shard could not
+    /// pay for its insert itself (it is far below its share, or holds only the new entry):
+    /// from the shards most over their share, and from `home` only as a last resort.
     fn make_room<'g>(&self, home: &Shard<K, V>, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
         while self.budget.is_over() {
-            let victim = if home.weight() > self.budget.share {
-                Some(home)
-            } else {
-                self.heaviest_other()
+            let evicted = match self.heaviest_other(home) {
+                Some(victim) => victim.evict_one(guard, out) || home.evict_one(guard, out),
+                None => home.evict_one(guard, out),
             };
-            let Some(victim) = victim else { break };
-            if !victim.evict_one(guard, out) && !home.evict_one(guard, out) {
+            if !evicted {
                 break;
             }
             self.settle_weight(out);
         }
     }
 
-    /// A shard over its share, else the heaviest shard: the fairest place to evict from.
-    fn heaviest_other(&self) -> Option<&Shard<K, V>> {
+    /// The first shard other than `home` found over its share, else the heaviest other
+    /// non-empty shard.
+    fn heaviest_other(&self, home: &Shard<K, V>) -> Option<&Shard<K, V>> {
         let start = self.sweep.fetch_add(1, Ordering::Relaxed);
         let count = self.shards.len();
         let mut heaviest: Option<&Shard<K, V>> = None;
         for step in 0..count {
             let shard = &self.shards[(start + step) & (count - 1)];
+            if std::ptr::eq(shard, home) {
+                continue;
+            }
             if shard.weight() > self.budget.share {
                 return Some(shard);
             }

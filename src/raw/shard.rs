@@ -195,9 +195,8 @@ where
 
     /// Publishes `entry` charged at `weight`, replacing any entry of the same key.
     /// `clock` is called only if an expiry must be checked. While the cache is over
-    /// `budget` and this shard over its share, evicts from this shard before unlocking: the
-    /// steady-state case, done without taking the lock twice. Weight that left is released
-    /// to `budget` here.
+    /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
+    /// that to other shards). Weight that left is released to `budget` here.
     pub(crate) fn insert<'g>(
         &self,
         mut entry: Owned<Entry<K, V>>,
@@ -263,7 +262,11 @@ where
         }
         loop {
             budget.release(std::mem::take(&mut out.weight));
-            if !budget.is_over() || state.weight <= budget.share {
+            // Steady state: the inserting shard pays for its insert, through the policy's
+            // admission duel (its window just grew). Only a shard far below its share (skew)
+            // or holding nothing but the new entry (one entry may use the whole budget)
+            // leaves the eviction to others.
+            if !budget.is_over() || state.policy.len() <= 1 || state.weight < budget.share / 2 {
                 break;
             }
             let Some(eviction) = state.policy.evict(&SlabMembers(&state.slab)) else {
