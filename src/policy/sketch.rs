@@ -1,36 +1,55 @@
 //! TinyLFU frequency estimation: a 4-bit count-min sketch fronted by a doorkeeper bloom filter.
 //!
-//! The four rows are hashed independently over the whole table, so an item's counters usually
-//! sit in four different words. That can touch four cache lines instead of Caffeine's one, but
-//! per-shard tables are small and independent rows are what the count-min error bound assumes.
+//! Both structures are blocked: an item's four counters lie in one 64-byte block of the counter
+//! table (as in Caffeine) and its three doorkeeper bits in one 64-byte block of the filter (a
+//! blocked Bloom filter), so an `increment` or `frequency` touches at most two cache lines
+//! instead of up to seven (four independent rows plus three independent probes). Once a sketch
+//! outgrows L2 the insert path is bound by those misses: increment + frequency measured about
+//! 10% faster at 2^20 words and about 20% faster at 2^23 to 2^26. The price is a little
+//! accuracy: items that share a block share their collisions in all four rows, so the rows'
+//! errors are no longer independent; mean estimation error measured 2-10% higher.
 
-/// Distinct odd multipliers: each row sees an unrelated bijection of the hash, so two items that
-/// collide in one row are unlikely to collide in another.
-const ROW_MUL: [u64; 4] = [
-    0x9E37_79B9_7F4A_7C15,
-    0xC2B2_AE3D_27D4_EB4F,
-    0x1656_67B1_9E37_79F9,
-    0xD6E8_FEB8_6659_FD93,
-];
+/// Spreads the hash before picking a counter block.
+const BLOCK_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Re-mixes the block hash into the positions of the four counters within the block.
+const COUNTER_MUL: u64 = 0xC2B2_AE3D_27D4_EB4F;
+/// Spreads the hash before picking a doorkeeper block: a multiplier unrelated to `BLOCK_MUL`,
+/// so items that share a counter block are unlikely to share a doorkeeper block too.
+const DOOR_MUL: u64 = 0x1656_67B1_9E37_79F9;
 /// Clears the bit that a one-bit right shift moves into the top of each lower nibble.
 const HALVE_MASK: u64 = 0x7777_7777_7777_7777;
 const MAX_COUNT: u64 = 15;
 const DOOR_PROBES: usize = 3;
-/// Doorkeeper bits per table word, so at least per expected entry; must divide 64. Under heavy
-/// churn a period holds up to 10x that many distinct items and the filter fills: 16 measured
-/// about 4x lower estimation error there, for one more byte per entry.
+/// Doorkeeper bits per table word, so at least per expected entry; must divide `BLOCK_BITS`.
+/// Under heavy churn a period holds up to 10x that many distinct items and the filter fills:
+/// 16 measured about 4x lower estimation error there, for one more byte per entry.
 const DOOR_BITS_PER_ENTRY: usize = 16;
+const WORDS_PER_BLOCK: usize = 8;
+const BLOCK_BITS: usize = WORDS_PER_BLOCK * 64;
+/// Table words covered by one doorkeeper block at `DOOR_BITS_PER_ENTRY`.
+const WORDS_PER_DOOR_BLOCK: usize = BLOCK_BITS / DOOR_BITS_PER_ENTRY;
 const MIN_ENTRIES: usize = 16;
-/// Keeps table indexes within the bits the row hash provides and bounds memory on absurd input.
+/// Keeps block indexes within the 32 well-mixed bits `spread` provides and bounds memory on
+/// absurd input.
 const MAX_ENTRIES: usize = 1 << 30;
+
+const _: () = assert!(BLOCK_BITS % DOOR_BITS_PER_ENTRY == 0);
+const _: () = assert!(std::mem::size_of::<Block>() == 64 && std::mem::align_of::<Block>() == 64);
+
+/// One cache line. The alignment makes every element of a `Vec<Block>` start on a line
+/// boundary, so whatever one item touches within a block costs a single line fill.
+#[derive(Clone, Copy, Default)]
+#[repr(align(64))]
+struct Block([u64; WORDS_PER_BLOCK]);
 
 /// Approximate per-item access counts over a sliding window of recent accesses.
 #[derive(Clone)]
 pub(crate) struct FrequencySketch {
-    table: Vec<u64>,
+    /// 16 four-bit counters per word, eight words per block.
+    table: Vec<Block>,
     table_mask: usize,
-    door: Vec<u64>,
-    door_bit_mask: u64,
+    door: Vec<Block>,
+    door_mask: usize,
     sized_for: usize,
     sample_size: usize,
     samples: usize,
@@ -41,13 +60,18 @@ impl FrequencySketch {
     pub(crate) fn with_capacity(expected_entries: usize) -> Self {
         let n = expected_entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
         let words = n.next_power_of_two();
-        // Divide first: multiplying could overflow a 32-bit usize near MAX_ENTRIES.
-        let door_words = words / (64 / DOOR_BITS_PER_ENTRY);
+        // Whole blocks, at least one. Both counts stay powers of two, so masks can index them.
+        let blocks = words.div_ceil(WORDS_PER_BLOCK);
+        // Divide rather than multiply by the bits: no overflow on a 32-bit usize.
+        let door_blocks = words.div_ceil(WORDS_PER_DOOR_BLOCK);
+        // Unlike `vec![0u64; n]` this zeroes eagerly (std only uses calloc for small alignments),
+        // about 4 ms at 2^20 words: the page faults the old layout took on first touch, moved up
+        // front. Lazily zeroed aligned memory would need unsafe or a hand-aligned `Vec<u64>`.
         Self {
-            table: vec![0; words],
-            table_mask: words - 1,
-            door: vec![0; door_words],
-            door_bit_mask: (door_words as u64 * 64) - 1,
+            table: vec![Block::default(); blocks],
+            table_mask: blocks - 1,
+            door: vec![Block::default(); door_blocks],
+            door_mask: door_blocks - 1,
             sized_for: n,
             sample_size: n.saturating_mul(10),
             samples: 0,
@@ -70,11 +94,13 @@ impl FrequencySketch {
     /// the TinyLFU paper: the window is measured in accesses, not in counter increments.
     pub(crate) fn increment(&mut self, hash: u64) {
         if self.door_insert(hash) {
+            let (block, slots) = self.counter_slots(hash);
+            let words = &mut self.table[block].0;
             // Conservative update (raise only the minimal counters) was measured against this
             // and changed error by under 2%: the doorkeeper already keeps one-hit items out.
-            for (i, shift) in self.slots(hash) {
-                if (self.table[i] >> shift) & 0xF < MAX_COUNT {
-                    self.table[i] += 1 << shift;
+            for (w, shift) in slots {
+                if (words[w] >> shift) & 0xF < MAX_COUNT {
+                    words[w] += 1 << shift;
                 }
             }
         }
@@ -87,10 +113,11 @@ impl FrequencySketch {
     /// Estimated frequency in `0..=16`: the smallest of the four counters, plus one if the
     /// doorkeeper has seen the item in the current period.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let min = self
-            .slots(hash)
+        let (block, slots) = self.counter_slots(hash);
+        let words = &self.table[block].0;
+        let min = slots
             .iter()
-            .map(|&(i, s)| (self.table[i] >> s) & 0xF)
+            .map(|&(w, s)| (words[w] >> s) & 0xF)
             .min()
             .unwrap_or(0);
         min as u8 + u8::from(self.door_contains(hash))
@@ -102,56 +129,87 @@ impl FrequencySketch {
     /// counters still carry about half a period of history; starting the next period half full
     /// keeps the effective window near `sample_size` accesses instead of stretching it.
     pub(crate) fn age(&mut self) {
-        for word in &mut self.table {
-            *word = (*word >> 1) & HALVE_MASK;
+        for block in &mut self.table {
+            for word in &mut block.0 {
+                *word = (*word >> 1) & HALVE_MASK;
+            }
         }
-        self.door.fill(0);
+        self.door.fill(Block::default());
         self.samples /= 2;
     }
 
     /// Bytes held by the counter table and the doorkeeper.
     pub(crate) fn heap_bytes(&self) -> usize {
-        (self.table.capacity() + self.door.capacity()) * std::mem::size_of::<u64>()
+        (self.table.capacity() + self.door.capacity()) * std::mem::size_of::<Block>()
     }
 
-    /// (word index, bit shift) of the item's counter in each row.
+    /// The item's counter block, and the (word in block, bit shift) of its counter in each row.
     #[inline]
-    fn slots(&self, hash: u64) -> [(usize, u32); 4] {
-        ROW_MUL.map(|mul| {
-            let h = hash.wrapping_mul(mul);
-            // The low product bits depend only on the low hash bits; fold the high half down.
-            let h = h ^ (h >> 32);
-            ((h as usize) & self.table_mask, ((h >> 60) as u32) << 2)
-        })
+    fn counter_slots(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
+        let block_hash = spread(hash, BLOCK_MUL);
+        let block = block_hash as usize & self.table_mask;
+        // Items that share a block agree in the low bits of `block_hash`; the top half of this
+        // product depends on all 64 of them, so their counter positions are still unrelated.
+        let counter_hash = (block_hash.wrapping_mul(COUNTER_MUL) >> 32) as u32;
+        // One byte of `counter_hash` per row: bit 0 picks between the row's two words, bits 1..5
+        // the nibble. Giving row i its own words 2i and 2i + 1 (as Caffeine does) keeps the four
+        // counters in four different words with no rejection loop: two rows landing on the same
+        // counter would leave the item with three estimates to take the minimum of, not four.
+        let slots = [0, 1, 2, 3].map(|row: usize| {
+            let h = counter_hash >> (8 * row);
+            (2 * row + (h & 1) as usize, ((h >> 1) & 0xF) << 2)
+        });
+        (block, slots)
     }
 
-    /// Double hashing; the odd stride keeps the probes on distinct bits.
+    /// The item's doorkeeper block, and (word in block, bit mask) of each probe.
+    ///
+    /// Double hashing within the block's 512 bits; the odd stride keeps the probes on distinct
+    /// bits.
     #[inline]
-    fn door_probes(&self, hash: u64) -> [(usize, u64); DOOR_PROBES] {
-        let stride = (hash >> 32) | 1;
-        let mut bit = hash;
-        [(); DOOR_PROBES].map(|()| {
-            let b = bit & self.door_bit_mask;
+    fn door_probes(&self, hash: u64) -> (usize, [(usize, u64); DOOR_PROBES]) {
+        let h = spread(hash, DOOR_MUL);
+        let block = h as usize & self.door_mask;
+        // The block comes from the low half (low ^ high of the product), the probes from the high
+        // half alone: whatever the probes, every block is equally likely, so items that share a
+        // block do not tend to share probe bits too.
+        let top = h >> 32;
+        let stride = (top >> 9) | 1;
+        let mut bit = top;
+        let probes = [(); DOOR_PROBES].map(|()| {
+            let b = bit % BLOCK_BITS as u64;
             bit = bit.wrapping_add(stride);
             ((b >> 6) as usize, 1 << (b & 63))
-        })
+        });
+        (block, probes)
     }
 
     fn door_contains(&self, hash: u64) -> bool {
-        self.door_probes(hash)
-            .iter()
-            .all(|&(i, m)| self.door[i] & m != 0)
+        let (block, probes) = self.door_probes(hash);
+        let words = &self.door[block].0;
+        probes.iter().all(|&(w, m)| words[w] & m != 0)
     }
 
     /// Sets the item's bits; returns whether they were all set already.
     fn door_insert(&mut self, hash: u64) -> bool {
+        let (block, probes) = self.door_probes(hash);
+        let words = &mut self.door[block].0;
         let mut present = true;
-        for (i, m) in self.door_probes(hash) {
-            present &= self.door[i] & m != 0;
-            self.door[i] |= m;
+        for (w, m) in probes {
+            present &= words[w] & m != 0;
+            words[w] |= m;
         }
         present
     }
+}
+
+/// Multiplies by an odd constant and folds the high half down, a bijection of `hash`. The
+/// product's low bits depend only on the hash's low bits; after the fold the low 32 bits, which
+/// pick the block, depend on all 64, so a hash with weak low bits still spreads over the blocks.
+#[inline]
+fn spread(hash: u64, mul: u64) -> u64 {
+    let h = hash.wrapping_mul(mul);
+    h ^ (h >> 32)
 }
 
 // Manual so that a cache's derived `Debug` prints a summary, not thousands of table words.
@@ -184,7 +242,7 @@ mod tests {
         assert_eq!(s.frequency(h), 0);
         s.increment(h);
         assert_eq!(s.frequency(h), 1);
-        assert!(s.table.iter().all(|&w| w == 0));
+        assert!(s.table.iter().all(|b| b.0 == [0; WORDS_PER_BLOCK]));
         for expected in 2..=16u8 {
             s.increment(h);
             assert_eq!(s.frequency(h), expected);
@@ -215,7 +273,7 @@ mod tests {
         assert_eq!((s.frequency(hot), s.frequency(once)), (5, 0));
         assert_eq!(s.samples, 6);
         // Saturated neighbours must not leak their low bit into the counter below them.
-        s.table.fill(u64::MAX);
+        s.table.fill(Block([u64::MAX; WORDS_PER_BLOCK]));
         s.age();
         assert!((0..100).all(|i| s.frequency(splitmix64(i)) == 7));
     }
@@ -252,23 +310,85 @@ mod tests {
         assert!(heavy.iter().all(|&f| f >= 12), "heavy hitters {heavy:?}");
     }
 
+    /// (table words, doorkeeper bits), the sizes the layout promises.
+    fn sizes(s: &FrequencySketch) -> (usize, usize) {
+        (s.table.len() * WORDS_PER_BLOCK, s.door.len() * BLOCK_BITS)
+    }
+
+    /// Doorkeeper bits for a table of `words`: 16 per word, but at least one block.
+    fn door_bits(words: usize) -> usize {
+        (words * DOOR_BITS_PER_ENTRY).max(BLOCK_BITS)
+    }
+
     #[test]
     fn ensure_capacity_grows_and_resets_only_when_larger() {
         let mut s = FrequencySketch::with_capacity(10);
-        let door_words = |words: usize| words * DOOR_BITS_PER_ENTRY / 64;
-        assert_eq!((s.table.len(), s.door.len()), (16, door_words(16)));
+        assert_eq!(sizes(&s), (16, door_bits(16)));
         let before = s.heap_bytes();
+        assert_eq!(before, (2 + 1) * 64);
         let h = splitmix64(3);
         s.increment(h);
         s.ensure_capacity(16);
-        assert_eq!((s.table.len(), s.frequency(h)), (16, 1));
+        assert_eq!((sizes(&s).0, s.frequency(h)), (16, 1));
         s.ensure_capacity(1000);
         assert_eq!(
-            (s.table.len(), s.door.len(), s.sample_size),
-            (1024, door_words(1024), 10_000)
+            (sizes(&s), s.sample_size),
+            ((1024, door_bits(1024)), 10_000)
         );
         assert_eq!(s.frequency(h), 0);
         assert!(s.heap_bytes() > before);
+        assert_eq!(s.heap_bytes(), (1024 + 1024 / 4) * 8);
+    }
+
+    #[test]
+    fn blocks_are_cache_line_aligned() {
+        for cap in [1, 16, 100, 4096, 1 << 16] {
+            let s = FrequencySketch::with_capacity(cap);
+            assert_eq!(s.table.as_ptr() as usize % 64, 0);
+            assert_eq!(s.door.as_ptr() as usize % 64, 0);
+        }
+    }
+
+    #[test]
+    fn an_item_touches_four_words_of_one_counter_block_and_one_door_block() {
+        let nonzero = |blocks: &[Block]| -> Vec<usize> {
+            (0..blocks.len())
+                .filter(|&i| blocks[i].0 != [0; WORDS_PER_BLOCK])
+                .collect()
+        };
+        for i in 0..500 {
+            let mut s = FrequencySketch::with_capacity(4096);
+            let h = splitmix64(i);
+            s.increment(h);
+            s.increment(h);
+            let door = nonzero(&s.door);
+            assert_eq!(door.len(), 1);
+            let bits: u32 = s.door[door[0]].0.iter().map(|w| w.count_ones()).sum();
+            assert_eq!(bits, DOOR_PROBES as u32);
+            let table = nonzero(&s.table);
+            assert_eq!(table.len(), 1);
+            // Four distinct words, each holding a single counter at 1.
+            let words = s.table[table[0]].0;
+            assert_eq!(words.iter().filter(|&&w| w != 0).count(), 4);
+            assert!(words
+                .iter()
+                .all(|&w| w == 0 || (w.count_ones() == 1 && w.trailing_zeros() % 4 == 0)));
+            assert_eq!(s.frequency(h), 2);
+        }
+    }
+
+    #[test]
+    fn items_spread_over_all_blocks() {
+        // Catches a block index drawn from too few hash bits, which would leave blocks unused.
+        let mut s = FrequencySketch::with_capacity(1024);
+        let blocks = s.table.len();
+        for i in 0..16 * blocks as u64 {
+            let h = splitmix64(i);
+            s.increment(h);
+            s.increment(h);
+        }
+        assert!(s.table.iter().all(|b| b.0 != [0; WORDS_PER_BLOCK]));
+        assert!(s.door.iter().all(|b| b.0 != [0; WORDS_PER_BLOCK]));
     }
 
     #[test]
