@@ -8,6 +8,7 @@
 //!
 //! Everything here is plain `&mut self` code over slab ids; the shard drives it under its lock.
 
+pub(crate) mod climber;
 pub(crate) mod clock;
 pub(crate) mod sketch;
 
@@ -23,9 +24,6 @@ pub(crate) trait Members {
     /// Reads of the entry since the last call (see `Entry::take_access`).
     fn take_access(&self, id: u32) -> u8;
 }
-
-/// Per mille of a shard's capacity given to the window (Caffeine's starting point, 1%).
-const WINDOW_PER_MILLE: u64 = 10;
 
 /// A candidate this frequent may be admitted at random even when it loses the duel: an
 /// attacker who floods keys that collide with a hot victim in the sketch cannot pin it out.
@@ -54,6 +52,8 @@ pub(crate) struct Policy {
     window: Ring,
     main: Ring,
     sketch: FrequencySketch,
+    capacity: u64,
+    window_per_mille: u32,
     window_target: u64,
     main_target: u64,
     /// xorshift state for admission jitter; seeded per shard from the cache's random state.
@@ -64,17 +64,32 @@ impl Policy {
     /// A policy for a shard holding up to `capacity` weight, expected to hold about
     /// `expected_entries` entries (sizes the sketch; it grows if more arrive).
     pub(crate) fn new(capacity: u64, expected_entries: usize, seed: u64) -> Self {
-        let window_target = (capacity * WINDOW_PER_MILLE / 1000).max(1);
-        Self {
+        let mut policy = Self {
             links: Links::default(),
             region: Vec::new(),
             window: Ring::default(),
             main: Ring::default(),
             sketch: FrequencySketch::with_capacity(expected_entries),
-            window_target,
-            main_target: capacity.saturating_sub(window_target),
+            capacity,
+            window_per_mille: 0,
+            window_target: 0,
+            main_target: 0,
             jitter: seed | 1,
+        };
+        policy.set_window_per_mille(climber::INITIAL_WINDOW_PER_MILLE);
+        policy
+    }
+
+    /// Gives the window `per_mille` thousandths of the capacity (at least one unit). The
+    /// regions converge to their new targets as later evictions move entries between them.
+    pub(crate) fn set_window_per_mille(&mut self, per_mille: u32) {
+        if per_mille == self.window_per_mille {
+            return;
         }
+        self.window_per_mille = per_mille;
+        let window = u128::from(self.capacity) * u128::from(per_mille) / 1000;
+        self.window_target = (window as u64).max(1);
+        self.main_target = self.capacity.saturating_sub(self.window_target);
     }
 
     /// Entries the policy orders.

@@ -10,8 +10,9 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
+use crate::policy::climber::{HillClimber, INITIAL_WINDOW_PER_MILLE};
 use crate::stats::Counters;
-use crate::sync::{AtomicUsize, Guard, Ordering, Owned};
+use crate::sync::{AtomicU32, AtomicUsize, Guard, Ordering, Owned};
 use crate::time::Clock;
 use crate::{RemovalCause, Stats};
 use budget::Budget;
@@ -37,6 +38,8 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) listener: Option<Listener<K, V>>,
     /// Expected entries in the whole cache (sizes the sketches).
     pub(crate) expected_entries: usize,
+    /// Accesses per hit-ratio sample of the window's hill climbing.
+    pub(crate) sample_size: u64,
 }
 
 /// The shared state of a cache.
@@ -53,6 +56,21 @@ pub(crate) struct RawCache<K, V, S> {
     /// Where the global eviction sweep starts, spreading it over shards.
     sweep: AtomicUsize,
     counters: Counters,
+    /// The admission window's share of each shard, in per mille, set by `sampler`.
+    window_per_mille: AtomicU32,
+    /// Hit-ratio sampling for the window's hill climbing; writers only `try_lock` it.
+    sampler: std::sync::Mutex<Sampler>,
+    /// Accesses per hit-ratio sample: ten per expected entry, as Caffeine samples.
+    sample_size: u64,
+}
+
+/// The hit-ratio sample in progress.
+#[derive(Debug, Default)]
+struct Sampler {
+    climber: HillClimber,
+    /// Hits and misses at the start of the sample.
+    hits: u64,
+    misses: u64,
 }
 
 impl<K, V, S> RawCache<K, V, S>
@@ -84,6 +102,9 @@ where
             listener: config.listener,
             sweep: AtomicUsize::new(0),
             counters: Counters::new(),
+            window_per_mille: AtomicU32::new(INITIAL_WINDOW_PER_MILLE),
+            sampler: std::sync::Mutex::new(Sampler::default()),
+            sample_size: config.sample_size,
         }
     }
 
@@ -166,14 +187,36 @@ where
         // TTL-free caches read the clock only if the shard's wheel or a replaced entry
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
-        let outcome = shard.insert(entry, weight, clock, &self.budget, &guard, &mut out);
+        let window = self.window_per_mille.load(Ordering::Relaxed);
+        let outcome = shard.insert(entry, weight, clock, &self.budget, window, &guard, &mut out);
         self.make_room(shard, &guard, &mut out);
+        if out.sample_due {
+            self.sample_hit_ratio();
+        }
         match outcome {
             Inserted::New => self.counters.add(|s| &s.inserts, 1),
             Inserted::Updated => self.counters.add(|s| &s.updates, 1),
         }
         self.finish(out);
         outcome
+    }
+
+    /// Ends the hit-ratio sample if it holds enough accesses, and moves the window. Whoever
+    /// holds the sampler does it; others skip rather than wait.
+    fn sample_hit_ratio(&self) {
+        let Ok(mut sampler) = self.sampler.try_lock() else {
+            return;
+        };
+        let stats = self.counters.snapshot();
+        let hits = stats.hits.saturating_sub(sampler.hits);
+        let misses = stats.misses.saturating_sub(sampler.misses);
+        if hits + misses < self.sample_size {
+            return;
+        }
+        sampler.hits = stats.hits;
+        sampler.misses = stats.misses;
+        let window = sampler.climber.adjust(hits as f64 / (hits + misses) as f64);
+        self.window_per_mille.store(window, Ordering::Relaxed);
     }
 
     /// Takes the weight that left the shards off the global total.

@@ -30,6 +30,8 @@ pub(crate) struct Departures<'g, K, V> {
     pub(crate) replaced: u64,
     /// Weight that left the shards, to take off the global total.
     pub(crate) weight: u64,
+    /// The shard has seen enough inserts that a hit-ratio sample may be complete.
+    pub(crate) sample_due: bool,
 }
 
 impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
@@ -43,6 +45,7 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
             removed: 0,
             replaced: 0,
             weight: 0,
+            sample_due: false,
         }
     }
 
@@ -75,6 +78,8 @@ struct State<K, V> {
     policy: Policy,
     wheel: TimerWheel,
     weight: u64,
+    /// Inserts since the shard last asked for a hit-ratio sample.
+    inserts_since_sample: u32,
 }
 
 impl<K, V> std::fmt::Debug for State<K, V> {
@@ -141,6 +146,7 @@ where
                 policy: Policy::new(capacity, expected_entries, seed),
                 wheel: TimerWheel::new(now),
                 weight: 0,
+                inserts_since_sample: 0,
             }),
             weight: AtomicU64::new(0),
         }
@@ -197,17 +203,29 @@ where
     /// `clock` is called only if an expiry must be checked. While the cache is over
     /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
     /// that to other shards). Weight that left is released to `budget` here.
+    ///
+    /// `window_per_mille` is the admission window's current share (see `HillClimber`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert<'g>(
         &self,
         mut entry: Owned<Entry<K, V>>,
         weight: u64,
         clock: impl Fn() -> u64,
         budget: &Budget,
+        window_per_mille: u32,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> Inserted {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        state.policy.set_window_per_mille(window_per_mille);
+        state.inserts_since_sample += 1;
+        // Ask often enough for small caches to adapt, rarely enough to cost nothing.
+        let sample_every = (state.policy.len() / 4).clamp(16, 1024) as u32;
+        if state.inserts_since_sample >= sample_every {
+            state.inserts_since_sample = 0;
+            out.sample_due = true;
+        }
         let hash = entry.hash;
         let expires_at = entry.expires_at;
         let outcome = if let Some(found) = self.table.find(hash, &entry.key, guard) {

@@ -1,0 +1,99 @@
+//! Sizes the admission window by hill climbing on the hit ratio, as Caffeine does.
+//!
+//! A small window favours frequency (TinyLFU keeps what is popular over time); a large one
+//! favours recency (bursts and shifting hot sets). Which wins depends on the workload, so
+//! after each sample of accesses the climber compares the hit ratio with the previous
+//! sample's: if it improved, the window keeps moving the same way; if not, it turns back.
+//! The step decays so the window settles, and restarts when the hit ratio jumps (the
+//! workload changed).
+
+/// Window share at start: 1% (Caffeine's), in per mille of capacity.
+pub(crate) const INITIAL_WINDOW_PER_MILLE: u32 = 10;
+
+/// Bounds of the window share. Some main region always remains so frequency still counts.
+const MIN_WINDOW_PER_MILLE: f64 = 0.0;
+const MAX_WINDOW_PER_MILLE: f64 = 800.0;
+
+/// First and restarted step: 6.25% of capacity.
+const STEP_PER_MILLE: f64 = 62.5;
+
+/// Each sample without a jump shrinks the step by this factor.
+const STEP_DECAY: f64 = 0.98;
+
+/// A hit-ratio change this large means the workload changed: restart with a full step.
+const RESTART_THRESHOLD: f64 = 0.05;
+
+/// The climber's state.
+#[derive(Debug, Clone)]
+pub(crate) struct HillClimber {
+    window: f64,
+    step: f64,
+    previous: Option<f64>,
+}
+
+impl Default for HillClimber {
+    fn default() -> Self {
+        Self {
+            window: f64::from(INITIAL_WINDOW_PER_MILLE),
+            step: STEP_PER_MILLE,
+            previous: None,
+        }
+    }
+}
+
+impl HillClimber {
+    /// Takes the hit ratio (0..=1) of the sample that just ended and returns the window share
+    /// to use next, in per mille of capacity.
+    pub(crate) fn adjust(&mut self, hit_ratio: f64) -> u32 {
+        if let Some(previous) = self.previous {
+            let change = hit_ratio - previous;
+            let direction = if change >= 0.0 {
+                self.step.signum()
+            } else {
+                -self.step.signum()
+            };
+            self.step = if change.abs() >= RESTART_THRESHOLD {
+                direction * STEP_PER_MILLE
+            } else {
+                direction * self.step.abs() * STEP_DECAY
+            };
+        }
+        self.previous = Some(hit_ratio);
+        self.window = (self.window + self.step).clamp(MIN_WINDOW_PER_MILLE, MAX_WINDOW_PER_MILLE);
+        self.window.round() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A workload whose hit ratio peaks at a window of `best` per mille.
+    fn hit_ratio_at(window: u32, best: f64) -> f64 {
+        0.9 - ((f64::from(window) - best) / 1000.0).powi(2)
+    }
+
+    #[test]
+    fn climbs_toward_the_best_window_and_settles() {
+        for best in [0.0, 200.0, 600.0] {
+            let mut climber = HillClimber::default();
+            let mut window = INITIAL_WINDOW_PER_MILLE;
+            for _ in 0..300 {
+                window = climber.adjust(hit_ratio_at(window, best));
+            }
+            assert!(
+                (f64::from(window) - best).abs() <= 70.0,
+                "best {best}, settled at {window}"
+            );
+        }
+    }
+
+    #[test]
+    fn stays_within_bounds() {
+        let mut climber = HillClimber::default();
+        for round in 0..1000 {
+            let window = climber.adjust(if round % 2 == 0 { 1.0 } else { 0.0 });
+            assert!(f64::from(window) <= MAX_WINDOW_PER_MILLE);
+        }
+    }
+}
