@@ -15,11 +15,17 @@ pub fn value_of(key: u64) -> u64 {
     key.rotate_left(17) ^ 0xA5A5_A5A5_A5A5_A5A5
 }
 
-fn checked(name: &str, key: u64, got: Option<u64>) -> Result<bool, String> {
-    match got {
-        None => Ok(false),
+/// Read-through: read with `get`, check the value, and on a miss `insert` it.
+fn read_through(
+    name: &str,
+    key: u64,
+    get: impl FnOnce() -> Option<u64>,
+    insert: impl FnOnce(u64) -> Result<(), String>,
+) -> Result<bool, String> {
+    match get() {
         Some(value) if value == value_of(key) => Ok(true),
         Some(value) => Err(format!("{name}: key {key} read value {value:#x}")),
+        None => insert(value_of(key)).map(|()| false),
     }
 }
 
@@ -33,13 +39,12 @@ impl SharedCache for Larder {
         "larder"
     }
     fn access(&self, key: u64) -> Result<bool, String> {
-        let hit = checked(self.name(), key, self.0.get(&key))?;
-        if !hit {
-            self.0
-                .insert(key, value_of(key))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(hit)
+        read_through(
+            self.name(),
+            key,
+            || self.0.get(&key),
+            |value| self.0.insert(key, value).map_err(|e| e.to_string()),
+        )
     }
 }
 
@@ -48,11 +53,15 @@ impl SharedCache for Moka {
         "moka"
     }
     fn access(&self, key: u64) -> Result<bool, String> {
-        let hit = checked(self.name(), key, self.0.get(&key))?;
-        if !hit {
-            self.0.insert(key, value_of(key));
-        }
-        Ok(hit)
+        read_through(
+            self.name(),
+            key,
+            || self.0.get(&key),
+            |value| {
+                self.0.insert(key, value);
+                Ok(())
+            },
+        )
     }
 }
 
@@ -61,11 +70,15 @@ impl SharedCache for Quick {
         "quick_cache"
     }
     fn access(&self, key: u64) -> Result<bool, String> {
-        let hit = checked(self.name(), key, self.0.get(&key))?;
-        if !hit {
-            self.0.insert(key, value_of(key));
-        }
-        Ok(hit)
+        read_through(
+            self.name(),
+            key,
+            || self.0.get(&key),
+            |value| {
+                self.0.insert(key, value);
+                Ok(())
+            },
+        )
     }
 }
 
@@ -74,13 +87,12 @@ impl SharedCache for Stretto {
         "stretto"
     }
     fn access(&self, key: u64) -> Result<bool, String> {
-        let got = self.0.get(&key).map(|value| *value.value());
-        let hit = checked(self.name(), key, got)?;
-        if !hit {
-            // Inserts are buffered and applied later unless waited for; as its users run it.
-            self.0.insert(key, value_of(key), 1);
-        }
-        Ok(hit)
+        let get = || self.0.get(&key).map(|value| *value.value());
+        // Inserts are buffered and applied later unless waited for; as its users run it.
+        read_through(self.name(), key, get, |value| {
+            self.0.insert(key, value, 1);
+            Ok(())
+        })
     }
 }
 
