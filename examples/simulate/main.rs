@@ -40,6 +40,8 @@ struct Options {
     format: Option<trace::Format>,
     threads: usize,
     out: PathBuf,
+    /// Only these policies, if given.
+    policies: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -49,6 +51,7 @@ fn parse_args() -> Result<Options, String> {
         format: None,
         threads: 1,
         out: PathBuf::from("target/simulate"),
+        policies: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -77,6 +80,17 @@ fn parse_args() -> Result<Options, String> {
                     .ok_or("--threads needs a whole number >= 1")?;
             }
             "--out" => options.out = PathBuf::from(value("--out")?),
+            "--policies" => {
+                let names: Vec<String> =
+                    value("--policies")?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = names
+                    .iter()
+                    .find(|n| !REAL.contains(&n.as_str()) && !REFERENCE.contains(&n.as_str()))
+                {
+                    return Err(format!("--policies: unknown policy {bad}"));
+                }
+                options.policies = Some(names);
+            }
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             path => options.traces.push(PathBuf::from(path)),

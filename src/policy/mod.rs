@@ -25,6 +25,9 @@ pub(crate) trait Members {
     fn take_access(&self, id: u32) -> u8;
 }
 
+/// Tenths of main held by its protected segment (Caffeine's 80%).
+const PROTECTED_TENTHS: u64 = 8;
+
 /// A candidate this frequent may be admitted at random even when it loses the duel: an
 /// attacker who floods keys that collide with a hot victim in the sketch cannot pin it out.
 const JITTER_MIN_FREQUENCY: u8 = 6;
@@ -41,7 +44,10 @@ pub(crate) struct Eviction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Region {
     Window,
+    /// Main's probation segment: admitted entries start here and duel victims come from here.
     Main,
+    /// Main's protected segment: entries read while on probation.
+    Protected,
 }
 
 /// The replacement policy of one shard.
@@ -51,11 +57,13 @@ pub(crate) struct Policy {
     region: Vec<Region>,
     window: Ring,
     main: Ring,
+    protected: Ring,
     sketch: FrequencySketch,
     capacity: u64,
     window_per_mille: u32,
     window_target: u64,
     main_target: u64,
+    protected_target: u64,
     /// xorshift state for admission jitter; seeded per shard from the cache's random state.
     jitter: u64,
 }
@@ -69,11 +77,13 @@ impl Policy {
             region: Vec::new(),
             window: Ring::default(),
             main: Ring::default(),
+            protected: Ring::default(),
             sketch: FrequencySketch::with_capacity(expected_entries),
             capacity,
             window_per_mille: 0,
             window_target: 0,
             main_target: 0,
+            protected_target: 0,
             jitter: seed | 1,
         };
         policy.set_window_per_mille(climber::INITIAL_WINDOW_PER_MILLE);
@@ -90,11 +100,20 @@ impl Policy {
         let window = u128::from(self.capacity) * u128::from(per_mille) / 1000;
         self.window_target = (window as u64).max(1);
         self.main_target = self.capacity.saturating_sub(self.window_target);
+        self.protected_target = self.main_target / 10 * PROTECTED_TENTHS;
     }
 
     /// Entries the policy orders.
     pub(crate) fn len(&self) -> usize {
-        self.window.len() + self.main.len()
+        self.window.len() + self.main.len() + self.protected.len()
+    }
+
+    fn main_weight(&self) -> u64 {
+        self.main.weight() + self.protected.weight()
+    }
+
+    fn main_is_empty(&self) -> bool {
+        self.main.is_empty() && self.protected.is_empty()
     }
 
     /// Records a newly inserted entry: it counts as an access and joins the window.
@@ -119,6 +138,7 @@ impl Policy {
         let ring = match region {
             Region::Window => &mut self.window,
             Region::Main => &mut self.main,
+            Region::Protected => &mut self.protected,
         };
         ring.remove(&mut self.links, id, weight);
     }
@@ -128,6 +148,7 @@ impl Policy {
         self.links = Links::default();
         self.window = Ring::default();
         self.main = Ring::default();
+        self.protected = Ring::default();
     }
 
     /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
@@ -138,7 +159,7 @@ impl Policy {
                 break;
             };
             let weight = members.weight(candidate);
-            if self.main.weight() + weight > self.main_target {
+            if self.main_weight() + weight > self.main_target {
                 break;
             }
             self.window.remove(&mut self.links, candidate, weight);
@@ -149,11 +170,11 @@ impl Policy {
         // then the shard acts as full and the newest window entry duels main's victim, as
         // it would in a full shard, rather than main losing entries without a duel.
         let over_capacity =
-            self.window.weight() + self.main.weight() > self.window_target + self.main_target;
+            self.window.weight() + self.main_weight() > self.window_target + self.main_target;
         let main_pays =
             self.window.is_empty() || (self.window.weight() <= self.window_target && over_capacity);
-        if main_pays && !self.main.is_empty() {
-            let victim = self.sweep(Region::Main, members)?;
+        if main_pays && !self.main_is_empty() {
+            let victim = self.main_victim(members)?;
             self.main
                 .remove(&mut self.links, victim, members.weight(victim));
             return Some(Eviction {
@@ -165,7 +186,7 @@ impl Policy {
         let candidate_weight = members.weight(candidate);
         self.window
             .remove(&mut self.links, candidate, candidate_weight);
-        let Some(victim) = self.sweep(Region::Main, members) else {
+        let Some(victim) = self.main_victim(members) else {
             return Some(Eviction {
                 id: candidate,
                 rejected: false,
@@ -221,10 +242,71 @@ impl Policy {
             let ring = match region {
                 Region::Window => &mut self.window,
                 Region::Main => &mut self.main,
+                Region::Protected => &mut self.protected,
             };
             ring.advance(&self.links);
         }
         self.ring(region).hand()
+    }
+
+    /// Main's victim, still linked in probation: the first probation entry not read since
+    /// the hand passed. Entries read on probation move to protected (feeding the sketch);
+    /// protected overflow, oldest unread first, goes back to probation. Terminates: each
+    /// step either returns or moves one entry out of probation, and protected overflow moves
+    /// entries only while protected is over its target.
+    fn main_victim(&mut self, members: &impl Members) -> Option<u32> {
+        let steps = 2 * (self.main.len() + self.protected.len()) + 2;
+        for _ in 0..steps {
+            let Some(id) = self.main.hand() else {
+                let demoted = self.sweep(Region::Protected, members)?;
+                self.move_to(
+                    demoted,
+                    Region::Protected,
+                    Region::Main,
+                    members.weight(demoted),
+                );
+                continue;
+            };
+            let reads = members.take_access(id);
+            if reads == 0 {
+                return Some(id);
+            }
+            let hash = members.hash(id);
+            for _ in 0..reads {
+                self.sketch.increment(hash);
+            }
+            self.move_to(id, Region::Main, Region::Protected, members.weight(id));
+            while self.protected.weight() > self.protected_target {
+                let Some(demoted) = self.sweep(Region::Protected, members) else {
+                    break;
+                };
+                self.move_to(
+                    demoted,
+                    Region::Protected,
+                    Region::Main,
+                    members.weight(demoted),
+                );
+            }
+        }
+        self.main.hand()
+    }
+
+    fn move_to(&mut self, id: u32, from: Region, to: Region, weight: u64) {
+        let (ring, links) = self.ring_and_links(from);
+        ring.remove(links, id, weight);
+        self.set_region(id, to);
+        let (ring, links) = self.ring_and_links(to);
+        ring.push(links, id, weight);
+    }
+
+    /// A region's ring with the shared links, borrowed together.
+    fn ring_and_links(&mut self, region: Region) -> (&mut Ring, &mut Links) {
+        let ring = match region {
+            Region::Window => &mut self.window,
+            Region::Main => &mut self.main,
+            Region::Protected => &mut self.protected,
+        };
+        (ring, &mut self.links)
     }
 
     fn promote(&mut self, id: u32, weight: u64) {
@@ -245,6 +327,7 @@ impl Policy {
         match region {
             Region::Window => &self.window,
             Region::Main => &self.main,
+            Region::Protected => &self.protected,
         }
     }
 
@@ -252,6 +335,7 @@ impl Policy {
         match region {
             Region::Window => &mut self.window,
             Region::Main => &mut self.main,
+            Region::Protected => &mut self.protected,
         }
     }
 
