@@ -1,10 +1,13 @@
 //! Which entry leaves when a shard is over budget: W-TinyLFU over CLOCK rings.
 //!
-//! New entries enter a small *window* ring (a recency buffer that absorbs bursts). When the
-//! window is over its share, its CLOCK victim becomes a *candidate* for the *main* ring; if
-//! main is full, the candidate duels main's CLOCK victim on estimated frequency (TinyLFU) and
-//! the loser is evicted. Reads never touch this code: they bump a lossy counter in the entry,
-//! which the CLOCK hand reads, clears and feeds into the frequency sketch as it sweeps.
+//! New entries enter a *window* ring, a recency buffer whose share of the shard the hill
+//! climber (`climber.rs`) adapts to the workload. When the window is over its share, its
+//! CLOCK victim becomes a *candidate* for *main*. Main is segmented as in Caffeine:
+//! admitted entries start on *probation*, entries read there move to *protected* (80% of
+//! main), and protected overflow returns to probation. If main is full, the candidate duels
+//! probation's CLOCK victim on estimated frequency (TinyLFU) and the loser is evicted.
+//! Reads never touch this code: they bump a lossy counter in the entry, which the CLOCK
+//! hands read, clear and feed into the frequency sketch as they sweep.
 //!
 //! Everything here is plain `&mut self` code over slab ids; the shard drives it under its lock.
 
@@ -134,13 +137,8 @@ impl Policy {
 
     /// Forgets an entry removed for any reason other than [`Policy::evict`].
     pub(crate) fn on_remove(&mut self, id: u32, weight: u64) {
-        let region = self.region[id as usize];
-        let ring = match region {
-            Region::Window => &mut self.window,
-            Region::Main => &mut self.main,
-            Region::Protected => &mut self.protected,
-        };
-        ring.remove(&mut self.links, id, weight);
+        let (ring, links) = self.ring_and_links(self.region[id as usize]);
+        ring.remove(links, id, weight);
     }
 
     /// Forgets every entry (the cache was cleared); frequency history is kept.
@@ -239,12 +237,8 @@ impl Policy {
             for _ in 0..reads {
                 self.sketch.increment(hash);
             }
-            let ring = match region {
-                Region::Window => &mut self.window,
-                Region::Main => &mut self.main,
-                Region::Protected => &mut self.protected,
-            };
-            ring.advance(&self.links);
+            let (ring, links) = self.ring_and_links(region);
+            ring.advance(links);
         }
         self.ring(region).hand()
     }
@@ -331,17 +325,8 @@ impl Policy {
         }
     }
 
-    fn ring_mut(&mut self, region: Region) -> &mut Ring {
-        match region {
-            Region::Window => &mut self.window,
-            Region::Main => &mut self.main,
-            Region::Protected => &mut self.protected,
-        }
-    }
-
     fn ring_of(&mut self, id: u32) -> &mut Ring {
-        let region = self.region[id as usize];
-        self.ring_mut(region)
+        self.ring_and_links(self.region[id as usize]).0
     }
 
     /// Bytes of policy metadata, for memory accounting.
