@@ -229,18 +229,25 @@ impl Policy {
         let laps = 2 * self.ring(region).len();
         for _ in 0..laps {
             let id = self.ring(region).hand()?;
-            let reads = members.take_access(id);
-            if reads == 0 {
+            if self.feed_reads(id, members) == 0 {
                 return Some(id);
-            }
-            let hash = members.hash(id);
-            for _ in 0..reads {
-                self.sketch.increment(hash);
             }
             let (ring, links) = self.ring_and_links(region);
             ring.advance(links);
         }
         self.ring(region).hand()
+    }
+
+    /// Takes the reads `id` had since a hand last passed and counts them in the sketch.
+    fn feed_reads(&mut self, id: u32, members: &impl Members) -> u8 {
+        let reads = members.take_access(id);
+        if reads != 0 {
+            let hash = members.hash(id);
+            for _ in 0..reads {
+                self.sketch.increment(hash);
+            }
+        }
+        reads
     }
 
     /// Main's victim, still linked in probation: the first probation entry not read since
@@ -261,13 +268,8 @@ impl Policy {
                 );
                 continue;
             };
-            let reads = members.take_access(id);
-            if reads == 0 {
+            if self.feed_reads(id, members) == 0 {
                 return Some(id);
-            }
-            let hash = members.hash(id);
-            for _ in 0..reads {
-                self.sketch.increment(hash);
             }
             self.move_to(id, Region::Main, Region::Protected, members.weight(id));
             while self.protected.weight() > self.protected_target {
