@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::load::Loads;
+use crate::raw::shard::Departures;
 use crate::raw::RawCache;
+use crate::sync::Guard;
 use crate::time::duration_to_nanos;
 use crate::{CacheBuilder, InsertError, InsertErrorKind, Stats};
 
@@ -142,6 +144,21 @@ where
     }
 
     fn insert_inner(&self, key: K, value: V, ttl: Option<u64>) -> Result<(), InsertError<K, V>> {
+        let guard = crate::sync::pin();
+        let departed = self.insert_pinned(key, value, ttl, &guard)?;
+        self.raw.finish(departed);
+        Ok(())
+    }
+
+    /// Inserts without settling what left the cache: the caller passes the result to
+    /// `raw().finish` once it holds no lock of its own, since the listener runs there.
+    pub(crate) fn insert_pinned<'g>(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<u64>,
+        guard: &'g Guard,
+    ) -> Result<Departures<'g, K, V>, InsertError<K, V>> {
         let weight = self.raw.weigh(&key, &value);
         let budget = self.raw.budget();
         if weight > budget {
@@ -151,8 +168,16 @@ where
                 kind: InsertErrorKind::TooHeavy { weight, budget },
             });
         }
-        self.raw.insert(key, value, weight, ttl);
-        Ok(())
+        Ok(self.raw.insert(key, value, weight, ttl, guard))
+    }
+
+    /// The live value of `key` without counting a read (no statistics, no frequency).
+    pub(crate) fn peek(&self, key: &K) -> Option<V>
+    where
+        V: Clone,
+    {
+        let guard = crate::sync::pin();
+        self.raw.peek(key, &guard).map(|entry| entry.value.clone())
     }
 
     /// Removes `key`, returning its value if it was live.
@@ -180,7 +205,8 @@ where
     }
 
     /// Sum of the entries' weights: the entry count in count mode, bytes (larder's overhead
-    /// included) in byte mode.
+    /// included) in byte mode. Exact at rest; while other threads insert it also counts
+    /// their inserts in progress, so it may briefly exceed the budget by their weights.
     pub fn weighted_size(&self) -> u64 {
         self.raw.weighted_size()
     }

@@ -1,9 +1,11 @@
 //! Single-flight loading: one loader runs per key at a time; other callers wait for it.
 //!
 //! A caller that misses registers its key in a per-shard table of loads in flight. Later
-//! callers for the same key find the registration and wait on its slot. The loader publishes
-//! its value to the cache, then to the slot. If the loader fails or panics, its slot is
-//! marked abandoned and the waiters start over: one of them becomes the next loader.
+//! callers for the same key find the registration and wait on its slot. The loader removes
+//! its registration and publishes its value to the cache under the table's lock (newcomers
+//! look at the cache again under that lock), then hands the value to its waiters. If the
+//! loader fails or panics, its slot is marked abandoned and the waiters start over: one of
+//! them becomes the next loader.
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
@@ -95,9 +97,9 @@ struct Registration<'a, K, V: Clone> {
 }
 
 impl<K, V: Clone> Registration<'_, K, V> {
-    /// Takes the registration out of the table and returns its key.
-    fn unregister(&mut self) -> K {
-        let mut table = lock(self.loads.shard(self.hash));
+    /// Takes the registration out of `table` (its shard, locked by the caller) and returns
+    /// its key.
+    fn unregister(&mut self, table: &mut HashTable<InFlight<K, V>>) -> K {
         let slot = &self.slot;
         let Ok(found) = table.find_entry(self.hash, |load| Arc::ptr_eq(&load.slot, slot)) else {
             unreachable!("a registered load stays registered until its loader ends")
@@ -115,7 +117,8 @@ impl<K, V: Clone> Registration<'_, K, V> {
 impl<K, V: Clone> Drop for Registration<'_, K, V> {
     fn drop(&mut self) {
         if self.registered {
-            drop(self.unregister());
+            let mut table = lock(self.loads.shard(self.hash));
+            drop(self.unregister(&mut table));
         }
         if !self.ended {
             self.end(Outcome::Abandoned);
@@ -140,6 +143,11 @@ where
             return Ok(value);
         }
         let mut table = lock(loads.shard(hash));
+        // A load may have ended between that read and this lock. Loaders publish to the
+        // cache under this lock, so looking again here cannot miss one.
+        if let Some(value) = cache.peek(&key) {
+            return Ok(value);
+        }
         if let Some(load) = table.find(hash, |load| load.key == key) {
             let slot = Arc::clone(&load.slot);
             drop(table);
@@ -172,12 +180,19 @@ where
         ended: false,
     };
     let value = load()?;
-    let key = registration.unregister();
-    // Publish to the cache before waking waiters, so anyone who arrives after them hits.
-    // A value too heavy to cache is still handed to this caller and its waiters. Between
-    // unregistering and this insert a newcomer may start a second load: loads of one key
-    // never overlap, but may run back to back.
-    let _ = cache.insert(key, value.clone());
+    let guard = crate::sync::pin();
+    // Unregister and publish to the cache under the shard's lock: a newcomer then finds
+    // either the registration or the cached value, so loads of one key never run twice.
+    // The listener runs after the lock is released (`finish`), so it may use this cache.
+    let departed = {
+        let mut table = lock(loads.shard(hash));
+        let key = registration.unregister(&mut table);
+        // A value too heavy to cache is still handed to this caller and its waiters.
+        cache.insert_pinned(key, value.clone(), None, &guard).ok()
+    };
     registration.end(Outcome::Done(value.clone()));
+    if let Some(departed) = departed {
+        cache.raw().finish(departed);
+    }
     Ok(value)
 }

@@ -60,7 +60,8 @@ fn run(cache: &Cache<u64, u64>, budget: u64) {
                     }
                     assert!(
                         cache.weighted_size() <= budget + THREADS,
-                        "overshoot beyond one in-flight insert per thread"
+                        "overshoot beyond one in-flight insert per thread: {} over {budget}",
+                        cache.weighted_size()
                     );
                 }
             });

@@ -252,9 +252,9 @@ impl Policy {
 
     /// Main's victim, still linked in probation: the first probation entry not read since
     /// the hand passed. Entries read on probation move to protected (feeding the sketch);
-    /// protected overflow, oldest unread first, goes back to probation. Terminates: each
-    /// step either returns or moves one entry out of probation, and protected overflow moves
-    /// entries only while protected is over its target.
+    /// protected overflow, oldest unread first, goes back to probation. Bounded: after a
+    /// fixed number of steps it takes the oldest entry of main, read or not, so a non-empty
+    /// main always yields a victim.
     fn main_victim(&mut self, members: &impl Members) -> Option<u32> {
         let steps = 2 * (self.main.len() + self.protected.len()) + 2;
         for _ in 0..steps {
@@ -284,7 +284,14 @@ impl Policy {
                 );
             }
         }
-        self.main.hand()
+        // Out of steps (readers kept marking entries while the hand moved): take the oldest
+        // of probation, or of protected, so a non-empty main always yields a victim.
+        if let Some(id) = self.main.hand() {
+            return Some(id);
+        }
+        let id = self.protected.hand()?;
+        self.move_to(id, Region::Protected, Region::Main, members.weight(id));
+        Some(id)
     }
 
     fn move_to(&mut self, id: u32, from: Region, to: Region, weight: u64) {

@@ -37,6 +37,11 @@ impl Budget {
         }
     }
 
+    /// The weight held, including inserts in progress: at rest, the sum of the shards.
+    pub(crate) fn weight(&self) -> u64 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
     /// Whether the cache holds more than its limit.
     pub(crate) fn is_over(&self) -> bool {
         self.weight.load(Ordering::Relaxed) > self.limit

@@ -173,13 +173,21 @@ where
         }
     }
 
-    /// Inserts an already weighed entry and brings the cache back within budget.
-    pub(crate) fn insert(&self, key: K, value: V, weight: u64, ttl: Option<u64>) -> Inserted {
+    /// Inserts an already weighed entry and brings the cache back within budget. What left
+    /// the cache is returned, readable while `guard` is pinned, for the caller to settle with
+    /// [`RawCache::finish`] once it holds no lock of its own (the listener runs there).
+    pub(crate) fn insert<'g>(
+        &self,
+        key: K,
+        value: V,
+        weight: u64,
+        ttl: Option<u64>,
+        guard: &'g Guard,
+    ) -> Departures<'g, K, V> {
         let hash = self.hash(&key);
         let needs_clock = ttl.or(self.default_ttl).is_some();
         let now = if needs_clock { self.now() } else { 0 };
         let entry = Owned::new(Entry::new(key, value, hash, self.expiry(ttl, now)));
-        let guard = crate::sync::pin();
         let mut out = Departures::new(self.listener.is_some());
         // Charge before publishing so concurrent writers see the weight and evict for it.
         self.budget.charge(weight);
@@ -188,8 +196,8 @@ where
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
-        let outcome = shard.insert(entry, weight, clock, &self.budget, window, &guard, &mut out);
-        self.make_room(shard, &guard, &mut out);
+        let outcome = shard.insert(entry, weight, clock, &self.budget, window, guard, &mut out);
+        self.make_room(shard, guard, &mut out);
         if out.sample_due {
             self.sample_hit_ratio();
         }
@@ -197,8 +205,7 @@ where
             Inserted::New => self.counters.add(|s| &s.inserts, 1),
             Inserted::Updated => self.counters.add(|s| &s.updates, 1),
         }
-        self.finish(out);
-        outcome
+        out
     }
 
     /// Ends the hit-ratio sample if it holds enough accesses, and moves the window. Whoever
@@ -332,8 +339,11 @@ where
         self.shards.iter().map(Shard::len).sum()
     }
 
+    /// One atomic read: exact at rest, and under concurrency within the documented bound
+    /// (it counts inserts in progress). Summing the shards instead would mix moments and
+    /// could overstate the total without bound while evictions cross shards.
     pub(crate) fn weighted_size(&self) -> u64 {
-        self.shards.iter().map(Shard::weight).sum()
+        self.budget.weight()
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -358,6 +368,12 @@ where
         for shard in self.shards.iter() {
             shard.validate(&guard);
         }
+        let shards: u64 = self.shards.iter().map(Shard::weight).sum();
+        assert_eq!(
+            self.budget.weight(),
+            shards,
+            "global weight drifted from the shards'"
+        );
     }
 }
 
