@@ -367,3 +367,44 @@ fn cache_is_a_send_sync_clone_handle() {
     a.insert(1, 1).unwrap();
     assert_eq!(b.get(&1), Some(1));
 }
+
+/// A key whose `Eq` panics while `PANIC_ON_EQ` is set (hashing agrees with `Eq`).
+#[derive(Debug)]
+struct Touchy(u32);
+
+impl std::hash::Hash for Touchy {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+static PANIC_ON_EQ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl PartialEq for Touchy {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(!PANIC_ON_EQ.load(Ordering::SeqCst), "Eq panicked");
+        self.0 == other.0
+    }
+}
+
+impl Eq for Touchy {}
+
+#[test]
+fn a_key_whose_eq_panics_mid_insert_leaves_the_cache_consistent() {
+    let cache: Cache<Touchy, u32> = Cache::builder().max_entries(10).build().unwrap();
+    cache.insert(Touchy(1), 1).unwrap();
+    PANIC_ON_EQ.store(true, Ordering::SeqCst);
+    // Replacing key 1 compares keys under the shard lock: the comparison panics.
+    let result = std::panic::catch_unwind(|| cache.insert(Touchy(1), 2));
+    PANIC_ON_EQ.store(false, Ordering::SeqCst);
+    assert!(result.is_err());
+    assert_eq!(cache.get(&Touchy(1)), Some(1), "the old value survives");
+    assert_eq!(
+        cache.weighted_size(),
+        1,
+        "the failed insert's charge was released"
+    );
+    cache.validate();
+    cache.insert(Touchy(2), 2).unwrap();
+    assert_eq!(cache.len(), 2);
+}

@@ -27,8 +27,15 @@ impl Budget {
         }
     }
 
-    pub(crate) fn charge(&self, weight: u64) {
+    /// Charges `weight` for an insert about to be published. The charge is released again
+    /// if the insert unwinds (a key's `Eq` may panic mid-probe) unless [`Charge::keep`] is
+    /// called once the entry is in.
+    pub(crate) fn charge(&self, weight: u64) -> Charge<'_> {
         self.weight.fetch_add(weight, Ordering::Relaxed);
+        Charge {
+            budget: self,
+            weight,
+        }
     }
 
     pub(crate) fn release(&self, weight: u64) {
@@ -45,5 +52,26 @@ impl Budget {
     /// Whether the cache holds more than its limit.
     pub(crate) fn is_over(&self) -> bool {
         self.weight.load(Ordering::Relaxed) > self.limit
+    }
+}
+
+/// A charge on the budget that is released when dropped, unless kept.
+#[derive(Debug)]
+#[must_use = "a dropped charge is released"]
+pub(crate) struct Charge<'a> {
+    budget: &'a Budget,
+    weight: u64,
+}
+
+impl Charge<'_> {
+    /// The insert went in: the weight now belongs to its entry.
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.weight);
     }
 }
