@@ -48,39 +48,30 @@ impl SharedCache for Larder {
     }
 }
 
-impl SharedCache for Moka {
-    fn name(&self) -> &'static str {
-        "moka"
-    }
-    fn access(&self, key: u64) -> Result<bool, String> {
-        read_through(
-            self.name(),
-            key,
-            || self.0.get(&key),
-            |value| {
-                self.0.insert(key, value);
-                Ok(())
-            },
-        )
-    }
+/// Adapters for caches whose `get` returns the value and whose `insert` cannot fail.
+macro_rules! infallible_adapter {
+    ($adapter:ident, $name:literal) => {
+        impl SharedCache for $adapter {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn access(&self, key: u64) -> Result<bool, String> {
+                read_through(
+                    self.name(),
+                    key,
+                    || self.0.get(&key),
+                    |value| {
+                        self.0.insert(key, value);
+                        Ok(())
+                    },
+                )
+            }
+        }
+    };
 }
 
-impl SharedCache for Quick {
-    fn name(&self) -> &'static str {
-        "quick_cache"
-    }
-    fn access(&self, key: u64) -> Result<bool, String> {
-        read_through(
-            self.name(),
-            key,
-            || self.0.get(&key),
-            |value| {
-                self.0.insert(key, value);
-                Ok(())
-            },
-        )
-    }
-}
+infallible_adapter!(Moka, "moka");
+infallible_adapter!(Quick, "quick_cache");
 
 impl SharedCache for Stretto {
     fn name(&self) -> &'static str {
@@ -110,15 +101,4 @@ pub fn all(capacity: usize) -> Vec<Box<dyn SharedCache>> {
         Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
         Box::new(Stretto(stretto)),
     ]
-}
-
-/// Just larder, for the regression test.
-#[allow(dead_code)]
-pub fn larder(capacity: usize) -> Box<dyn SharedCache> {
-    Box::new(Larder(
-        larder::Cache::builder()
-            .max_entries(capacity as u64)
-            .build()
-            .expect("capacity is at least 1"),
-    ))
 }

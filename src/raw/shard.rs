@@ -27,7 +27,6 @@ pub(crate) struct Departures<'g, K, V> {
     pub(crate) rejected: u64,
     pub(crate) expired: u64,
     pub(crate) removed: u64,
-    pub(crate) replaced: u64,
     /// Weight that left the shards, to take off the global total.
     pub(crate) weight: u64,
     /// The shard has seen enough inserts that a hit-ratio sample may be complete.
@@ -43,7 +42,6 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
             rejected: 0,
             expired: 0,
             removed: 0,
-            replaced: 0,
             weight: 0,
             sample_due: false,
         }
@@ -54,7 +52,8 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
             RemovalCause::Evicted => self.evicted += 1,
             RemovalCause::Expired => self.expired += 1,
             RemovalCause::Removed => self.removed += 1,
-            RemovalCause::Replaced => self.replaced += 1,
+            // Counted by the caller as an update (`Inserted::Updated`).
+            RemovalCause::Replaced => {}
         }
         if self.keep {
             self.list.push((entry, cause));
