@@ -66,6 +66,9 @@
 mod builder;
 mod cache;
 mod error;
+#[cfg(any(fuzzing, feature = "test-util"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod load;
 mod policy;
 mod raw;

@@ -14,6 +14,8 @@ pub const MAX_LINE_KEYS: u64 = 100_000_000;
 /// Most keys a trace may hold when read with [`parse`] or [`load`] (8 GB of keys).
 pub const MAX_TOTAL_KEYS: u64 = 1_000_000_000;
 
+/// Largest decompressed trace accepted: above any real trace, below this machine's memory.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 16 << 30;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
 
@@ -117,17 +119,41 @@ pub fn detect_format(path: &str) -> Format {
 /// Decompresses zstd or gzip data, recognised by magic bytes whatever the file is called;
 /// other bytes are returned unchanged. `name` is only used in errors.
 pub fn decompress(name: &str, bytes: &[u8]) -> Result<Vec<u8>, TraceError> {
-    let (kind, result) = if bytes.starts_with(&ZSTD_MAGIC) {
-        ("zstd", zstd::stream::decode_all(bytes))
+    decompress_with_limit(name, bytes, MAX_DECOMPRESSED_BYTES)
+}
+
+/// [`decompress`] refusing output beyond `max` bytes, so a small crafted stream (a
+/// "decompression bomb", or a fuzz input) cannot exhaust memory.
+pub fn decompress_with_limit(name: &str, bytes: &[u8], max: u64) -> Result<Vec<u8>, TraceError> {
+    let kind = if bytes.starts_with(&ZSTD_MAGIC) {
+        "zstd"
     } else if bytes.starts_with(&GZIP_MAGIC) {
-        let mut out = Vec::new();
-        // Multi-member, like `gzip -d`: concatenated .gz files are one valid stream.
-        let read = flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out);
-        ("gzip", read.map(|_| out))
+        "gzip"
     } else {
         return Ok(bytes.to_vec());
     };
-    result.map_err(|e| error(name, None, format!("corrupt or truncated {kind} data: {e}")))
+    let corrupt =
+        |e: std::io::Error| error(name, None, format!("corrupt or truncated {kind} data: {e}"));
+    let decoder: Box<dyn Read + '_> = if kind == "zstd" {
+        Box::new(zstd::stream::read::Decoder::with_buffer(bytes).map_err(corrupt)?)
+    } else {
+        // Multi-member, like `gzip -d`: concatenated .gz files are one valid stream.
+        Box::new(flate2::read::MultiGzDecoder::new(bytes))
+    };
+    let mut out = Vec::new();
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    decoder
+        .take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    if out.len() as u64 > max {
+        return Err(error(
+            name,
+            None,
+            format!("decompresses to more than {max} bytes"),
+        ));
+    }
+    Ok(out)
 }
 
 /// Parses decompressed trace bytes into keys, refusing traces of more than
@@ -364,6 +390,20 @@ mod tests {
         assert_eq!(loaded.unwrap(), [3, 4]);
         let missing = load(Path::new("/no/such.lis"), None).unwrap_err();
         assert!(missing.to_string().starts_with("/no/such.lis: cannot read"));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let zeros = vec![b'0'; 1 << 20];
+        let zst = zstd::encode_all(&zeros[..], 19).unwrap();
+        assert!(zst.len() < 1 << 10, "{} compressed bytes", zst.len());
+        let err = decompress_with_limit("bomb.zst", &zst, 1 << 16).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bomb.zst: decompresses to more than 65536 bytes"
+        );
+        let exact = decompress_with_limit("fits.zst", &zst, 1 << 20).unwrap();
+        assert_eq!(exact.len(), 1 << 20);
     }
 
     #[test]

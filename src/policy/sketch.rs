@@ -92,7 +92,8 @@ impl FrequencySketch {
     ///
     /// Every call counts toward the sample, including those that only set the doorkeeper, as in
     /// the TinyLFU paper: the window is measured in accesses, not in counter increments.
-    pub(crate) fn increment(&mut self, hash: u64) {
+    /// Returns true if this access completed a period and the sketch aged.
+    pub(crate) fn increment(&mut self, hash: u64) -> bool {
         if self.door_insert(hash) {
             let (block, slots) = self.counter_slots(hash);
             let words = &mut self.table[block].0;
@@ -107,7 +108,9 @@ impl FrequencySketch {
         self.samples += 1;
         if self.samples >= self.sample_size {
             self.age();
+            return true;
         }
+        false
     }
 
     /// Estimated frequency in `0..=16`: the smallest of the four counters, plus one if the
@@ -247,14 +250,18 @@ mod tests {
             s.increment(h);
             assert_eq!(s.frequency(h), expected);
         }
-        (0..100).for_each(|_| s.increment(h));
+        (0..100).for_each(|_| {
+            s.increment(h);
+        });
         assert_eq!(s.frequency(h), 16);
     }
 
     #[test]
     fn unseen_items_estimate_near_zero_at_moderate_load() {
         let mut s = FrequencySketch::with_capacity(512);
-        (0..5 * 512).for_each(|i| s.increment(splitmix64(i % 512)));
+        (0..5 * 512).for_each(|i| {
+            s.increment(splitmix64(i % 512));
+        });
         let total: u32 = (1 << 40..(1 << 40) + 1000)
             .map(|i| u32::from(s.frequency(splitmix64(i))))
             .sum();
@@ -266,7 +273,9 @@ mod tests {
     fn age_halves_counts_and_clears_doorkeeper() {
         let mut s = FrequencySketch::with_capacity(1024);
         let (hot, once) = (splitmix64(1), splitmix64(2));
-        (0..11).for_each(|_| s.increment(hot));
+        (0..11).for_each(|_| {
+            s.increment(hot);
+        });
         s.increment(once);
         assert_eq!((s.frequency(hot), s.frequency(once)), (11, 1));
         s.age();
@@ -283,8 +292,12 @@ mod tests {
         let mut s = FrequencySketch::with_capacity(16);
         assert_eq!(s.sample_size, 160);
         let hot = splitmix64(0);
-        (0..16).for_each(|_| s.increment(hot));
-        (1..144).for_each(|i| s.increment(splitmix64(i)));
+        (0..16).for_each(|_| {
+            s.increment(hot);
+        });
+        (1..144).for_each(|i| {
+            s.increment(splitmix64(i));
+        });
         assert_eq!((s.samples, s.frequency(hot)), (159, 16));
         s.increment(splitmix64(10_000));
         // Counters were saturated at 15 and the doorkeeper bit is gone.
