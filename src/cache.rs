@@ -189,9 +189,10 @@ where
     {
         let guard = crate::sync::pin();
         let (removed, out) = self.raw.remove(key, &guard);
-        let value = removed.map(|entry| entry.value.clone());
+        // Settle first: a panicking `clone` must not leave the removal half accounted. The
+        // entry stays readable while `guard` is pinned.
         self.raw.finish(out);
-        value
+        removed.map(|entry| entry.value.clone())
     }
 
     /// Number of entries, including expired ones not yet removed by the wheel.

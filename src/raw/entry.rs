@@ -1,6 +1,8 @@
 //! One cached key-value pair as readers see it.
 
-use crate::sync::{AtomicU8, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::sync::{AtomicU8, Guard, Ordering, Owned, Shared};
 
 /// Saturation point of [`Entry::record_access`]: two bits of frequency are enough for CLOCK
 /// to tell "touched once" from "hot", and saturating early means a hot entry stops writing
@@ -77,4 +79,27 @@ impl<K, V> Entry<K, V> {
         self.access
             .store(previous.access.load(Ordering::Relaxed), Ordering::Relaxed);
     }
+}
+
+/// Drops an entry larder owns, containing a panic from the key's or value's `Drop`.
+///
+/// Unchecked, such a panic would unwind through the epoch collector (which runs deferred
+/// drops on whichever thread collects, inside some unrelated cache call, possibly of another
+/// cache) or out of `Cache::drop` with the remaining entries leaked. The entry's memory is
+/// freed either way; the panic has been reported by the panic hook and goes no further.
+pub(crate) fn drop_contained<K, V>(entry: Owned<Entry<K, V>>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(entry)));
+}
+
+/// Hands an entry that is no longer reachable from the table to the epoch collector, which
+/// drops it (contained, see [`drop_contained`]) once every reader pinned now has unpinned.
+///
+/// # Safety
+/// `entry` must be unreachable for new readers (unlinked or replaced in the table) and be
+/// retired only once.
+pub(crate) unsafe fn retire_entry<K, V>(guard: &Guard, entry: Shared<'_, Entry<K, V>>) {
+    // SAFETY: the caller guarantees the entry is unreachable and retired once; the collector
+    // runs the closure only after every guard pinned before this call (which may still hold
+    // references to the entry) is dropped, so taking ownership then is exclusive.
+    unsafe { guard.defer_unchecked(move || drop_contained(entry.into_owned())) }
 }

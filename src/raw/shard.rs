@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 
 use crate::policy::{Members, Policy};
 use crate::raw::budget::Budget;
-use crate::raw::entry::{Entry, NEVER};
+use crate::raw::entry::{retire_entry, Entry, NEVER};
 use crate::raw::slab::{Record, Slab};
 use crate::raw::table::{Table, TableCounts};
 use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Owned, Shared};
@@ -389,8 +389,8 @@ where
                 RemovalCause::Removed
             };
             out.push(departed, cause);
-            // SAFETY: unreachable from the table; readers still holding it are pinned.
-            unsafe { guard.defer_destroy(entry) };
+            // SAFETY: unreachable from the table, and retired once, here.
+            unsafe { retire_entry(guard, entry) };
         });
         out.weight += state.weight;
         state.slab = Slab::default();
@@ -430,11 +430,11 @@ where
         out: &mut Departures<'g, K, V>,
     ) {
         // SAFETY: the entry is unreachable from the table (unlinked or replaced by the caller
-        // under the lock), so no new reader can find it; `defer_destroy` waits for every
+        // under the lock), so no new reader can find it; the collector waits for every
         // pinned reader, including `guard`, which keeps the reference in `out` valid.
         unsafe {
             out.push(entry.deref(), cause);
-            guard.defer_destroy(entry);
+            retire_entry(guard, entry);
         }
     }
 

@@ -13,7 +13,7 @@
 
 use std::borrow::Borrow;
 
-use crate::raw::entry::Entry;
+use crate::raw::entry::{drop_contained, Entry};
 use crate::sync::{Atomic, Guard, Ordering, Owned, Shared};
 
 /// Tag of a null slot that once held an entry: probes continue past it.
@@ -303,7 +303,7 @@ impl<K, V> Drop for Table<K, V> {
             if !entry.is_null() {
                 // SAFETY: live entries are owned by the table alone: retired ones were
                 // unlinked first, so each live entry is dropped exactly once, here.
-                drop(unsafe { entry.into_owned() });
+                drop_contained(unsafe { entry.into_owned() });
             }
         }
         // SAFETY: as above, nothing else can reach the array.
