@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use larder::{Cache, InsertErrorKind};
 
+mod common;
+use common::settle;
+
 /// A cache of `n` bystanders (keys `1000..1000 + n`), to check that a bad call loses none.
 fn with_bystanders<V: Clone + Send + Sync + 'static>(
     cache: Cache<u64, V>,
@@ -208,18 +211,6 @@ impl Drop for DropBomb {
     }
 }
 
-/// Lets the process-wide epoch collector run deferred drops until `done` holds (or 10 s
-/// pass): it is shared with tests running in parallel, so reclamation is eventual.
-fn collect_garbage_until(done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done() && std::time::Instant::now() < deadline {
-        for _ in 0..64 {
-            crossbeam_epoch::pin().flush();
-        }
-        std::thread::yield_now();
-    }
-}
-
 #[test]
 fn a_panicking_drop_is_contained_wherever_larder_drops_values() {
     let drops = Arc::new(AtomicU64::new(0));
@@ -241,14 +232,14 @@ fn a_panicking_drop_is_contained_wherever_larder_drops_values() {
     }
     // The first 31 values (30 keys plus one replacement) were replaced, evicted, removed or
     // cleared: all dropped. The last 5 are live.
-    collect_garbage_until(|| drops.load(Ordering::SeqCst) == 31);
+    settle(|| drops.load(Ordering::SeqCst) == 31);
     // The cache keeps working on every path after the panics were contained.
     cache.insert(100, Arc::new(bomb(false))).unwrap();
     assert!(cache.get(&100).is_some());
     cache.validate();
     // Dropping the cache drops the rest, panicking values included, without unwinding.
     drop(cache);
-    collect_garbage_until(|| drops.load(Ordering::SeqCst) == 30 + 1 + 5 + 1);
+    settle(|| drops.load(Ordering::SeqCst) == 30 + 1 + 5 + 1);
     assert_eq!(
         drops.load(Ordering::SeqCst),
         30 + 1 + 5 + 1,

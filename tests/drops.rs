@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use larder::Cache;
 
+mod common;
+use common::settle;
+
 /// A value that counts how many instances are alive and panics on a double drop.
 #[derive(Debug)]
 struct Counted {
@@ -36,19 +39,6 @@ impl Drop for Counted {
 /// Key that counts its live instances too.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Key(u64, Arc<()>);
-
-/// Lets the epoch collector run deferred drops until `done` holds (or 10 s pass). The
-/// collector is process-wide and shared with tests running in parallel, so reclamation is
-/// eventual: each flush moves this thread's garbage out and collects a few batches.
-fn settle(done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done() && std::time::Instant::now() < deadline {
-        for _ in 0..64 {
-            crossbeam_epoch::pin().flush();
-        }
-        std::thread::yield_now();
-    }
-}
 
 #[test]
 fn every_key_and_value_is_dropped_exactly_once() {
