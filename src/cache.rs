@@ -277,6 +277,14 @@ where
         self.raw.metadata_bytes()
     }
 
+    /// Mean distance (in slots) of an entry from its home slot in its shard's table: the
+    /// extra probing a lookup does. For tests of hash flooding.
+    #[doc(hidden)]
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub fn mean_probe_distance(&self) -> f64 {
+        self.raw.mean_displacement()
+    }
+
     /// Panics if an internal invariant is broken: fuzzing and tests call it after each step.
     #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub fn validate(&self) {

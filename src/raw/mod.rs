@@ -363,6 +363,18 @@ where
         self.shards.iter().map(|s| s.metadata_bytes(&guard)).sum()
     }
 
+    /// Mean distance of an entry from its home slot, over all shards.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn mean_displacement(&self) -> f64 {
+        let guard = crate::sync::pin();
+        let (live, total) = self
+            .shards
+            .iter()
+            .map(|shard| shard.displacement(&guard))
+            .fold((0, 0), |(l, t), (live, total)| (l + live, t + total));
+        total as f64 / live.max(1) as f64
+    }
+
     #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn validate(&self) {
         let guard = crate::sync::pin();

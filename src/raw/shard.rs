@@ -452,6 +452,12 @@ where
             + state.wheel.heap_bytes()
     }
 
+    /// See [`Table::displacement`].
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn displacement(&self, guard: &Guard) -> (usize, usize) {
+        self.table.displacement(guard)
+    }
+
     /// Checks the shard's internal invariants; panics with a description if one fails.
     #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn validate(&self, guard: &Guard) {

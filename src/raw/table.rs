@@ -233,6 +233,24 @@ impl<K: 'static, V: 'static> Table<K, V> {
         }
     }
 
+    /// Live entries and the sum of their distances from their home slot (linear probing's
+    /// cost: a lookup walks that far, plus past tombstones).
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn displacement(&self, guard: &Guard) -> (usize, usize) {
+        let slots = self.slots(guard);
+        let (mut live, mut total) = (0, 0);
+        for (index, slot) in slots.slots.iter().enumerate() {
+            let entry = slot.load(Ordering::Acquire, guard);
+            if !entry.is_null() {
+                // SAFETY: reachable from the table while `guard` is pinned.
+                let home = unsafe { entry.deref() }.hash as usize & slots.mask;
+                live += 1;
+                total += index.wrapping_sub(home) & slots.mask;
+            }
+        }
+        (live, total)
+    }
+
     /// Moves every live entry into a fresh array sized for twice the live count, dropping
     /// tombstones, and retires the old array (not the entries: they move).
     fn rebuild(&self, counts: &mut TableCounts, guard: &Guard) {
