@@ -84,7 +84,7 @@ impl Hasher for Weak {
 /// flood key looks hotter than any hot key and would win every admission duel.
 fn hot_hit_ratio_under_flood<S: BuildHasher>(cache: &Cache<u64, u64, S>) -> f64 {
     const HOT: u64 = 50;
-    let mut read = |key: u64| {
+    let read = |key: u64| {
         let hit = cache.get(&key).is_some();
         if !hit {
             cache.insert(key, key).unwrap();
