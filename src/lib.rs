@@ -54,11 +54,24 @@
 //! the inserts in flight (each insert charges its weight, then evicts until the total is back
 //! within the budget); at rest it is always within budget.
 //!
+//! # Bad input
+//!
+//! Bad settings are refused by [`CacheBuilder::build`] with a [`BuildError`]; an entry
+//! heavier than the whole budget by [`Cache::insert`] with an [`InsertError`] that hands the
+//! key and value back. A panic in user code (weigher, loader, `Eq`, `Clone`, listener)
+//! reaches the caller of the call that ran it, and leaves the cache consistent and every other
+//! entry in place; a panic in a key's or value's `Drop` is contained where larder drops
+//! entries (it would otherwise unwind through the epoch collector on some unrelated thread).
+//! Keys whose `Hash` and `Eq` disagree cannot be found again but corrupt nothing. The default
+//! hasher is seeded at random per cache, so keys chosen to collide under a known hash do not
+//! slow it down; a fixed [`CacheBuilder::hasher`] gives that up. The README's "Bad input"
+//! table lists each case with its test.
+//!
 //! # Feature flags
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `test-util` | [`ManualClock`], a clock tests move by hand, and `Cache::validate` |
+//! | `test-util` | `ManualClock`, a clock tests move by hand, and `Cache::validate` |
 
 #![warn(rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

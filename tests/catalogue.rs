@@ -268,3 +268,32 @@ fn a_flood_of_inserts_of_one_key_keeps_one_entry_and_bounded_garbage() {
     );
     assert_bystanders(&cache, 10, |k| vec![k as u8; 100]);
 }
+
+#[test]
+fn a_clock_that_stops_keeps_entries_alive_and_the_budget_enforced() {
+    let clock = larder::ManualClock::new();
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_entries(100)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for key in 0..1000u64 {
+        cache
+            .insert_with_ttl(key, key, std::time::Duration::from_millis(1))
+            .unwrap();
+    }
+    // Time stands still: nothing expires, but eviction still holds the budget.
+    assert_eq!(cache.stats().expirations, 0);
+    assert!(cache.len() <= 100);
+    let live = (0..1000u64).filter(|k| cache.get(k) == Some(*k)).count();
+    assert_eq!(
+        live,
+        cache.len(),
+        "every held entry readable while time stands"
+    );
+    // Once it moves again, everything due goes.
+    clock.advance(std::time::Duration::from_millis(1));
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 0);
+    cache.validate();
+}
