@@ -11,6 +11,15 @@ use larder::{Cache, InsertErrorKind};
 mod common;
 use common::settle;
 
+/// Loop sizes: full natively, small under Miri, which runs a few thousand times slower.
+fn scaled(native: u64) -> u64 {
+    if cfg!(miri) {
+        (native / 100).max(20)
+    } else {
+        native
+    }
+}
+
 /// A cache of `n` bystanders (keys `1000..1000 + n`), to check that a bad call loses none.
 fn with_bystanders<V: Clone + Send + Sync + 'static>(
     cache: Cache<u64, V>,
@@ -48,7 +57,7 @@ fn a_weigher_returning_zero_still_charges_the_entry_overhead() {
         "free entries would make the budget meaningless"
     );
     // So a flood of "weightless" entries is still bounded by the budget.
-    for key in 0..100_000u64 {
+    for key in 0..scaled(100_000) {
         cache.insert(key, key).unwrap();
     }
     assert!(cache.weighted_size() <= 1 << 20);
@@ -138,7 +147,7 @@ impl Hash for Fickle {
 fn keys_whose_hash_and_eq_disagree_are_lost_but_corrupt_nothing() {
     let cache: Cache<NeverEqual, u64> = Cache::builder().max_entries(100).build().unwrap();
     for round in 0..3 {
-        for key in 0..200u64 {
+        for key in 0..scaled(200) {
             cache.insert(NeverEqual(key), round).unwrap();
             assert_eq!(cache.get(&NeverEqual(key)), None);
         }
@@ -150,7 +159,7 @@ fn keys_whose_hash_and_eq_disagree_are_lost_but_corrupt_nothing() {
     assert_eq!(cache.len(), 0);
 
     let cache: Cache<Fickle, u64> = Cache::builder().max_entries(100).build().unwrap();
-    for key in 0..500u64 {
+    for key in 0..scaled(500) {
         cache.insert(Fickle(key), key).unwrap();
         let _ = cache.get(&Fickle(key));
     }
@@ -258,7 +267,8 @@ fn a_flood_of_inserts_of_one_key_keeps_one_entry_and_bounded_garbage() {
         10,
         |k| vec![k as u8; 100],
     );
-    for round in 0..if cfg!(miri) { 200 } else { 200_000 } {
+    let rounds = scaled(200_000);
+    for round in 0..rounds {
         cache.insert(7, vec![round as u8; 100]).unwrap();
     }
     assert_eq!(cache.len(), 11);
@@ -277,7 +287,8 @@ fn a_clock_that_stops_keeps_entries_alive_and_the_budget_enforced() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    for key in 0..1000u64 {
+    let keys = scaled(1000);
+    for key in 0..keys {
         cache
             .insert_with_ttl(key, key, std::time::Duration::from_millis(1))
             .unwrap();
@@ -285,7 +296,7 @@ fn a_clock_that_stops_keeps_entries_alive_and_the_budget_enforced() {
     // Time stands still: nothing expires, but eviction still holds the budget.
     assert_eq!(cache.stats().expirations, 0);
     assert!(cache.len() <= 100);
-    let live = (0..1000u64).filter(|k| cache.get(k) == Some(*k)).count();
+    let live = (0..keys).filter(|k| cache.get(k) == Some(*k)).count();
     assert_eq!(
         live,
         cache.len(),

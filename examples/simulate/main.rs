@@ -237,12 +237,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let chosen = |policy: &&'static str| {
+        options
+            .policies
+            .as_ref()
+            .map_or(true, |names| names.iter().any(|name| name == policy))
+    };
+    let policies: Vec<&'static str> = REAL
+        .iter()
+        .chain(REFERENCE.iter())
+        .copied()
+        .filter(chosen)
+        .collect();
     let jobs: Vec<Job> = traces
         .iter()
         .enumerate()
         .flat_map(|(index, trace)| {
+            let policies = &policies;
             trace.sizes.iter().flat_map(move |&size| {
-                REAL.iter().chain(REFERENCE.iter()).map(move |&policy| Job {
+                policies.iter().map(move |&policy| Job {
                     trace: index,
                     size,
                     policy,
