@@ -2,6 +2,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,6 +265,50 @@ where
         V: Clone,
     {
         crate::load::get_or_load(self, &self.loads, key, load)
+    }
+
+    /// The async form of [`get_or_insert_with`](Self::get_or_insert_with): concurrent
+    /// callers for the same key, threads or tasks alike, share one load. Works on any
+    /// runtime (waiting tasks are woken through their wakers; no runtime is required).
+    ///
+    /// Cancellation is safe at every await point: if the caller running the load is
+    /// dropped (cancelled, or timed out by its runtime, e.g. `tokio::time::timeout`), a
+    /// waiting caller takes over and runs its own loader; nothing is cached from the
+    /// abandoned load. A timeout per call is therefore the runtime's timeout around this
+    /// future.
+    ///
+    /// ```
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let cache = larder::Cache::<u64, String>::builder().max_entries(100).build().unwrap();
+    /// let profile = cache.get_or_insert_async(7, async { "ada".to_string() }).await;
+    /// assert_eq!(profile, "ada");
+    /// # });
+    /// ```
+    pub async fn get_or_insert_async(&self, key: K, load: impl Future<Output = V>) -> V
+    where
+        V: Clone,
+    {
+        let load = async { Ok::<V, std::convert::Infallible>(load.await) };
+        match self.try_get_or_insert_async(key, load).await {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The async form of [`try_get_or_insert_with`](Self::try_get_or_insert_with).
+    ///
+    /// # Errors
+    /// The loader's error. Nothing is cached; waiting callers run their own loaders.
+    pub async fn try_get_or_insert_async<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, E>
+    where
+        V: Clone,
+    {
+        crate::load::get_or_load_async(self, &self.loads, key, load).await
     }
 
     pub(crate) fn raw(&self) -> &RawCache<K, V, S> {

@@ -6,9 +6,16 @@
 //! look at the cache again under that lock), then hands the value to its waiters. If the
 //! loader fails or panics, its slot is marked abandoned and the waiters start over: one of
 //! them becomes the next loader.
+//!
+//! The same protocol serves blocking callers and futures. A slot wakes blocked threads
+//! through a condition variable and waiting futures through their wakers, so async loading
+//! works on any runtime. A leading future that is dropped (cancelled, timed out) drops its
+//! registration, which abandons the slot: a waiter takes over.
 
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use hashbrown::HashTable;
 
@@ -23,31 +30,71 @@ enum Outcome<V> {
     Abandoned,
 }
 
-/// Where waiters block until their load ends.
+/// Where waiters wait until their load ends: threads on `ended`, futures through `wakers`.
 #[derive(Debug)]
 struct Slot<V> {
-    outcome: Mutex<Outcome<V>>,
+    state: Mutex<SlotState<V>>,
     ended: Condvar,
 }
 
+#[derive(Debug)]
+struct SlotState<V> {
+    outcome: Outcome<V>,
+    wakers: Vec<Waker>,
+}
+
 impl<V: Clone> Slot<V> {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(SlotState {
+                outcome: Outcome::Loading,
+                wakers: Vec::new(),
+            }),
+            ended: Condvar::new(),
+        }
+    }
+
     fn end(&self, outcome: Outcome<V>) {
-        *lock(&self.outcome) = outcome;
+        let wakers = {
+            let mut state = lock(&self.state);
+            state.outcome = outcome;
+            std::mem::take(&mut state.wakers)
+        };
         self.ended.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// What the load ended with, once it has: `Some(None)` if it was abandoned.
+    fn ended(state: &SlotState<V>) -> Option<Option<V>> {
+        match &state.outcome {
+            Outcome::Loading => None,
+            Outcome::Done(value) => Some(Some(value.clone())),
+            Outcome::Abandoned => Some(None),
+        }
     }
 
     /// Blocks until the load ends; `None` if it was abandoned.
     fn wait(&self) -> Option<V> {
-        let mut outcome = lock(&self.outcome);
+        let mut state = lock(&self.state);
         loop {
-            match &*outcome {
-                Outcome::Loading => {
-                    outcome = self.ended.wait(outcome).unwrap_or_else(|e| e.into_inner());
-                }
-                Outcome::Done(value) => return Some(value.clone()),
-                Outcome::Abandoned => return None,
+            if let Some(ended) = Self::ended(&state) {
+                return ended;
             }
+            state = self.ended.wait(state).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// The future form of [`Slot::wait`].
+    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Option<V>> {
+        let mut state = lock(&self.state);
+        if let Some(ended) = Self::ended(&state) {
+            return Poll::Ready(ended);
+        }
+        // A future polled again (spuriously or after moving tasks) registers once per task.
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -126,6 +173,82 @@ impl<K, V: Clone> Drop for Registration<'_, K, V> {
     }
 }
 
+/// Where a caller stands after looking for its key.
+enum Step<'a, K, V: Clone> {
+    /// The value was cached.
+    Cached(V),
+    /// Another caller is loading it: wait on the slot, then (if abandoned) look again with
+    /// the key handed back.
+    Wait(Arc<Slot<V>>, K),
+    /// This caller is the loader.
+    Lead(Registration<'a, K, V>),
+}
+
+/// Looks for `key` in the cache, then among the loads in flight, registering a load if
+/// there is none.
+fn step<'a, K, V, S>(
+    cache: &Cache<K, V, S>,
+    loads: &'a Loads<K, V>,
+    hash: u64,
+    key: K,
+) -> Step<'a, K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    if let Some(value) = cache.get(&key) {
+        return Step::Cached(value);
+    }
+    let mut table = lock(loads.shard(hash));
+    // A load may have ended between that read and this lock. Loaders publish to the cache
+    // under this lock, so looking again here cannot miss one.
+    if let Some(value) = cache.peek(&key) {
+        return Step::Cached(value);
+    }
+    if let Some(load) = table.find(hash, |load| load.key == key) {
+        return Step::Wait(Arc::clone(&load.slot), key);
+    }
+    let slot = Arc::new(Slot::new());
+    let in_flight = InFlight {
+        hash,
+        key,
+        slot: Arc::clone(&slot),
+    };
+    table.insert_unique(hash, in_flight, |load| load.hash);
+    Step::Lead(Registration {
+        loads,
+        hash,
+        slot,
+        registered: true,
+        ended: false,
+    })
+}
+
+/// Publishes the loader's value: unregisters, caches it and hands it to the waiters.
+fn publish<K, V, S>(cache: &Cache<K, V, S>, mut registration: Registration<'_, K, V>, value: V) -> V
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    let guard = crate::sync::pin();
+    // Unregister and publish to the cache under the shard's lock: a newcomer then finds
+    // either the registration or the cached value, so loads of one key never run twice.
+    // The listener runs after the lock is released (`finish`), so it may use this cache.
+    let departed = {
+        let mut table = lock(registration.loads.shard(registration.hash));
+        let key = registration.unregister(&mut table);
+        // A value too heavy to cache is still handed to this caller and its waiters.
+        cache.insert_pinned(key, value.clone(), None, &guard).ok()
+    };
+    registration.end(Outcome::Done(value.clone()));
+    if let Some(departed) = departed {
+        cache.raw().finish(departed);
+    }
+    value
+}
+
 pub(crate) fn get_or_load<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
@@ -138,61 +261,50 @@ where
     S: BuildHasher,
 {
     let hash = cache.raw().hash(&key);
-    let slot = loop {
-        if let Some(value) = cache.get(&key) {
-            return Ok(value);
-        }
-        let mut table = lock(loads.shard(hash));
-        // A load may have ended between that read and this lock. Loaders publish to the
-        // cache under this lock, so looking again here cannot miss one.
-        if let Some(value) = cache.peek(&key) {
-            return Ok(value);
-        }
-        if let Some(load) = table.find(hash, |load| load.key == key) {
-            let slot = Arc::clone(&load.slot);
-            drop(table);
-            if let Some(value) = slot.wait() {
-                return Ok(value);
-            }
-            // Abandoned: look again, and perhaps become the loader.
-            continue;
-        }
-        let slot = Arc::new(Slot {
-            outcome: Mutex::new(Outcome::Loading),
-            ended: Condvar::new(),
-        });
-        table.insert_unique(
-            hash,
-            InFlight {
-                hash,
-                key,
-                slot: Arc::clone(&slot),
+    let mut key = key;
+    let registration = loop {
+        match step(cache, loads, hash, key) {
+            Step::Cached(value) => return Ok(value),
+            Step::Wait(slot, handed_back) => match slot.wait() {
+                Some(value) => return Ok(value),
+                // Abandoned: look again, and perhaps become the loader.
+                None => key = handed_back,
             },
-            |load| load.hash,
-        );
-        break slot;
+            Step::Lead(registration) => break registration,
+        }
     };
-    let mut registration = Registration {
-        loads,
-        hash,
-        slot,
-        registered: true,
-        ended: false,
-    };
+    // If `load` fails or panics, dropping the registration releases the waiters.
     let value = load()?;
-    let guard = crate::sync::pin();
-    // Unregister and publish to the cache under the shard's lock: a newcomer then finds
-    // either the registration or the cached value, so loads of one key never run twice.
-    // The listener runs after the lock is released (`finish`), so it may use this cache.
-    let departed = {
-        let mut table = lock(loads.shard(hash));
-        let key = registration.unregister(&mut table);
-        // A value too heavy to cache is still handed to this caller and its waiters.
-        cache.insert_pinned(key, value.clone(), None, &guard).ok()
+    Ok(publish(cache, registration, value))
+}
+
+/// The future form of [`get_or_load`]. Cancellation at any await point is safe: a dropped
+/// leader abandons its load (a waiter takes over), a dropped waiter just stops waiting.
+pub(crate) async fn get_or_load_async<K, V, S, E>(
+    cache: &Cache<K, V, S>,
+    loads: &Loads<K, V>,
+    key: K,
+    load: impl Future<Output = Result<V, E>>,
+) -> Result<V, E>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    let hash = cache.raw().hash(&key);
+    let mut key = key;
+    let registration = loop {
+        match step(cache, loads, hash, key) {
+            Step::Cached(value) => return Ok(value),
+            Step::Wait(slot, handed_back) => {
+                match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {
+                    Some(value) => return Ok(value),
+                    None => key = handed_back,
+                }
+            }
+            Step::Lead(registration) => break registration,
+        }
     };
-    registration.end(Outcome::Done(value.clone()));
-    if let Some(departed) = departed {
-        cache.raw().finish(departed);
-    }
-    Ok(value)
+    let value = load.await?;
+    Ok(publish(cache, registration, value))
 }
