@@ -311,6 +311,21 @@ where
         crate::load::get_or_load_async(self, &self.loads, key, load).await
     }
 
+    /// Runs `write` holding `key` exclusively against every load and write of it through
+    /// this cache, then caches what it returns (`None` removes the key). See
+    /// `load::write_exclusive`.
+    pub(crate) fn write_with<E>(
+        &self,
+        key: K,
+        write: impl FnOnce(&K) -> Result<Option<V>, E>,
+    ) -> Result<(), E>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        crate::load::write_exclusive(self, &self.loads, key, write)
+    }
+
     pub(crate) fn raw(&self) -> &RawCache<K, V, S> {
         &self.raw
     }

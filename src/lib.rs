@@ -83,6 +83,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod load;
+pub mod patterns;
 mod policy;
 mod raw;
 mod stats;

@@ -173,6 +173,82 @@ impl<K, V: Clone> Drop for Registration<'_, K, V> {
     }
 }
 
+/// Waits for any load or write of `key` in flight, then registers this caller's own: the
+/// key's slot, held until the returned registration is published or dropped. Unlike
+/// [`step`] it ignores the cached value: a write replaces it.
+fn claim<'a, K, V>(loads: &'a Loads<K, V>, hash: u64, key: K) -> (Registration<'a, K, V>, K)
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+{
+    loop {
+        let mut table = lock(loads.shard(hash));
+        if let Some(load) = table.find(hash, |load| load.key == key) {
+            let slot = Arc::clone(&load.slot);
+            drop(table);
+            // Whatever it ended with, look again: the key is free only when unregistered.
+            let _ = slot.wait();
+            continue;
+        }
+        let slot = Arc::new(Slot::new());
+        let in_flight = InFlight {
+            hash,
+            key: key.clone(),
+            slot: Arc::clone(&slot),
+        };
+        table.insert_unique(hash, in_flight, |load| load.hash);
+        let registration = Registration {
+            loads,
+            hash,
+            slot,
+            registered: true,
+            ended: false,
+        };
+        return (registration, key);
+    }
+}
+
+/// Runs `write` with exclusive hold of `key` against every load and write of it through
+/// this cache, then publishes what it returns: `Some(value)` is cached and handed to the
+/// callers that waited, `None` removes the key (they look again). An error or panic leaves
+/// the cache unchanged and releases the waiters.
+///
+/// This is what keeps write-through and write-behind coherent with read-through: a load
+/// that read the old value from the store can never publish it after the write.
+pub(crate) fn write_exclusive<K, V, S, E>(
+    cache: &Cache<K, V, S>,
+    loads: &Loads<K, V>,
+    key: K,
+    write: impl FnOnce(&K) -> Result<Option<V>, E>,
+) -> Result<(), E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    let hash = cache.raw().hash(&key);
+    let (mut registration, key) = claim(loads, hash, key);
+    match write(&key)? {
+        Some(value) => {
+            publish(cache, registration, value);
+        }
+        None => {
+            // Remove under the loads lock, as `publish` inserts: a newcomer then finds the
+            // registration or the key gone. The listener runs after the lock is released.
+            let guard = crate::sync::pin();
+            let departed = {
+                let mut table = lock(loads.shard(hash));
+                registration.unregister(&mut table);
+                cache.raw().remove(&key, &guard).1
+            };
+            // Waiters look again: the key is gone, so one of them loads it.
+            registration.end(Outcome::Abandoned);
+            cache.raw().finish(departed);
+        }
+    }
+    Ok(())
+}
+
 /// Where a caller stands after looking for its key.
 enum Step<'a, K, V: Clone> {
     /// The value was cached.
@@ -239,13 +315,15 @@ where
     let departed = {
         let mut table = lock(registration.loads.shard(registration.hash));
         let key = registration.unregister(&mut table);
-        // A value too heavy to cache is still handed to this caller and its waiters.
-        cache.insert_pinned(key, value.clone(), None, &guard).ok()
+        match cache.insert_pinned(key, value.clone(), None, &guard) {
+            Ok(departed) => departed,
+            // Too heavy to cache: still handed to this caller and its waiters, and an older
+            // cached value of the key (a write replacing it) must not stay behind.
+            Err(refused) => cache.raw().remove(&refused.key, &guard).1,
+        }
     };
     registration.end(Outcome::Done(value.clone()));
-    if let Some(departed) = departed {
-        cache.raw().finish(departed);
-    }
+    cache.raw().finish(departed);
     value
 }
 

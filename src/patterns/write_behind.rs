@@ -1,0 +1,543 @@
+//! Write-behind: writes land in the cache at once and reach the store later, in batches, from
+//! a background thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::Store;
+use crate::Cache;
+
+/// What a write does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait until the background thread has made room (the default).
+    Block,
+    /// Refuse at once with [`WriteBehindError::QueueFull`].
+    Error,
+}
+
+/// A write that was refused; the cache and the queue are unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteBehindError<K, V> {
+    /// The queue holds `capacity` distinct keys and [`Backpressure::Error`] is set. The key
+    /// and value (`None` for a removal) come back.
+    QueueFull {
+        /// The key of the refused write.
+        key: K,
+        /// Its value; `None` for a removal.
+        value: Option<V>,
+    },
+}
+
+impl<K, V> fmt::Display for WriteBehindError<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::QueueFull { .. } => write!(f, "write-behind queue is full"),
+        }
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> std::error::Error for WriteBehindError<K, V> {}
+
+/// Counters of a [`WriteBehind`]'s background writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteBehindStats {
+    /// Distinct keys waiting to be written.
+    pub pending: usize,
+    /// Writes (after coalescing) the store has accepted.
+    pub written: u64,
+    /// Writes folded into a later write of the same key before they were stored.
+    pub coalesced: u64,
+    /// Batches the store refused (each is retried).
+    pub failed_batches: u64,
+    /// The store's last error, if any batch failed.
+    pub last_error: Option<String>,
+}
+
+/// Settings of a [`WriteBehind`].
+#[derive(Debug, Clone)]
+pub struct WriteBehindBuilder {
+    batch_size: usize,
+    flush_interval: Duration,
+    capacity: usize,
+    backpressure: Backpressure,
+    retry_initial: Duration,
+    retry_max: Duration,
+}
+
+impl Default for WriteBehindBuilder {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            flush_interval: Duration::from_millis(100),
+            capacity: 65_536,
+            backpressure: Backpressure::Block,
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WriteBehindBuilder {
+    /// Most writes per batch (default 256). A batch is written as soon as this many are
+    /// pending.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Longest a write waits before its batch is written, if the batch does not fill
+    /// first (default 100 ms).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// Most distinct keys waiting (default 65,536). Writes to a key already waiting replace
+    /// its value and need no room.
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n.max(1);
+        self
+    }
+
+    /// What a write does when the queue is full (default [`Backpressure::Block`]).
+    pub fn backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// Backoff between retries of a failed batch: starts at `initial`, doubles, stops
+    /// growing at `max` (defaults 10 ms and 5 s). Retries never give up while the
+    /// `WriteBehind` lives: an acknowledged write is never dropped.
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry_initial = initial;
+        self.retry_max = max.max(initial);
+        self
+    }
+
+    /// Starts the background thread writing to `store`, with `cache` in front.
+    ///
+    /// # Panics
+    /// If the operating system cannot start a thread.
+    pub fn build<K, V, St, S>(self, cache: Cache<K, V, S>, store: St) -> WriteBehind<K, V, St, S>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        St: Store<K, V>,
+        S: BuildHasher + Send + Sync + 'static,
+    {
+        let shared = Arc::new(Shared {
+            cache,
+            store,
+            queue: Mutex::new(Queue::default()),
+            changed: Condvar::new(),
+            settings: self,
+        });
+        let worker = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("larder-write-behind".into())
+                .spawn(move || shared.run())
+                .expect("start the write-behind thread")
+        };
+        WriteBehind {
+            shared,
+            worker: Some(worker),
+        }
+    }
+}
+
+/// Writes waiting for the store, coalesced per key.
+struct Queue<K, V> {
+    /// The latest write of each waiting key (`None`: delete).
+    pending: HashMap<K, Option<V>>,
+    /// Waiting keys, oldest first, each once.
+    order: VecDeque<K>,
+    /// When the oldest waiting write arrived.
+    oldest: Option<Instant>,
+    /// The batch being written: still the newest state of its keys unless a later write of
+    /// the same key is pending.
+    in_flight: HashMap<K, Option<V>>,
+    /// Someone waits in `flush` or `close`: write without waiting for the interval.
+    hurry: bool,
+    closed: bool,
+    stats: WriteBehindStats,
+}
+
+impl<K, V> Default for Queue<K, V> {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            oldest: None,
+            in_flight: HashMap::new(),
+            hurry: false,
+            closed: false,
+            stats: WriteBehindStats::default(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Queue<K, V> {
+    /// The newest write of `key` not yet in the store: `Some(None)` for a delete.
+    fn newest(&self, key: &K) -> Option<Option<V>> {
+        self.pending
+            .get(key)
+            .or_else(|| self.in_flight.get(key))
+            .cloned()
+    }
+
+    fn is_drained(&self) -> bool {
+        self.order.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+struct Shared<K, V, St, S> {
+    cache: Cache<K, V, S>,
+    store: St,
+    queue: Mutex<Queue<K, V>>,
+    /// Signalled on every change of the queue: new writes, room, batches stored, closing.
+    changed: Condvar,
+    settings: WriteBehindBuilder,
+}
+
+impl<K, V, St, S> Shared<K, V, St, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher,
+{
+    fn lock(&self) -> MutexGuard<'_, Queue<K, V>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(
+        &self,
+        queue: MutexGuard<'a, Queue<K, V>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Queue<K, V>> {
+        match timeout {
+            None => self.changed.wait(queue).unwrap_or_else(|e| e.into_inner()),
+            Some(timeout) => {
+                self.changed
+                    .wait_timeout(queue, timeout)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        }
+    }
+
+    /// Queues a write of `key`, waiting for room or refusing as configured.
+    fn enqueue(&self, key: &K, value: Option<V>) -> Result<(), WriteBehindError<K, V>> {
+        let mut queue = self.lock();
+        if let Some(waiting) = queue.pending.get_mut(key) {
+            *waiting = value;
+            queue.stats.coalesced += 1;
+            return Ok(());
+        }
+        while queue.order.len() >= self.settings.capacity {
+            if self.settings.backpressure == Backpressure::Error {
+                return Err(WriteBehindError::QueueFull {
+                    key: key.clone(),
+                    value,
+                });
+            }
+            queue = self.wait(queue, None);
+        }
+        queue.pending.insert(key.clone(), value);
+        queue.order.push_back(key.clone());
+        queue.oldest.get_or_insert_with(Instant::now);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The background thread: takes batches and writes them until closed and drained.
+    fn run(&self) {
+        while let Some(batch) = self.next_batch() {
+            self.write(&batch);
+            let mut queue = self.lock();
+            queue.in_flight.clear();
+            queue.stats.written += batch.len() as u64;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until a batch is due (full, old enough, or hurried) and takes it; `None` once
+    /// closed and drained.
+    fn next_batch(&self) -> Option<Vec<(K, Option<V>)>> {
+        let mut queue = self.lock();
+        loop {
+            if let Some(oldest) = queue.oldest {
+                let age = oldest.elapsed();
+                let due = queue.order.len() >= self.settings.batch_size
+                    || queue.hurry
+                    || queue.closed
+                    || age >= self.settings.flush_interval;
+                if due {
+                    break;
+                }
+                let left = self.settings.flush_interval - age;
+                queue = self.wait(queue, Some(left));
+            } else if queue.closed {
+                return None;
+            } else {
+                queue = self.wait(queue, None);
+            }
+        }
+        let take = queue.order.len().min(self.settings.batch_size);
+        let keys: Vec<K> = queue.order.drain(..take).collect();
+        let batch: Vec<(K, Option<V>)> = keys
+            .into_iter()
+            .map(|key| {
+                let value = queue
+                    .pending
+                    .remove(&key)
+                    .expect("ordered keys are pending");
+                (key, value)
+            })
+            .collect();
+        queue.oldest = if queue.order.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        queue.in_flight = batch.iter().cloned().collect();
+        // Room was made.
+        self.changed.notify_all();
+        Some(batch)
+    }
+
+    /// Writes one batch, retrying with backoff until the store accepts it.
+    fn write(&self, batch: &[(K, Option<V>)]) {
+        let (stores, deletes): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, v)| v.is_some());
+        let stores: Vec<(K, V)> = stores
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect();
+        let deletes: Vec<K> = deletes.into_iter().map(|(k, _)| k.clone()).collect();
+        let mut backoff = self.settings.retry_initial;
+        loop {
+            // A panicking store is a failure like any other: retried, so the thread lives
+            // on and nothing queued is lost (and `flush` cannot wait forever on a dead
+            // thread).
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                || -> Result<(), St::Error> {
+                    if !stores.is_empty() {
+                        self.store.store_many(&stores)?;
+                    }
+                    if !deletes.is_empty() {
+                        self.store.delete_many(&deletes)?;
+                    }
+                    Ok(())
+                },
+            ));
+            let error = match attempt {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "the store panicked".to_string(),
+            };
+            let mut queue = self.lock();
+            queue.stats.failed_batches += 1;
+            queue.stats.last_error = Some(error);
+            drop(self.wait(queue, Some(backoff)));
+            backoff = (backoff * 2).min(self.settings.retry_max);
+        }
+    }
+
+    /// Waits until everything queued so far has been stored.
+    fn drain(&self) {
+        let mut queue = self.lock();
+        queue.hurry = true;
+        self.changed.notify_all();
+        while !queue.is_drained() {
+            queue = self.wait(queue, None);
+        }
+        queue.hurry = false;
+    }
+}
+
+/// A cache in front of a [`Store`] whose writes reach the store later, in batches.
+///
+/// `insert` and `remove` change the cache at once and queue the write; a background thread
+/// writes queued writes in batches of up to `batch_size`, at least every `flush_interval`.
+/// Writes to the same key coalesce while they wait (the last one wins; per key, writes
+/// reach the store in order). Reads see the newest write: the cache, then the queue, then
+/// the store.
+///
+/// Guarantees: no acknowledged write is lost while this value lives. A store error is
+/// retried with exponential backoff until it succeeds; [`flush`](Self::flush) waits until
+/// everything queued has been stored; [`close`](Self::close) and dropping drain the queue
+/// before the thread stops. A full queue blocks writers or refuses writes
+/// ([`Backpressure`]). Cost: a write is acknowledged before it is durable, so a crash of the
+/// process loses what was queued; and a store that stays down makes `flush`, `close` and
+/// drop wait until it is back.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use larder::patterns::{Store, WriteBehindBuilder};
+///
+/// #[derive(Default)]
+/// struct Db(Mutex<HashMap<u64, u64>>);
+///
+/// impl Store<u64, u64> for Db {
+///     type Error = std::convert::Infallible;
+///     fn load(&self, key: &u64) -> Result<Option<u64>, Self::Error> {
+///         Ok(self.0.lock().unwrap().get(key).copied())
+///     }
+///     fn store(&self, key: &u64, value: &u64) -> Result<(), Self::Error> {
+///         self.0.lock().unwrap().insert(*key, *value);
+///         Ok(())
+///     }
+///     fn delete(&self, key: &u64) -> Result<(), Self::Error> {
+///         self.0.lock().unwrap().remove(key);
+///         Ok(())
+///     }
+/// }
+///
+/// let cache = larder::Cache::builder().max_entries(1000).build().unwrap();
+/// let counters = WriteBehindBuilder::default().build(cache, Db::default());
+/// for n in 0..100 {
+///     counters.insert(1, n).unwrap(); // coalesced: the store sees few writes
+/// }
+/// assert_eq!(counters.get(&1).unwrap(), Some(99));
+/// counters.flush();
+/// assert_eq!(counters.store().load(&1).unwrap(), Some(99));
+/// ```
+pub struct WriteBehind<K, V, St, S = ahash::RandomState>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher,
+{
+    shared: Arc<Shared<K, V, St, S>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl<K, V, St, S> fmt::Debug for WriteBehind<K, V, St, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, St, S> WriteBehind<K, V, St, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher,
+{
+    /// The cache.
+    pub fn cache(&self) -> &Cache<K, V, S> {
+        &self.shared.cache
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// The newest value of `key`: cached, else queued, else loaded from the store (one load
+    /// per key however many callers ask) and cached.
+    ///
+    /// # Errors
+    /// The store's error on a miss; nothing is cached.
+    pub fn get(&self, key: &K) -> Result<Option<V>, St::Error> {
+        // The load holds the key against writes, so the queue and the store cannot change
+        // for this key between the two looks.
+        super::read_through(&self.shared.cache, key, || {
+            let queued = self.shared.lock().newest(key);
+            match queued {
+                Some(queued) => Ok(queued),
+                None => self.shared.store.load(key),
+            }
+        })
+    }
+
+    /// Caches `value` for `key` and queues its write to the store.
+    ///
+    /// # Errors
+    /// [`WriteBehindError::QueueFull`] with [`Backpressure::Error`] when the queue is full;
+    /// the cache is unchanged.
+    pub fn insert(&self, key: K, value: V) -> Result<(), WriteBehindError<K, V>> {
+        self.shared.cache.write_with(key, |key| {
+            self.shared.enqueue(key, Some(value.clone()))?;
+            Ok(Some(value))
+        })
+    }
+
+    /// Removes `key` from the cache and queues its delete from the store.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert).
+    pub fn remove(&self, key: &K) -> Result<(), WriteBehindError<K, V>> {
+        self.shared.cache.write_with(key.clone(), |key| {
+            self.shared.enqueue(key, None)?;
+            Ok(None)
+        })
+    }
+
+    /// Waits until every write queued before this call has reached the store (retrying
+    /// failures as long as it takes).
+    pub fn flush(&self) {
+        self.shared.drain();
+    }
+
+    /// Counters of the background writes.
+    pub fn stats(&self) -> WriteBehindStats {
+        let queue = self.shared.lock();
+        let mut stats = queue.stats.clone();
+        stats.pending = queue.order.len();
+        stats
+    }
+
+    /// Writes everything queued, then stops the background thread. Dropping does the same.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        {
+            let mut queue = self.shared.lock();
+            queue.closed = true;
+            self.shared.changed.notify_all();
+        }
+        // The worker only ends after draining. It catches the store's panics, so a panic
+        // here is larder's own bug: re-raised unless this thread is already unwinding.
+        if let Err(panic) = worker.join() {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl<K, V, St, S> Drop for WriteBehind<K, V, St, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher,
+{
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,332 @@
+//! Write-through and write-behind against a real database (SQLite, in memory), including a
+//! database that goes down and comes back, shutdown in the middle of a burst, and a full
+//! queue.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use larder::patterns::{Backpressure, Store, WriteBehindBuilder, WriteThrough};
+use larder::Cache;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A SQLite table `kv(key INTEGER PRIMARY KEY, value TEXT)` behind a mutex, with switches
+/// to take it down and to slow its reads, and counters of what reached it.
+struct Sqlite {
+    conn: Mutex<Connection>,
+    down: AtomicBool,
+    slow_reads: AtomicBool,
+    queries: AtomicUsize,
+    rows_written: AtomicUsize,
+}
+
+impl Sqlite {
+    fn new() -> Arc<Self> {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE kv (key INTEGER PRIMARY KEY, value TEXT NOT NULL)")
+            .unwrap();
+        Arc::new(Self {
+            conn: Mutex::new(conn),
+            down: AtomicBool::new(false),
+            slow_reads: AtomicBool::new(false),
+            queries: AtomicUsize::new(0),
+            rows_written: AtomicUsize::new(0),
+        })
+    }
+
+    fn check(&self) -> Result<std::sync::MutexGuard<'_, Connection>, String> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err("database is down".into());
+        }
+        Ok(self.conn.lock().unwrap())
+    }
+
+    /// The row for `key`, read directly (not through any cache).
+    fn row(&self, key: u64) -> Option<String> {
+        let conn = self.conn.lock().unwrap();
+        conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .unwrap()
+    }
+}
+
+/// The store is shared with the test through an `Arc`.
+#[derive(Clone)]
+struct Db(Arc<Sqlite>);
+
+impl Store<u64, String> for Db {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<String>, String> {
+        let conn = self.0.check()?;
+        let row = conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| e.to_string())?;
+        drop(conn);
+        if self.0.slow_reads.load(Ordering::SeqCst) {
+            // The value was read; a write may now race to replace it.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(row)
+    }
+
+    fn store(&self, key: &u64, value: &String) -> Result<(), String> {
+        self.store_many(&[(*key, value.clone())])
+    }
+
+    fn delete(&self, key: &u64) -> Result<(), String> {
+        self.delete_many(&[*key])
+    }
+
+    fn store_many(&self, entries: &[(u64, String)]) -> Result<(), String> {
+        let mut conn = self.0.check()?;
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        for (key, value) in entries {
+            tx.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        self.0
+            .rows_written
+            .fetch_add(entries.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn delete_many(&self, keys: &[u64]) -> Result<(), String> {
+        let mut conn = self.0.check()?;
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        for key in keys {
+            tx.execute("DELETE FROM kv WHERE key = ?1", [key])
+                .map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        self.0.rows_written.fetch_add(keys.len(), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn cache(n: u64) -> Cache<u64, String> {
+    Cache::builder().max_entries(n).build().unwrap()
+}
+
+#[test]
+fn write_through_writes_the_store_first_and_keeps_the_cache_on_store_errors() {
+    let db = Sqlite::new();
+    let users = WriteThrough::new(cache(100), Db(Arc::clone(&db)));
+    users.insert(1, "ada".into()).unwrap();
+    assert_eq!(db.row(1).as_deref(), Some("ada"));
+    assert_eq!(users.cache().get(&1).as_deref(), Some("ada"));
+
+    db.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        users.insert(1, "grace".into()),
+        Err("database is down".into())
+    );
+    assert_eq!(users.remove(&1), Err("database is down".into()));
+    assert_eq!(
+        users.cache().get(&1).as_deref(),
+        Some("ada"),
+        "cache unchanged"
+    );
+    db.down.store(false, Ordering::SeqCst);
+    assert_eq!(db.row(1).as_deref(), Some("ada"), "store unchanged");
+
+    users.remove(&1).unwrap();
+    assert_eq!((db.row(1), users.cache().get(&1)), (None, None));
+    assert_eq!(users.get(&1), Ok(None), "absent in the store");
+    assert_eq!(users.cache().get(&1), None, "absence is not cached");
+}
+
+#[test]
+fn write_through_reads_through_once_per_key() {
+    let db = Sqlite::new();
+    Db(Arc::clone(&db)).store(&5, &"five".into()).unwrap();
+    let users = WriteThrough::new(cache(100), Db(Arc::clone(&db)));
+    db.slow_reads.store(true, Ordering::SeqCst);
+    db.queries.store(0, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| assert_eq!(users.get(&5).unwrap().as_deref(), Some("five")));
+        }
+    });
+    assert_eq!(
+        db.queries.load(Ordering::SeqCst),
+        1,
+        "one query for 16 readers"
+    );
+    db.down.store(true, Ordering::SeqCst);
+    assert_eq!(users.get(&6), Err("database is down".into()));
+}
+
+/// The cache-aside race: a reader loads the old value, a writer replaces it in the store,
+/// then the reader caches what it read. Here the write waits for the load, so the cache ends
+/// with the new value.
+#[test]
+fn a_write_racing_a_slow_load_never_leaves_the_old_value_cached() {
+    let db = Sqlite::new();
+    Db(Arc::clone(&db)).store(&1, &"old".into()).unwrap();
+    let users = WriteThrough::new(cache(100), Db(Arc::clone(&db)));
+    db.slow_reads.store(true, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| users.get(&1).unwrap());
+        std::thread::sleep(Duration::from_millis(30));
+        users.insert(1, "new".into()).unwrap();
+        assert_eq!(reader.join().unwrap().as_deref(), Some("old"));
+    });
+    assert_eq!(db.row(1).as_deref(), Some("new"));
+    assert_eq!(users.cache().get(&1).as_deref(), Some("new"));
+}
+
+#[test]
+fn write_behind_coalesces_a_burst_and_drop_writes_everything() {
+    let db = Sqlite::new();
+    {
+        let store = WriteBehindBuilder::default()
+            .flush_interval(Duration::from_millis(20))
+            .build(cache(10_000), Db(Arc::clone(&db)));
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let store = &store;
+                scope.spawn(move || {
+                    for round in 0..2_500u64 {
+                        let key = thread * 1000 + round % 1000;
+                        store.insert(key, format!("{thread}-{round}")).unwrap();
+                    }
+                });
+            }
+        });
+        // Dropped here, mid-stream: whatever is still queued must be written first.
+    }
+    for thread in 0..4u64 {
+        for key in 0..1000u64 {
+            // The last round that wrote this key (rounds 0..2500 cycle over 1000 keys).
+            let last = if key < 500 { 2000 + key } else { 1000 + key };
+            assert_eq!(
+                db.row(thread * 1000 + key),
+                Some(format!("{thread}-{last}")),
+                "key {}",
+                thread * 1000 + key
+            );
+        }
+    }
+    let rows = db.rows_written.load(Ordering::SeqCst);
+    println!("10,000 writes over 4,000 keys reached the database as {rows} row writes");
+    assert!((4000..=10_000).contains(&rows), "{rows} row writes");
+
+    // A hot key written 1,000 times within one flush interval reaches the store once or
+    // twice (the last value always).
+    let before = db.rows_written.load(Ordering::SeqCst);
+    let store = WriteBehindBuilder::default()
+        .flush_interval(Duration::from_millis(200))
+        .build(cache(100), Db(Arc::clone(&db)));
+    for n in 0..1000 {
+        store.insert(9_999, format!("hot-{n}")).unwrap();
+    }
+    store.close();
+    let rows = db.rows_written.load(Ordering::SeqCst) - before;
+    println!("1,000 writes of one hot key reached the database as {rows} row write(s)");
+    assert!(rows <= 2, "{rows} row writes");
+    assert_eq!(db.row(9_999).as_deref(), Some("hot-999"));
+}
+
+#[test]
+fn write_behind_retries_while_the_database_is_down_and_loses_nothing() {
+    let db = Sqlite::new();
+    let store = WriteBehindBuilder::default()
+        .flush_interval(Duration::from_millis(5))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build(cache(50), Db(Arc::clone(&db)));
+    db.down.store(true, Ordering::SeqCst);
+    for key in 0..500u64 {
+        store.insert(key, format!("v{key}")).unwrap();
+    }
+    store.remove(&7).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = store.stats();
+    assert!(stats.failed_batches > 0, "{stats:?}");
+    assert_eq!(stats.last_error.as_deref(), Some("database is down"));
+    // While down, reads see the queued writes, even those the 50-entry cache evicted.
+    for key in 0..500u64 {
+        let want = (key != 7).then(|| format!("v{key}"));
+        assert_eq!(store.get(&key).unwrap(), want, "key {key}");
+    }
+    db.down.store(false, Ordering::SeqCst);
+    store.flush();
+    assert_eq!(store.stats().pending, 0);
+    for key in 0..500u64 {
+        let want = (key != 7).then(|| format!("v{key}"));
+        assert_eq!(db.row(key), want, "key {key}");
+    }
+}
+
+#[test]
+fn close_in_the_middle_of_a_burst_writes_everything_queued() {
+    let db = Sqlite::new();
+    let store = WriteBehindBuilder::default()
+        .flush_interval(Duration::from_secs(60))
+        // 5,000 is not a multiple of 128: the last writes wait for the (60 s) interval.
+        .batch_size(128)
+        .build(cache(1000), Db(Arc::clone(&db)));
+    for key in 0..5_000u64 {
+        store.insert(key, format!("v{key}")).unwrap();
+    }
+    assert!(store.stats().pending > 0, "the burst is still queued");
+    store.close();
+    for key in 0..5_000u64 {
+        assert_eq!(db.row(key), Some(format!("v{key}")), "key {key}");
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_or_blocks_as_configured() {
+    let db = Sqlite::new();
+    db.down.store(true, Ordering::SeqCst);
+    let refusing = WriteBehindBuilder::default()
+        .capacity(4)
+        .backpressure(Backpressure::Error)
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(5))
+        .build(cache(100), Db(Arc::clone(&db)));
+    // The first batch leaves the queue for the (failing) store; fill the queue behind it.
+    refusing.insert(0, "zero".into()).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    for key in 1..=4u64 {
+        refusing.insert(key, format!("v{key}")).unwrap();
+    }
+    let refused = refusing.insert(5, "five".into()).unwrap_err();
+    assert_eq!(
+        refused,
+        larder::patterns::WriteBehindError::QueueFull {
+            key: 5,
+            value: Some("five".into())
+        }
+    );
+    assert_eq!(refusing.cache().get(&5), None, "the cache is unchanged");
+    refusing.insert(2, "two again".into()).unwrap();
+    assert_eq!(refusing.stats().coalesced, 1, "a waiting key needs no room");
+
+    let blocking = WriteBehindBuilder::default()
+        .capacity(4)
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(5))
+        .build(cache(100), Db(Arc::clone(&db)));
+    blocking.insert(10, "ten".into()).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    for key in 11..=14u64 {
+        blocking.insert(key, format!("v{key}")).unwrap();
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| blocking.insert(15, "fifteen".into()));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!writer.is_finished(), "a full queue blocks the writer");
+        db.down.store(false, Ordering::SeqCst);
+        writer.join().unwrap().unwrap();
+    });
+    blocking.flush();
+    refusing.flush();
+    assert_eq!(db.row(15).as_deref(), Some("fifteen"));
+    assert_eq!(db.row(2).as_deref(), Some("two again"));
+}
