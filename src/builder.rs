@@ -86,6 +86,55 @@ impl<K, V> CacheBuilder<K, V> {
 }
 
 impl<K, V, S> CacheBuilder<K, V, S> {
+    /// The same settings for a cache of `W`, each holding a `V` that `project` reaches: the
+    /// weigher and listener see the `V`. For caches that wrap values (loading caches).
+    pub(crate) fn map_values<W: 'static>(self, project: fn(&W) -> &V) -> CacheBuilder<K, W, S>
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let weigher = self.weigher.map(|weigh| -> Weigher<K, W> {
+            Arc::new(move |key: &K, wrapped: &W| weigh(key, project(wrapped)))
+        });
+        let listener = self.listener.map(|listen| -> Listener<K, W> {
+            Arc::new(move |key: &K, wrapped: &W, cause| listen(key, project(wrapped), cause))
+        });
+        CacheBuilder {
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            weigher,
+            default_ttl: self.default_ttl,
+            shards: self.shards,
+            hasher: self.hasher,
+            clock: self.clock,
+            listener,
+            _types: PhantomData,
+        }
+    }
+
+    /// The default TTL set so far.
+    pub(crate) fn default_ttl_setting(&self) -> Option<Duration> {
+        self.default_ttl
+    }
+
+    /// The clock set so far, or the default one (so a wrapper reads the cache's own time).
+    pub(crate) fn clock_or_default(&mut self) -> Arc<dyn Clock> {
+        Arc::clone(
+            self.clock
+                .get_or_insert_with(|| Arc::new(MonotonicClock::default())),
+        )
+    }
+
+    /// A read-through cache: what it misses, it loads with `loader` (one load per key at a
+    /// time), and with a [`Refresh`](crate::patterns::Refresh) policy it refreshes entries
+    /// before or after they expire. See [`LoadingCache`](crate::patterns::LoadingCache).
+    pub fn loader<F, E>(self, loader: F) -> crate::patterns::LoadingBuilder<K, V, F, S>
+    where
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    {
+        crate::patterns::LoadingBuilder::new(self, loader)
+    }
+
     /// Count mode: at most `n` entries, each weighing 1.
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = Some(n);

@@ -25,6 +25,10 @@ pub enum BuildError {
     },
     /// A weigher was given in `max_entries` mode, where every entry weighs 1.
     WeigherWithoutBytes,
+    /// A loading cache's refresh policy needs entries to expire: set `default_ttl`.
+    RefreshWithoutTtl,
+    /// The early-refresh factor `beta` must be finite and positive.
+    BadRefreshBeta,
 }
 
 impl fmt::Display for BuildError {
@@ -42,6 +46,8 @@ impl fmt::Display for BuildError {
                 crate::MAX_SHARDS
             ),
             Self::WeigherWithoutBytes => write!(f, "a weigher needs max_bytes mode"),
+            Self::RefreshWithoutTtl => write!(f, "a refresh policy needs a default_ttl"),
+            Self::BadRefreshBeta => write!(f, "the early-refresh beta must be finite and positive"),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Caching patterns on top of [`Cache`](crate::Cache): the source of truth behind it (a
-//! [`Store`]), and the ways writes reach it.
+//! Caching patterns on top of [`Cache`](crate::Cache): read-through with refresh
+//! ([`LoadingCache`], from [`CacheBuilder::loader`](crate::CacheBuilder::loader)), the
+//! source of truth behind a cache (a [`Store`]), and the ways writes reach it.
 //!
 //! | pattern | a write goes | a read that misses | use it when |
 //! |---|---|---|---|
@@ -10,6 +11,7 @@
 //! same cache, so a load that read the old value from the store can never cache it after a
 //! newer write (the classic cache-aside race).
 
+mod loading;
 mod store;
 mod write_behind;
 mod write_through;
@@ -18,6 +20,7 @@ use std::hash::{BuildHasher, Hash};
 
 use crate::Cache;
 
+pub use loading::{LoadingBuilder, LoadingCache, LoadingStats, Refresh};
 pub use store::Store;
 pub use write_behind::{
     Backpressure, WriteBehind, WriteBehindBuilder, WriteBehindError, WriteBehindStats,

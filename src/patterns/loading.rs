@@ -1,0 +1,411 @@
+//! Read-through with refresh: a cache that loads what it misses, and refreshes hot entries
+//! before they expire (probabilistic early refresh, "XFetch") or serves them stale for a
+//! grace period while one refresh runs (stale-while-revalidate).
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::time::{duration_to_nanos, Clock};
+use crate::{BuildError, Cache, CacheBuilder};
+
+/// How a [`LoadingCache`] refreshes entries whose TTL is running out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refresh {
+    /// Never: an expired entry is loaded again by the next caller (single-flight).
+    Never,
+    /// Probabilistic early refresh (XFetch, Vattani et al., VLDB 2015). A read refreshes
+    /// the entry before it expires with probability rising as expiry nears:
+    /// `now - delta * beta * ln(rand) >= expiry`, `delta` being how long the entry took to
+    /// load. The reader that draws it reloads in line (others keep the current value), so
+    /// a hot key is reloaded once, shortly before it would expire, and never stampedes.
+    /// `beta > 1` refreshes earlier; 1 is the paper's choice.
+    Early {
+        /// Eagerness; 1.0 by default.
+        beta: f64,
+    },
+    /// Stale-while-revalidate: for `grace` after its TTL an entry is still served (stale)
+    /// while exactly one refresh runs in the background. A failed refresh keeps the stale
+    /// value until the grace period ends; then the entry is gone and the next caller loads.
+    StaleWhileRevalidate {
+        /// How long past its TTL an entry may be served.
+        grace: Duration,
+    },
+}
+
+/// A cached value with what refreshing needs.
+#[derive(Debug)]
+struct Stamped<V> {
+    value: V,
+    /// Clock time (ns) after which the value is stale.
+    fresh_until: u64,
+    /// How long the load took (ns): XFetch's `delta`.
+    delta: u64,
+    /// Set by the one reader that refreshes this entry.
+    refreshing: AtomicBool,
+}
+
+/// Counters of a [`LoadingCache`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadingStats {
+    /// Loads on a miss (one per key however many callers waited).
+    pub loads: u64,
+    /// Refreshes started (early or stale-while-revalidate).
+    pub refreshes: u64,
+    /// Refreshes whose loader failed (the old value stayed).
+    pub refresh_failures: u64,
+    /// Reads answered with a stale value during the grace period.
+    pub stale_served: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    loads: AtomicU64,
+    refreshes: AtomicU64,
+    refresh_failures: AtomicU64,
+    stale_served: AtomicU64,
+}
+
+/// Settings of a [`LoadingCache`]; from [`CacheBuilder::loader`].
+#[must_use]
+pub struct LoadingBuilder<K, V, F, S> {
+    cache: CacheBuilder<K, V, S>,
+    loader: F,
+    refresh: Refresh,
+    seed: Option<u64>,
+}
+
+impl<K, V, F, S> std::fmt::Debug for LoadingBuilder<K, V, F, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadingBuilder")
+            .field("cache", &self.cache)
+            .field("refresh", &self.refresh)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, F, S> LoadingBuilder<K, V, F, S> {
+    pub(crate) fn new(cache: CacheBuilder<K, V, S>, loader: F) -> Self {
+        Self {
+            cache,
+            loader,
+            refresh: Refresh::Never,
+            seed: None,
+        }
+    }
+
+    /// How entries are refreshed (default [`Refresh::Never`]). Any other policy needs the
+    /// cache's `default_ttl`, which sets how long a loaded value is fresh.
+    pub fn refresh(mut self, refresh: Refresh) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// Seeds the random source of [`Refresh::Early`], for reproducible tests (default:
+    /// random).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+}
+
+impl<K, V, F, E, S> LoadingBuilder<K, V, F, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Builds the loading cache.
+    ///
+    /// # Errors
+    /// Every [`CacheBuilder::build`] error; [`BuildError::RefreshWithoutTtl`] for a refresh
+    /// policy without `default_ttl`; [`BuildError::BadRefreshBeta`] for a `beta` that is not
+    /// finite and positive.
+    pub fn build(mut self) -> Result<LoadingCache<K, V, F, S>, BuildError> {
+        let ttl = self.cache.default_ttl_setting();
+        if self.refresh != Refresh::Never && ttl.is_none() {
+            return Err(BuildError::RefreshWithoutTtl);
+        }
+        if let Refresh::Early { beta } = self.refresh {
+            if !(beta.is_finite() && beta > 0.0) {
+                return Err(BuildError::BadRefreshBeta);
+            }
+        }
+        let clock = self.cache.clock_or_default();
+        // The engine keeps an entry for its TTL plus the grace period; the wrapper decides
+        // what is fresh.
+        let grace = match self.refresh {
+            Refresh::StaleWhileRevalidate { grace } => grace,
+            _ => Duration::ZERO,
+        };
+        let fresh_for = ttl.map_or(u64::MAX, duration_to_nanos);
+        let mut inner = self
+            .cache
+            .map_values(|stamped: &Arc<Stamped<V>>| &stamped.value);
+        if let Some(ttl) = ttl {
+            inner = inner.default_ttl(ttl.saturating_add(grace));
+        }
+        let seed = self
+            .seed
+            .unwrap_or_else(|| ahash::RandomState::new().hash_one(0u64));
+        Ok(LoadingCache {
+            shared: Arc::new(Shared {
+                cache: inner.build()?,
+                loader: self.loader,
+                refresh: self.refresh,
+                fresh_for,
+                clock,
+                rng: AtomicU64::new(seed | 1),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+struct Shared<K, V, F, S> {
+    cache: Cache<K, Arc<Stamped<V>>, S>,
+    loader: F,
+    refresh: Refresh,
+    /// The TTL in nanoseconds (`u64::MAX`: none).
+    fresh_for: u64,
+    clock: Arc<dyn Clock>,
+    /// xorshift state for XFetch's draws.
+    rng: AtomicU64,
+    counters: Counters,
+}
+
+/// A read-through cache: [`get`](Self::get) answers from the cache, or loads with the
+/// loader given to [`CacheBuilder::loader`] (one load per key at a time; a failing load
+/// caches nothing). With a [`Refresh`] policy, hot entries are refreshed before they expire
+/// or served stale while they are refreshed, so a hot key's expiry never sends every caller
+/// to the database at once. Cloning gives another handle to the same cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use larder::{patterns::Refresh, Cache};
+///
+/// let profiles = Cache::<u64, String>::builder()
+///     .max_entries(10_000)
+///     .default_ttl(Duration::from_secs(60))
+///     .loader(|id: &u64| Ok::<_, String>(format!("user {id}"))) // the database query
+///     .refresh(Refresh::Early { beta: 1.0 })
+///     .build()
+///     .unwrap();
+/// assert_eq!(profiles.get(&7).unwrap(), "user 7");
+/// assert_eq!(profiles.stats().loads, 1);
+/// ```
+pub struct LoadingCache<K, V, F, S = ahash::RandomState> {
+    shared: Arc<Shared<K, V, F, S>>,
+}
+
+impl<K, V, F, S> Clone for LoadingCache<K, V, F, S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, V, F, S> std::fmt::Debug for LoadingCache<K, V, F, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadingCache")
+            .field("refresh", &self.shared.refresh)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, F, E, S> LoadingCache<K, V, F, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// The value for `key`, from the cache or loaded. May refresh the entry (see
+    /// [`Refresh`]).
+    ///
+    /// # Errors
+    /// The loader's error on a miss (nothing cached). A failed refresh is not an error:
+    /// the current value is returned and the failure counted.
+    pub fn get(&self, key: &K) -> Result<V, E> {
+        let shared = &self.shared;
+        let Some(stamped) = shared.cache.get(key) else {
+            let loaded = shared
+                .cache
+                .try_get_or_insert_with(key.clone(), || shared.load(key))?;
+            return Ok(loaded.value.clone());
+        };
+        let now = shared.clock.now_nanos();
+        if now < stamped.fresh_until {
+            if let Refresh::Early { beta } = shared.refresh {
+                if shared.early_refresh_due(&stamped, now, beta) && stamped.claim() {
+                    return Ok(self.refresh_in_line(key, &stamped));
+                }
+            }
+            return Ok(stamped.value.clone());
+        }
+        // Stale: only reachable with a grace period (otherwise the engine expired it).
+        shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+        if stamped.claim() {
+            let this = self.clone();
+            let key = key.clone();
+            let stale = Arc::clone(&stamped);
+            std::thread::spawn(move || {
+                this.refresh_in_line(&key, &stale);
+            });
+        }
+        Ok(stamped.value.clone())
+    }
+
+    /// Reloads `key` now, replacing `current` if it is still the cached entry, and returns
+    /// the newest value (the old one if the load failed).
+    fn refresh_in_line(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
+        let shared = &self.shared;
+        shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        let mut newest = current.value.clone();
+        // Exclusive against loads and other writes of the key; replaces only the entry this
+        // refresh was claimed on (a concurrent write or removal wins).
+        let _ = shared.cache.write_with(key.clone(), |key| {
+            match shared.cache.get(key) {
+                Some(cached) if Arc::ptr_eq(&cached, current) => {}
+                // Gone (removed, expired) or replaced: nothing to refresh.
+                _ => return Err(()),
+            }
+            match shared.load(key) {
+                Ok(fresh) => {
+                    newest = fresh.value.clone();
+                    Ok(Some(fresh))
+                }
+                Err(_) => {
+                    shared
+                        .counters
+                        .refresh_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Let a later read try again.
+                    current.refreshing.store(false, Ordering::Release);
+                    Err(())
+                }
+            }
+        });
+        newest
+    }
+
+    /// Drops `key`'s cached value; the next `get` loads it again.
+    pub fn remove(&self, key: &K) {
+        self.shared.cache.remove(key);
+    }
+
+    /// Counters of loads and refreshes.
+    pub fn stats(&self) -> LoadingStats {
+        let c = &self.shared.counters;
+        LoadingStats {
+            loads: c.loads.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            refresh_failures: c.refresh_failures.load(Ordering::Relaxed),
+            stale_served: c.stale_served.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The engine's statistics (hits, misses, evictions...).
+    pub fn cache_stats(&self) -> crate::Stats {
+        self.shared.cache.stats()
+    }
+}
+
+impl<V> Stamped<V> {
+    /// Elects the caller that refreshes this entry: true for exactly one caller.
+    fn claim(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl<K, V, F, E, S> Shared<K, V, F, S>
+where
+    F: Fn(&K) -> Result<V, E>,
+{
+    /// Runs the loader, timing it for XFetch.
+    fn load(&self, key: &K) -> Result<Arc<Stamped<V>>, E> {
+        let started = self.clock.now_nanos();
+        let value = (self.loader)(key)?;
+        let now = self.clock.now_nanos();
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        Ok(Arc::new(Stamped {
+            value,
+            fresh_until: now.saturating_add(self.fresh_for),
+            delta: now.saturating_sub(started),
+            refreshing: AtomicBool::new(false),
+        }))
+    }
+
+    /// XFetch's test with a fresh uniform draw.
+    fn early_refresh_due(&self, stamped: &Stamped<V>, now: u64, beta: f64) -> bool {
+        xfetch_due(
+            now,
+            stamped.fresh_until,
+            stamped.delta,
+            beta,
+            self.uniform(),
+        )
+    }
+
+    /// A uniform draw in `(0, 1]` from a shared xorshift generator (lossy under races,
+    /// which only reuses a draw).
+    fn uniform(&self) -> f64 {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        ((x >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// XFetch: refresh if `now - delta * beta * ln(u) >= expiry`, for `u` uniform in `(0, 1]`.
+/// The probability at a gap `g = expiry - now` is `exp(-g / (delta * beta))`.
+pub(crate) fn xfetch_due(now: u64, expiry: u64, delta: u64, beta: f64, u: f64) -> bool {
+    let ahead = -(delta as f64) * beta * u.ln();
+    now as f64 + ahead >= expiry as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xfetch_due;
+
+    #[test]
+    fn xfetch_probability_follows_the_exponential_law() {
+        let delta = 100_000_000u64; // 100 ms
+        let expiry = 10_000_000_000u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let draws = if cfg!(miri) { 2_000 } else { 200_000 };
+        for (gap, beta) in [
+            (0u64, 1.0),
+            (50_000_000, 1.0),
+            (100_000_000, 1.0),
+            (300_000_000, 1.0),
+            (100_000_000, 2.0),
+        ] {
+            let hits = (0..draws)
+                .filter(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let u = ((x >> 11) + 1) as f64 / (1u64 << 53) as f64;
+                    xfetch_due(expiry - gap, expiry, delta, beta, u)
+                })
+                .count();
+            let measured = hits as f64 / draws as f64;
+            let expected = (-(gap as f64) / (delta as f64 * beta)).exp();
+            let tolerance = if cfg!(miri) { 0.05 } else { 0.01 };
+            assert!(
+                (measured - expected).abs() < tolerance,
+                "gap {gap} beta {beta}: {measured:.4} vs {expected:.4}"
+            );
+        }
+        // Never before a load that took no time, always at or past expiry.
+        assert!(!xfetch_due(expiry - 1, expiry, 0, 1.0, 0.5));
+        assert!(xfetch_due(expiry, expiry, 0, 1.0, 1.0));
+    }
+}

@@ -1,0 +1,215 @@
+//! Read-through with refresh: XFetch's early refresh follows its distribution,
+//! stale-while-revalidate serves stale values while exactly one refresh runs, and failures
+//! keep what they should.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder::patterns::Refresh;
+use larder::{BuildError, Cache, Clock, ManualClock};
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// Waits (up to 5 s) for a background refresh to land.
+fn eventually(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(done(), "timed out");
+}
+
+#[test]
+fn early_refresh_happens_with_probability_exp_of_minus_gap_over_delta() {
+    let clock = ManualClock::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let loaded_at = Arc::new(AtomicU64::new(0));
+    let delta = Duration::from_millis(100);
+    let cache = {
+        let (clock, loads, loaded_at) = (clock.clone(), Arc::clone(&loads), Arc::clone(&loaded_at));
+        Cache::<u64, usize>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .loader(move |_key: &u64| {
+                // The "query" takes 100 ms of the cache's clock: that is the entry's delta.
+                clock.advance(delta);
+                loaded_at.store(clock.now_nanos(), Ordering::SeqCst);
+                Ok::<_, ()>(loads.fetch_add(1, Ordering::SeqCst))
+            })
+            .refresh(Refresh::Early { beta: 1.0 })
+            .seed(7)
+            .build()
+            .unwrap()
+    };
+    cache.get(&1).unwrap();
+    let ttl = TTL.as_nanos() as u64;
+    for gap_ms in [20u64, 100, 250] {
+        let trials = 2000;
+        let before = cache.stats().refreshes;
+        for _ in 0..trials {
+            let expiry = loaded_at.load(Ordering::SeqCst) + ttl;
+            clock.set_nanos(expiry - gap_ms * 1_000_000);
+            cache.get(&1).unwrap();
+        }
+        let measured = (cache.stats().refreshes - before) as f64 / trials as f64;
+        let expected = (-(gap_ms as f64) / 100.0).exp();
+        println!("gap {gap_ms} ms: refreshed {measured:.3}, expected {expected:.3}");
+        assert!(
+            (measured - expected).abs() < 0.04,
+            "gap {gap_ms}: {measured} vs {expected}"
+        );
+    }
+    // Far from expiry, never.
+    let before = cache.stats().refreshes;
+    clock.set_nanos(loaded_at.load(Ordering::SeqCst));
+    (0..1000).for_each(|_| {
+        cache.get(&1).unwrap();
+    });
+    assert_eq!(cache.stats().refreshes, before);
+}
+
+#[test]
+fn stale_while_revalidate_serves_stale_while_exactly_one_refresh_runs() {
+    let clock = ManualClock::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let loads = Arc::clone(&loads);
+        Cache::<u64, usize>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .loader(move |_key: &u64| {
+                let n = loads.fetch_add(1, Ordering::SeqCst);
+                if n > 0 {
+                    std::thread::sleep(Duration::from_millis(50)); // a slow refresh
+                }
+                Ok::<_, ()>(n)
+            })
+            .refresh(Refresh::StaleWhileRevalidate {
+                grace: Duration::from_secs(5),
+            })
+            .build()
+            .unwrap()
+    };
+    assert_eq!(cache.get(&1), Ok(0));
+    clock.advance(Duration::from_secs(12)); // past the TTL, within the grace period
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| assert_eq!(cache.get(&1), Ok(0), "stale value served at once"));
+        }
+    });
+    eventually(|| cache.get(&1) == Ok(1));
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "one refresh for 16 stale readers"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.refreshes, stats.loads), (1, 2));
+    assert!(stats.stale_served >= 16);
+}
+
+#[test]
+fn a_failed_revalidation_keeps_the_stale_value_until_the_grace_period_ends() {
+    let clock = ManualClock::new();
+    let database_up = Arc::new(AtomicBool::new(true));
+    let cache = {
+        let up = Arc::clone(&database_up);
+        Cache::<u64, u64>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .loader(move |key: &u64| {
+                if up.load(Ordering::SeqCst) {
+                    Ok(*key * 10)
+                } else {
+                    Err("database down")
+                }
+            })
+            .refresh(Refresh::StaleWhileRevalidate {
+                grace: Duration::from_secs(5),
+            })
+            .build()
+            .unwrap()
+    };
+    assert_eq!(cache.get(&3), Ok(30));
+    database_up.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(11));
+    for _ in 0..20 {
+        assert_eq!(cache.get(&3), Ok(30), "stale, while refreshes fail");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eventually(|| cache.stats().refresh_failures >= 1);
+    clock.advance(Duration::from_secs(5)); // the grace period is over
+    assert_eq!(
+        cache.get(&3),
+        Err("database down"),
+        "gone: the next caller loads"
+    );
+    database_up.store(true, Ordering::SeqCst);
+    assert_eq!(cache.get(&3), Ok(30));
+}
+
+#[test]
+fn read_through_loads_once_and_caches_no_failure() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let calls = Arc::clone(&calls);
+        Cache::<u64, u64>::builder()
+            .max_entries(100)
+            .loader(move |key: &u64| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                if *key == 0 {
+                    Err("no such user")
+                } else {
+                    Ok(*key + 1)
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| assert_eq!(cache.get(&5), Ok(6)));
+        }
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get(&0), Err("no such user"));
+    assert_eq!(
+        cache.get(&0),
+        Err("no such user"),
+        "the failure was not cached"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    cache.remove(&5);
+    assert_eq!(cache.get(&5), Ok(6));
+    assert_eq!(cache.stats().loads, 2);
+}
+
+#[test]
+fn refresh_settings_are_checked() {
+    let loader = |_: &u64| Ok::<u64, ()>(0);
+    let early = |beta| {
+        Cache::<u64, u64>::builder()
+            .max_entries(10)
+            .default_ttl(TTL)
+            .loader(loader)
+            .refresh(Refresh::Early { beta })
+            .build()
+            .map(|_| ())
+    };
+    assert_eq!(early(0.0), Err(BuildError::BadRefreshBeta));
+    assert_eq!(early(f64::NAN), Err(BuildError::BadRefreshBeta));
+    assert_eq!(early(1.0), Ok(()));
+    let no_ttl = Cache::<u64, u64>::builder()
+        .max_entries(10)
+        .loader(loader)
+        .refresh(Refresh::StaleWhileRevalidate {
+            grace: Duration::from_secs(1),
+        })
+        .build();
+    assert_eq!(no_ttl.map(|_| ()), Err(BuildError::RefreshWithoutTtl));
+}
