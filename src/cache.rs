@@ -326,6 +326,33 @@ where
         crate::load::write_exclusive(self, &self.loads, key, write)
     }
 
+    /// Up to `n` live entries, hottest first by the admission policy's own frequency
+    /// estimate: what to save for a warm start (see `patterns::warm_up` with the `serde`
+    /// feature). Takes each shard's lock briefly; clones only the entries returned.
+    ///
+    /// ```
+    /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
+    /// for key in 0..10 {
+    ///     cache.insert(key, key).unwrap();
+    /// }
+    /// for _ in 0..5 {
+    ///     cache.get(&3);
+    /// }
+    /// assert_eq!(cache.hottest(1), vec![(3, 3)]);
+    /// ```
+    pub fn hottest(&self, n: usize) -> Vec<(K, V)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let guard = crate::sync::pin();
+        self.raw
+            .hottest(n, &guard)
+            .into_iter()
+            .map(|entry| (entry.key.clone(), entry.value.clone()))
+            .collect()
+    }
+
     pub(crate) fn raw(&self) -> &RawCache<K, V, S> {
         &self.raw
     }

@@ -344,7 +344,10 @@ where
         match step(cache, loads, hash, key) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => match slot.wait() {
-                Some(value) => return Ok(value),
+                Some(value) => {
+                    cache.raw().count_joined_load();
+                    return Ok(value);
+                }
                 // Abandoned: look again, and perhaps become the loader.
                 None => key = handed_back,
             },
@@ -352,6 +355,7 @@ where
         }
     };
     // If `load` fails or panics, dropping the registration releases the waiters.
+    cache.raw().count_load();
     let value = load()?;
     Ok(publish(cache, registration, value))
 }
@@ -376,13 +380,17 @@ where
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
                 match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {
-                    Some(value) => return Ok(value),
+                    Some(value) => {
+                        cache.raw().count_joined_load();
+                        return Ok(value);
+                    }
                     None => key = handed_back,
                 }
             }
             Step::Lead(registration) => break registration,
         }
     };
+    cache.raw().count_load();
     let value = load.await?;
     Ok(publish(cache, registration, value))
 }

@@ -38,6 +38,11 @@ pub struct Stats {
     pub entries: u64,
     /// Sum of live entries' weights, larder's overhead included in `max_bytes` mode.
     pub weighted_size: u64,
+    /// Loader runs of `get_or_insert_with` and its relatives (each failure included).
+    pub loads: u64,
+    /// Callers of those methods served by another caller's load instead of running their
+    /// own: the stampedes single-flight avoided.
+    pub loads_joined: u64,
 }
 
 impl Stats {
@@ -63,6 +68,8 @@ pub(crate) struct Stripe {
     pub(crate) evictions: AtomicU64,
     pub(crate) admission_rejections: AtomicU64,
     pub(crate) expirations: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) loads_joined: AtomicU64,
 }
 
 /// Stripes owned by one live thread each: the owner adds with a plain load and store (no
@@ -144,6 +151,8 @@ impl Counters {
             stats.evictions += stripe.evictions.load(Relaxed);
             stats.admission_rejections += stripe.admission_rejections.load(Relaxed);
             stats.expirations += stripe.expirations.load(Relaxed);
+            stats.loads += stripe.loads.load(Relaxed);
+            stats.loads_joined += stripe.loads_joined.load(Relaxed);
         }
         stats
     }

@@ -105,6 +105,13 @@ fn a_thousand_tasks_on_an_expired_hot_key_run_one_load() {
     });
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert_eq!(cache.get(&7), Some(42));
+    let stats = cache.stats();
+    println!(
+        "1000 tasks: {} load(s), {} joined",
+        stats.loads, stats.loads_joined
+    );
+    assert_eq!(stats.loads, 1);
+    assert!(stats.loads_joined > 0 && stats.loads_joined <= 999);
 }
 
 #[test]

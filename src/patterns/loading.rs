@@ -50,7 +50,7 @@ struct Stamped<V> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadingStats {
-    /// Loads on a miss (one per key however many callers waited).
+    /// Loader runs on a miss, failures included (one per key however many callers waited).
     pub loads: u64,
     /// Refreshes started (early or stale-while-revalidate).
     pub refreshes: u64,
@@ -293,6 +293,14 @@ where
         newest
     }
 
+    /// Loads each of `keys` that is not cached through the loader, so a cold start does not
+    /// meet production traffic. Returns how many loads failed (nothing is cached for them).
+    pub fn preload(&self, keys: impl IntoIterator<Item = K>) -> usize {
+        keys.into_iter()
+            .filter(|key| self.get(key).is_err())
+            .count()
+    }
+
     /// Drops `key`'s cached value; the next `get` loads it again.
     pub fn remove(&self, key: &K) {
         self.shared.cache.remove(key);
@@ -329,9 +337,9 @@ where
     /// Runs the loader, timing it for XFetch.
     fn load(&self, key: &K) -> Result<Arc<Stamped<V>>, E> {
         let started = self.clock.now_nanos();
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
         let value = (self.loader)(key)?;
         let now = self.clock.now_nanos();
-        self.counters.loads.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Stamped {
             value,
             fresh_until: now.saturating_add(self.fresh_for),

@@ -13,6 +13,8 @@
 
 mod loading;
 mod store;
+#[cfg(feature = "serde")]
+pub mod warm_up;
 mod write_behind;
 mod write_through;
 

@@ -107,6 +107,11 @@ impl Policy {
     }
 
     /// Entries the policy orders.
+    /// The sketch's frequency estimate for a key hash (warm-up picks the hottest).
+    pub(crate) fn frequency(&self, hash: u64) -> u8 {
+        self.sketch.frequency(hash)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.window.len() + self.main.len() + self.protected.len()
     }

@@ -74,6 +74,11 @@ impl<K, V> Entry<K, V> {
         reads
     }
 
+    /// Reads recorded since the CLOCK hand last passed, without resetting them.
+    pub(crate) fn pending_reads(&self) -> u8 {
+        self.access.load(Ordering::Relaxed)
+    }
+
     /// Carries the read history of the entry this one replaces.
     pub(crate) fn inherit_access(&self, previous: &Self) {
         self.access

@@ -354,6 +354,29 @@ where
         stats
     }
 
+    /// Up to `n` live entries, hottest first by the policy's frequency estimate, readable
+    /// while `guard` is pinned.
+    pub(crate) fn hottest<'g>(&self, n: usize, guard: &'g Guard) -> Vec<&'g Entry<K, V>> {
+        let now = self.now();
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            shard.frequencies(now, guard, &mut all);
+        }
+        // Stable: equally hot entries keep shard order.
+        all.sort_by_key(|&(estimate, _)| std::cmp::Reverse(estimate));
+        all.into_iter().take(n).map(|(_, entry)| entry).collect()
+    }
+
+    /// Counts a loader run (single-flight).
+    pub(crate) fn count_load(&self) {
+        self.counters.add(|s| &s.loads, 1);
+    }
+
+    /// Counts a caller served by another caller's load.
+    pub(crate) fn count_joined_load(&self) {
+        self.counters.add(|s| &s.loads_joined, 1);
+    }
+
     pub(crate) fn shard_count(&self) -> usize {
         self.shards.len()
     }

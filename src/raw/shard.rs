@@ -438,6 +438,28 @@ where
         }
     }
 
+    /// Appends each live, unexpired entry with the policy's frequency estimate for it: the
+    /// sketch's count plus the reads the CLOCK hand has not fed into the sketch yet.
+    pub(crate) fn frequencies<'g>(
+        &self,
+        now: u64,
+        _guard: &'g Guard,
+        out: &mut Vec<(u8, &'g Entry<K, V>)>,
+    ) {
+        let state = lock(&self.state);
+        for (_, record) in state.slab.occupied() {
+            // SAFETY: an occupied record points to an entry live in the table (see
+            // SlabMembers). Once the lock is released it may be retired, but only through
+            // the epoch collector, which frees it after `_guard` (pinned before this call)
+            // is dropped: the reference is valid for `'g`.
+            let entry: &'g Entry<K, V> = unsafe { &*record.entry };
+            if entry.expires_at == NEVER || !entry.is_expired_at(now) {
+                let estimate = state.policy.frequency(entry.hash) + entry.pending_reads();
+                out.push((estimate, entry));
+            }
+        }
+    }
+
     /// Number of live entries (including expired ones the wheel has not reached).
     pub(crate) fn len(&self) -> usize {
         lock(&self.state).counts.live()

@@ -59,8 +59,7 @@ impl<K, V> Slab<K, V> {
         record
     }
 
-    /// Occupied ids (for invariant checks).
-    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    /// Occupied ids (invariant checks, warm-up snapshots).
     pub(crate) fn occupied(&self) -> impl Iterator<Item = (u32, &Record<K, V>)> {
         self.records
             .iter()
