@@ -264,7 +264,20 @@ where
     where
         V: Clone,
     {
-        crate::load::get_or_load(self, &self.loads, key, load)
+        crate::load::get_or_load(self, &self.loads, key, false, load)
+    }
+
+    /// [`try_get_or_insert_with`](Self::try_get_or_insert_with) for a caller whose own
+    /// `get` of `key` just missed (and was counted): the miss is not counted twice.
+    pub(crate) fn try_get_or_insert_after_miss<E>(
+        &self,
+        key: K,
+        load: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E>
+    where
+        V: Clone,
+    {
+        crate::load::get_or_load(self, &self.loads, key, true, load)
     }
 
     /// The async form of [`get_or_insert_with`](Self::get_or_insert_with): concurrent

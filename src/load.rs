@@ -261,19 +261,26 @@ enum Step<'a, K, V: Clone> {
 }
 
 /// Looks for `key` in the cache, then among the loads in flight, registering a load if
-/// there is none.
+/// there is none. `counted` means the caller's own read already counted this miss (and
+/// recorded the access), so this look must not count it again.
 fn step<'a, K, V, S>(
     cache: &Cache<K, V, S>,
     loads: &'a Loads<K, V>,
     hash: u64,
     key: K,
+    counted: bool,
 ) -> Step<'a, K, V>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    if let Some(value) = cache.get(&key) {
+    let cached = if counted {
+        cache.peek(&key)
+    } else {
+        cache.get(&key)
+    };
+    if let Some(value) = cached {
         return Step::Cached(value);
     }
     let mut table = lock(loads.shard(hash));
@@ -327,10 +334,13 @@ where
     value
 }
 
+/// Single-flight: the cached value of `key`, else one caller's load shared with the others.
+/// `counted`: the caller has just read `key`, missed, and had that miss counted.
 pub(crate) fn get_or_load<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
+    counted: bool,
     load: impl FnOnce() -> Result<V, E>,
 ) -> Result<V, E>
 where
@@ -340,8 +350,9 @@ where
 {
     let hash = cache.raw().hash(&key);
     let mut key = key;
+    let mut counted = counted;
     let registration = loop {
-        match step(cache, loads, hash, key) {
+        match step(cache, loads, hash, key, std::mem::take(&mut counted)) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => match slot.wait() {
                 Some(value) => {
@@ -376,7 +387,7 @@ where
     let hash = cache.raw().hash(&key);
     let mut key = key;
     let registration = loop {
-        match step(cache, loads, hash, key) {
+        match step(cache, loads, hash, key, false) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
                 match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {

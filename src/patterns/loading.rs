@@ -235,7 +235,7 @@ where
         let Some(stamped) = shared.cache.get(key) else {
             let loaded = shared
                 .cache
-                .try_get_or_insert_with(key.clone(), || shared.load(key))?;
+                .try_get_or_insert_after_miss(key.clone(), || shared.load(key))?;
             return Ok(loaded.value.clone());
         };
         let now = shared.clock.now_nanos();

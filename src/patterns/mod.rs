@@ -54,7 +54,7 @@ where
         Ok(None) => Err(Miss::Absent),
         Err(e) => Err(Miss::Failed(e)),
     };
-    match cache.try_get_or_insert_with(key.clone(), load) {
+    match cache.try_get_or_insert_after_miss(key.clone(), load) {
         Ok(value) => Ok(Some(value)),
         Err(Miss::Absent) => Ok(None),
         Err(Miss::Failed(e)) => Err(e),
