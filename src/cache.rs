@@ -12,7 +12,7 @@ use crate::raw::shard::Departures;
 use crate::raw::RawCache;
 use crate::sync::Guard;
 use crate::time::duration_to_nanos;
-use crate::{CacheBuilder, InsertError, InsertErrorKind, Stats};
+use crate::{CacheBuilder, InsertError, InsertErrorKind, LoadError, Stats};
 
 /// Why an entry left the cache, as told to the eviction listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -264,7 +264,43 @@ where
     where
         V: Clone,
     {
-        crate::load::get_or_load(self, &self.loads, key, false, load)
+        untimed(crate::load::get_or_load(
+            self,
+            &self.loads,
+            key,
+            false,
+            None,
+            load,
+        ))
+    }
+
+    /// [`try_get_or_insert_with`](Self::try_get_or_insert_with) waiting at most `timeout`
+    /// for another caller's load of the same key. A caller that runs the load itself is not
+    /// interrupted (its loader is its own code; give the loader its own timeouts, such as
+    /// the database client's). Async callers use their runtime's timeout around
+    /// [`try_get_or_insert_async`](Self::try_get_or_insert_async) instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
+    /// let got = cache.try_get_or_insert_with_timeout(1, Duration::from_millis(50), || Ok::<_, ()>(10));
+    /// assert_eq!(got, Ok(10));
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoadError::TimedOut`] if another caller's load outlasted `timeout` (this caller's
+    /// loader did not run); [`LoadError::Failed`] with the loader's error.
+    pub fn try_get_or_insert_with_timeout<E>(
+        &self,
+        key: K,
+        timeout: Duration,
+        load: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, LoadError<E>>
+    where
+        V: Clone,
+    {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        crate::load::get_or_load(self, &self.loads, key, false, deadline, load)
     }
 
     /// [`try_get_or_insert_with`](Self::try_get_or_insert_with) for a caller whose own
@@ -277,7 +313,14 @@ where
     where
         V: Clone,
     {
-        crate::load::get_or_load(self, &self.loads, key, true, load)
+        untimed(crate::load::get_or_load(
+            self,
+            &self.loads,
+            key,
+            true,
+            None,
+            load,
+        ))
     }
 
     /// The async form of [`get_or_insert_with`](Self::get_or_insert_with): concurrent
@@ -396,4 +439,12 @@ where
             self.raw.budget()
         );
     }
+}
+
+/// The loader's error of a load that had no deadline (so it cannot have timed out).
+fn untimed<V, E>(result: Result<V, LoadError<E>>) -> Result<V, E> {
+    result.map_err(|e| match e {
+        LoadError::Failed(e) => e,
+        LoadError::TimedOut => unreachable!("no deadline was set"),
+    })
 }

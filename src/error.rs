@@ -98,3 +98,25 @@ impl<K, V> fmt::Display for InsertError<K, V> {
 }
 
 impl<K, V> std::error::Error for InsertError<K, V> {}
+
+/// Why [`Cache::try_get_or_insert_with_timeout`](crate::Cache::try_get_or_insert_with_timeout)
+/// returned no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError<E> {
+    /// This caller's loader failed; nothing was cached.
+    Failed(E),
+    /// Another caller's load of the key did not finish within the timeout. That load goes
+    /// on (and may still cache its value); this caller stopped waiting.
+    TimedOut,
+}
+
+impl<E: fmt::Display> fmt::Display for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Failed(e) => write!(f, "the loader failed: {e}"),
+            Self::TimedOut => write!(f, "timed out waiting for another caller's load"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for LoadError<E> {}

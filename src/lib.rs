@@ -92,7 +92,7 @@ mod time;
 
 pub use builder::{CacheBuilder, MAX_SHARDS};
 pub use cache::{Cache, RemovalCause};
-pub use error::{BuildError, InsertError, InsertErrorKind};
+pub use error::{BuildError, InsertError, InsertErrorKind, LoadError};
 pub use stats::Stats;
 #[cfg(any(test, feature = "test-util"))]
 pub use time::ManualClock;

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 use hashbrown::HashTable;
 
 use crate::sync::{lock, Condvar, Mutex};
-use crate::Cache;
+use crate::{Cache, LoadError};
 
 /// How a load ended, as seen by its waiters.
 #[derive(Debug)]
@@ -81,6 +81,25 @@ impl<V: Clone> Slot<V> {
                 return ended;
             }
             state = self.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// [`Slot::wait`] giving up at `deadline`: `Err(())` if the load was still running.
+    fn wait_until(&self, deadline: std::time::Instant) -> Result<Option<V>, ()> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(ended) = Self::ended(&state) {
+                return Ok(ended);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(());
+            }
+            state = self
+                .ended
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -335,14 +354,16 @@ where
 }
 
 /// Single-flight: the cached value of `key`, else one caller's load shared with the others.
-/// `counted`: the caller has just read `key`, missed, and had that miss counted.
+/// `counted`: the caller has just read `key`, missed, and had that miss counted. With a
+/// `deadline`, waiting for another caller's load gives up then ([`LoadError::TimedOut`]).
 pub(crate) fn get_or_load<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
     counted: bool,
+    deadline: Option<std::time::Instant>,
     load: impl FnOnce() -> Result<V, E>,
-) -> Result<V, E>
+) -> Result<V, LoadError<E>>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -354,20 +375,28 @@ where
     let registration = loop {
         match step(cache, loads, hash, key, std::mem::take(&mut counted)) {
             Step::Cached(value) => return Ok(value),
-            Step::Wait(slot, handed_back) => match slot.wait() {
-                Some(value) => {
-                    cache.raw().count_joined_load();
-                    return Ok(value);
+            Step::Wait(slot, handed_back) => {
+                let ended = match deadline {
+                    None => slot.wait(),
+                    Some(deadline) => slot
+                        .wait_until(deadline)
+                        .map_err(|()| LoadError::TimedOut)?,
+                };
+                match ended {
+                    Some(value) => {
+                        cache.raw().count_joined_load();
+                        return Ok(value);
+                    }
+                    // Abandoned: look again, and perhaps become the loader.
+                    None => key = handed_back,
                 }
-                // Abandoned: look again, and perhaps become the loader.
-                None => key = handed_back,
-            },
+            }
             Step::Lead(registration) => break registration,
         }
     };
     // If `load` fails or panics, dropping the registration releases the waiters.
     cache.raw().count_load();
-    let value = load()?;
+    let value = load().map_err(LoadError::Failed)?;
     Ok(publish(cache, registration, value))
 }
 

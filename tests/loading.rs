@@ -250,3 +250,36 @@ fn sync_and_async_callers_share_one_load() {
     });
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn a_blocking_caller_stops_waiting_at_its_timeout() {
+    use larder::LoadError;
+    let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
+    std::thread::scope(|scope| {
+        let leader = scope.spawn(|| {
+            cache.get_or_insert_with(1, || {
+                std::thread::sleep(Duration::from_millis(200));
+                1
+            })
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let started = std::time::Instant::now();
+        let waited =
+            cache.try_get_or_insert_with_timeout(1, Duration::from_millis(30), || Ok::<u64, ()>(2));
+        assert_eq!(
+            waited,
+            Err(LoadError::TimedOut),
+            "the leader is still loading"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "gave up in time"
+        );
+        assert_eq!(leader.join().unwrap(), 1);
+    });
+    assert_eq!(cache.get(&1), Some(1), "the leader's load still landed");
+    assert_eq!(
+        cache.try_get_or_insert_with_timeout(2, Duration::from_millis(30), || Err::<u64, _>("db")),
+        Err(LoadError::Failed("db"))
+    );
+}
