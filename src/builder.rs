@@ -135,6 +135,17 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         crate::patterns::LoadingBuilder::new(self, loader)
     }
 
+    /// [`loader`](Self::loader) with an async loader: the cache's reads are then
+    /// [`LoadingCache::get_async`](crate::patterns::LoadingCache::get_async), on any
+    /// runtime.
+    pub fn async_loader<F, Fut, E>(self, loader: F) -> crate::patterns::LoadingBuilder<K, V, F, S>
+    where
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<V, E>>,
+    {
+        crate::patterns::LoadingBuilder::new(self, loader)
+    }
+
     /// Count mode: at most `n` entries, each weighing 1.
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = Some(n);

@@ -364,7 +364,34 @@ where
     where
         V: Clone,
     {
-        crate::load::get_or_load_async(self, &self.loads, key, load).await
+        crate::load::get_or_load_async(self, &self.loads, key, false, load).await
+    }
+
+    /// [`try_get_or_insert_async`](Self::try_get_or_insert_async) for a caller whose own
+    /// `get` of `key` just missed (and was counted).
+    pub(crate) async fn try_get_or_insert_async_after_miss<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, E>
+    where
+        V: Clone,
+    {
+        crate::load::get_or_load_async(self, &self.loads, key, true, load).await
+    }
+
+    /// The future form of [`write_with`](Self::write_with).
+    pub(crate) async fn write_with_async<E, Fut>(
+        &self,
+        key: K,
+        write: impl FnOnce(K) -> Fut,
+    ) -> Result<(), E>
+    where
+        K: Clone,
+        V: Clone,
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        crate::load::write_exclusive_async(self, &self.loads, key, write).await
     }
 
     /// Runs `write` holding `key` exclusively against every load and write of it through

@@ -192,39 +192,76 @@ impl<K, V: Clone> Drop for Registration<'_, K, V> {
     }
 }
 
-/// Waits for any load or write of `key` in flight, then registers this caller's own: the
-/// key's slot, held until the returned registration is published or dropped. Unlike
-/// [`step`] it ignores the cached value: a write replaces it.
-fn claim<'a, K, V>(loads: &'a Loads<K, V>, hash: u64, key: K) -> (Registration<'a, K, V>, K)
+/// Registers a load or write of `key` (absent from `table`, the locked shard of `loads`).
+fn register<'a, K, V: Clone>(
+    loads: &'a Loads<K, V>,
+    table: &mut HashTable<InFlight<K, V>>,
+    hash: u64,
+    key: K,
+) -> Registration<'a, K, V> {
+    let slot = Arc::new(Slot::new());
+    let in_flight = InFlight {
+        hash,
+        key,
+        slot: Arc::clone(&slot),
+    };
+    table.insert_unique(hash, in_flight, |load| load.hash);
+    Registration {
+        loads,
+        hash,
+        slot,
+        registered: true,
+        ended: false,
+    }
+}
+
+/// A key's slot, taken for a write, or the slot of the load or write holding it now.
+enum Claim<'a, K, V: Clone> {
+    Held(Registration<'a, K, V>),
+    Busy(Arc<Slot<V>>),
+}
+
+/// Registers a write of `key` unless a load or write of it is in flight. Unlike [`step`] it
+/// ignores the cached value: a write replaces it.
+fn try_claim<'a, K, V>(loads: &'a Loads<K, V>, hash: u64, key: &K) -> Claim<'a, K, V>
 where
     K: Hash + Eq + Clone,
     V: Clone,
 {
-    loop {
-        let mut table = lock(loads.shard(hash));
-        if let Some(load) = table.find(hash, |load| load.key == key) {
-            let slot = Arc::clone(&load.slot);
-            drop(table);
-            // Whatever it ended with, look again: the key is free only when unregistered.
-            let _ = slot.wait();
-            continue;
-        }
-        let slot = Arc::new(Slot::new());
-        let in_flight = InFlight {
-            hash,
-            key: key.clone(),
-            slot: Arc::clone(&slot),
-        };
-        table.insert_unique(hash, in_flight, |load| load.hash);
-        let registration = Registration {
-            loads,
-            hash,
-            slot,
-            registered: true,
-            ended: false,
-        };
-        return (registration, key);
+    let mut table = lock(loads.shard(hash));
+    if let Some(load) = table.find(hash, |load| load.key == *key) {
+        return Claim::Busy(Arc::clone(&load.slot));
     }
+    Claim::Held(register(loads, &mut table, hash, key.clone()))
+}
+
+/// Ends a write holding its key's registration: `Some(value)` is cached and handed to the
+/// callers that waited, `None` removes the key (they look again).
+fn finish_write<K, V, S>(
+    cache: &Cache<K, V, S>,
+    mut registration: Registration<'_, K, V>,
+    key: &K,
+    outcome: Option<V>,
+) where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    let Some(value) = outcome else {
+        // Remove under the loads lock, as `publish` inserts: a newcomer then finds the
+        // registration or the key gone. The listener runs after the lock is released.
+        let guard = crate::sync::pin();
+        let departed = {
+            let mut table = lock(registration.loads.shard(registration.hash));
+            registration.unregister(&mut table);
+            cache.raw().remove(key, &guard).1
+        };
+        // Waiters look again: the key is gone, so one of them loads it.
+        registration.end(Outcome::Abandoned);
+        cache.raw().finish(departed);
+        return;
+    };
+    publish(cache, registration, value);
 }
 
 /// Runs `write` with exclusive hold of `key` against every load and write of it through
@@ -246,25 +283,41 @@ where
     S: BuildHasher,
 {
     let hash = cache.raw().hash(&key);
-    let (mut registration, key) = claim(loads, hash, key);
-    match write(&key)? {
-        Some(value) => {
-            publish(cache, registration, value);
+    let registration = loop {
+        match try_claim(loads, hash, &key) {
+            Claim::Held(registration) => break registration,
+            // Whatever it ended with, look again: the key is free only when unregistered.
+            Claim::Busy(slot) => drop(slot.wait()),
         }
-        None => {
-            // Remove under the loads lock, as `publish` inserts: a newcomer then finds the
-            // registration or the key gone. The listener runs after the lock is released.
-            let guard = crate::sync::pin();
-            let departed = {
-                let mut table = lock(loads.shard(hash));
-                registration.unregister(&mut table);
-                cache.raw().remove(&key, &guard).1
-            };
-            // Waiters look again: the key is gone, so one of them loads it.
-            registration.end(Outcome::Abandoned);
-            cache.raw().finish(departed);
+    };
+    let outcome = write(&key)?;
+    finish_write(cache, registration, &key, outcome);
+    Ok(())
+}
+
+/// The future form of [`write_exclusive`]. Cancelling it before `write` completes leaves
+/// the cache unchanged and releases the waiters.
+pub(crate) async fn write_exclusive_async<K, V, S, E, Fut>(
+    cache: &Cache<K, V, S>,
+    loads: &Loads<K, V>,
+    key: K,
+    write: impl FnOnce(K) -> Fut,
+) -> Result<(), E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+    Fut: Future<Output = Result<Option<V>, E>>,
+{
+    let hash = cache.raw().hash(&key);
+    let registration = loop {
+        match try_claim(loads, hash, &key) {
+            Claim::Held(registration) => break registration,
+            Claim::Busy(slot) => drop(std::future::poll_fn(|cx| slot.poll_wait(cx)).await),
         }
-    }
+    };
+    let outcome = write(key.clone()).await?;
+    finish_write(cache, registration, &key, outcome);
     Ok(())
 }
 
@@ -311,20 +364,7 @@ where
     if let Some(load) = table.find(hash, |load| load.key == key) {
         return Step::Wait(Arc::clone(&load.slot), key);
     }
-    let slot = Arc::new(Slot::new());
-    let in_flight = InFlight {
-        hash,
-        key,
-        slot: Arc::clone(&slot),
-    };
-    table.insert_unique(hash, in_flight, |load| load.hash);
-    Step::Lead(Registration {
-        loads,
-        hash,
-        slot,
-        registered: true,
-        ended: false,
-    })
+    Step::Lead(register(loads, &mut table, hash, key))
 }
 
 /// Publishes the loader's value: unregisters, caches it and hands it to the waiters.
@@ -406,6 +446,7 @@ pub(crate) async fn get_or_load_async<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
+    counted: bool,
     load: impl Future<Output = Result<V, E>>,
 ) -> Result<V, E>
 where
@@ -415,8 +456,9 @@ where
 {
     let hash = cache.raw().hash(&key);
     let mut key = key;
+    let mut counted = counted;
     let registration = loop {
-        match step(cache, loads, hash, key, false) {
+        match step(cache, loads, hash, key, std::mem::take(&mut counted)) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
                 match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {

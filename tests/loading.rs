@@ -5,15 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+mod common;
+use common::runtime;
 use larder::{Cache, ManualClock};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap()
-}
 
 /// A hot key that has just expired, asked for by `callers` threads at once: how many loads
 /// ran with larder's single-flight, and with plain cache-aside (get, load on a miss, insert).

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+use common::runtime;
 use larder::patterns::Refresh;
 use larder::{BuildError, Cache, Clock, ManualClock};
 
@@ -212,4 +214,96 @@ fn refresh_settings_are_checked() {
         })
         .build();
     assert_eq!(no_ttl.map(|_| ()), Err(BuildError::RefreshWithoutTtl));
+}
+
+#[test]
+fn an_async_loader_loads_once_for_a_thousand_tasks_and_caches_no_failure() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let calls = Arc::clone(&calls);
+        Cache::<u64, u64>::builder()
+            .max_entries(100)
+            .async_loader(move |key: &u64| {
+                let (key, calls) = (*key, Arc::clone(&calls));
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    if key == 0 {
+                        Err("no such user")
+                    } else {
+                        Ok(key * 3)
+                    }
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get_async(&4).await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Ok(12));
+        }
+        assert_eq!(cache.get_async(&0).await, Err("no such user"));
+        assert_eq!(cache.get_async(&0).await, Err("no such user"));
+        assert_eq!(cache.preload_async(1..4).await, 0);
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + 2 + 3);
+    assert_eq!(cache.cache_stats().loads_joined, 999);
+}
+
+#[test]
+fn async_stale_while_revalidate_refreshes_once_and_serves_stale_meanwhile() {
+    let clock = ManualClock::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let loads = Arc::clone(&loads);
+        Cache::<u64, usize>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .async_loader(move |_key: &u64| {
+                let loads = Arc::clone(&loads);
+                async move {
+                    let n = loads.fetch_add(1, Ordering::SeqCst);
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok::<_, ()>(n)
+                }
+            })
+            .refresh(Refresh::StaleWhileRevalidate {
+                grace: Duration::from_secs(5),
+            })
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        assert_eq!(cache.get_async(&1).await, Ok(0));
+        clock.advance(Duration::from_secs(12));
+        let refresher = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_async(&1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..16 {
+            assert_eq!(
+                cache.get_async(&1).await,
+                Ok(0),
+                "stale while the refresh runs"
+            );
+        }
+        assert_eq!(
+            refresher.await.unwrap(),
+            Ok(1),
+            "the first stale reader refreshed"
+        );
+        assert_eq!(cache.get_async(&1).await, Ok(1));
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.stats().refreshes, 1);
 }

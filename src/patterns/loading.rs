@@ -2,6 +2,7 @@
 //! before they expire (probabilistic early refresh, "XFetch") or serves them stale for a
 //! grace period while one refresh runs (stale-while-revalidate).
 
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,11 +112,11 @@ impl<K, V, F, S> LoadingBuilder<K, V, F, S> {
     }
 }
 
-impl<K, V, F, E, S> LoadingBuilder<K, V, F, S>
+impl<K, V, F, S> LoadingBuilder<K, V, F, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
-    F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    F: Send + Sync + 'static,
     S: BuildHasher,
 {
     /// Builds the loading cache.
@@ -217,6 +218,34 @@ impl<K, V, F, S> std::fmt::Debug for LoadingCache<K, V, F, S> {
     }
 }
 
+impl<K, V, F, S> LoadingCache<K, V, F, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Drops `key`'s cached value; the next `get` loads it again.
+    pub fn remove(&self, key: &K) {
+        self.shared.cache.remove(key);
+    }
+
+    /// Counters of loads and refreshes.
+    pub fn stats(&self) -> LoadingStats {
+        let c = &self.shared.counters;
+        LoadingStats {
+            loads: c.loads.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            refresh_failures: c.refresh_failures.load(Ordering::Relaxed),
+            stale_served: c.stale_served.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The engine's statistics (hits, misses, evictions...).
+    pub fn cache_stats(&self) -> crate::Stats {
+        self.shared.cache.stats()
+    }
+}
+
 impl<K, V, F, E, S> LoadingCache<K, V, F, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -266,29 +295,14 @@ where
         let shared = &self.shared;
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let mut newest = current.value.clone();
-        // Exclusive against loads and other writes of the key; replaces only the entry this
-        // refresh was claimed on (a concurrent write or removal wins).
+        // Exclusive against loads and other writes of the key.
         let _ = shared.cache.write_with(key.clone(), |key| {
-            match shared.cache.get(key) {
-                Some(cached) if Arc::ptr_eq(&cached, current) => {}
-                // Gone (removed, expired) or replaced: nothing to refresh.
-                _ => return Err(()),
+            if !shared.still_cached(key, current) {
+                return Err(());
             }
-            match shared.load(key) {
-                Ok(fresh) => {
-                    newest = fresh.value.clone();
-                    Ok(Some(fresh))
-                }
-                Err(_) => {
-                    shared
-                        .counters
-                        .refresh_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    // Let a later read try again.
-                    current.refreshing.store(false, Ordering::Release);
-                    Err(())
-                }
-            }
+            let fresh = shared.refreshed(current, shared.load(key))?;
+            newest = fresh.value.clone();
+            Ok(Some(fresh))
         });
         newest
     }
@@ -300,26 +314,104 @@ where
             .filter(|key| self.get(key).is_err())
             .count()
     }
+}
 
-    /// Drops `key`'s cached value; the next `get` loads it again.
-    pub fn remove(&self, key: &K) {
-        self.shared.cache.remove(key);
-    }
-
-    /// Counters of loads and refreshes.
-    pub fn stats(&self) -> LoadingStats {
-        let c = &self.shared.counters;
-        LoadingStats {
-            loads: c.loads.load(Ordering::Relaxed),
-            refreshes: c.refreshes.load(Ordering::Relaxed),
-            refresh_failures: c.refresh_failures.load(Ordering::Relaxed),
-            stale_served: c.stale_served.load(Ordering::Relaxed),
+impl<K, V, F, Fut, E, S> LoadingCache<K, V, F, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: Fn(&K) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<V, E>>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// The async form of [`get`](Self::get), for a cache built with
+    /// [`CacheBuilder::async_loader`]. Works on any runtime. Refreshes run in line: an early
+    /// refresh by the reader that draws it, a stale-while-revalidate refresh by the first
+    /// reader of the stale entry (the others get the stale value at once).
+    ///
+    /// ```
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// use std::time::Duration;
+    /// let profiles = larder::Cache::<u64, String>::builder()
+    ///     .max_entries(1000)
+    ///     .default_ttl(Duration::from_secs(60))
+    ///     .async_loader(|id: &u64| {
+    ///         let id = *id;
+    ///         async move { Ok::<_, String>(format!("user {id}")) } // the database query
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(profiles.get_async(&7).await.unwrap(), "user 7");
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// The loader's error on a miss (nothing cached).
+    pub async fn get_async(&self, key: &K) -> Result<V, E> {
+        let shared = &self.shared;
+        let Some(stamped) = shared.cache.get(key) else {
+            let loaded = shared
+                .cache
+                .try_get_or_insert_async_after_miss(key.clone(), shared.load_async(key))
+                .await?;
+            return Ok(loaded.value.clone());
+        };
+        let now = shared.clock.now_nanos();
+        if now < stamped.fresh_until {
+            if let Refresh::Early { beta } = shared.refresh {
+                if shared.early_refresh_due(&stamped, now, beta) && stamped.claim() {
+                    return Ok(self.refresh_async(key, &stamped).await);
+                }
+            }
+            return Ok(stamped.value.clone());
         }
+        shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+        if stamped.claim() {
+            return Ok(self.refresh_async(key, &stamped).await);
+        }
+        Ok(stamped.value.clone())
     }
 
-    /// The engine's statistics (hits, misses, evictions...).
-    pub fn cache_stats(&self) -> crate::Stats {
-        self.shared.cache.stats()
+    /// The async form of `refresh_in_line`.
+    async fn refresh_async(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
+        let shared = &self.shared;
+        shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        let newest = std::sync::Mutex::new(current.value.clone());
+        let newest_ref = &newest;
+        let write = |key: K| async move {
+            if !shared.still_cached(&key, current) {
+                return Err(());
+            }
+            let fresh = shared.refreshed(current, shared.load_async(&key).await)?;
+            *newest_ref.lock().unwrap_or_else(|e| e.into_inner()) = fresh.value.clone();
+            Ok(Some(fresh))
+        };
+        let _ = shared.cache.write_with_async(key.clone(), write).await;
+        newest.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The async form of [`preload`](Self::preload).
+    pub async fn preload_async(&self, keys: impl IntoIterator<Item = K>) -> usize {
+        let mut failed = 0;
+        for key in keys {
+            failed += usize::from(self.get_async(&key).await.is_err());
+        }
+        failed
+    }
+}
+
+impl<K, V, F, Fut, E, S> Shared<K, V, F, S>
+where
+    F: Fn(&K) -> Fut,
+    Fut: Future<Output = Result<V, E>>,
+{
+    /// Runs the async loader, timing it for XFetch.
+    async fn load_async(&self, key: &K) -> Result<Arc<Stamped<V>>, E> {
+        let started = self.clock.now_nanos();
+        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        let value = (self.loader)(key).await?;
+        Ok(self.stamp(value, started))
     }
 }
 
@@ -339,13 +431,49 @@ where
         let started = self.clock.now_nanos();
         self.counters.loads.fetch_add(1, Ordering::Relaxed);
         let value = (self.loader)(key)?;
+        Ok(self.stamp(value, started))
+    }
+}
+
+impl<K, V, F, S> Shared<K, V, F, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    /// Whether `current` is still the cached entry of `key`: a refresh replaces only the
+    /// entry it was claimed on (a concurrent write or removal wins, an expired one is gone).
+    fn still_cached(&self, key: &K, current: &Arc<Stamped<V>>) -> bool {
+        self.cache
+            .get(key)
+            .is_some_and(|cached| Arc::ptr_eq(&cached, current))
+    }
+
+    /// A refresh's load result, counting a failure and letting a later read retry it.
+    fn refreshed<E>(
+        &self,
+        current: &Stamped<V>,
+        loaded: Result<Arc<Stamped<V>>, E>,
+    ) -> Result<Arc<Stamped<V>>, ()> {
+        loaded.map_err(|_| {
+            self.counters
+                .refresh_failures
+                .fetch_add(1, Ordering::Relaxed);
+            current.refreshing.store(false, Ordering::Release);
+        })
+    }
+}
+
+impl<K, V, F, S> Shared<K, V, F, S> {
+    /// Wraps a value loaded since `started` with its freshness and load time.
+    fn stamp(&self, value: V, started: u64) -> Arc<Stamped<V>> {
         let now = self.clock.now_nanos();
-        Ok(Arc::new(Stamped {
+        Arc::new(Stamped {
             value,
             fresh_until: now.saturating_add(self.fresh_for),
             delta: now.saturating_sub(started),
             refreshing: AtomicBool::new(false),
-        }))
+        })
     }
 
     /// XFetch's test with a fresh uniform draw.

@@ -3,6 +3,7 @@
 /// Lets the epoch collector run deferred drops until `done` holds (or 10 s pass). The
 /// collector is process-wide and shared with tests running in parallel, so reclamation is
 /// eventual: each flush moves this thread's garbage out and collects a few batches.
+#[allow(dead_code)] // Not every test file that includes `common` settles garbage.
 pub(crate) fn settle(done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() && std::time::Instant::now() < deadline {
@@ -11,4 +12,14 @@ pub(crate) fn settle(done: impl Fn() -> bool) {
         }
         std::thread::yield_now();
     }
+}
+
+/// A two-worker tokio runtime with timers, for the async tests.
+#[allow(dead_code)] // Not every test file that includes `common` is async.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap()
 }
