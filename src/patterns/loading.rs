@@ -184,6 +184,15 @@ struct Shared<K, V, F, S> {
 /// or served stale while they are refreshed, so a hot key's expiry never sends every caller
 /// to the database at once. Cloning gives another handle to the same cache.
 ///
+/// Use it when application code should only talk to the cache and the loader is the one
+/// way values are made. Guarantees: one load per key at a time (a load holds its key
+/// against refreshes and other loads); a failed load or refresh caches nothing and never
+/// replaces a good value; a refresh never overwrites a value removed or replaced meanwhile.
+/// Costs: [`Refresh::Early`] spends some extra loads on hot keys (each refresh reloads a
+/// value that was still fresh); [`Refresh::StaleWhileRevalidate`] serves values up to
+/// `grace` past their TTL and keeps entries that long (they count against the budget), and
+/// its blocking form starts a thread per refresh.
+///
 /// ```
 /// use std::time::Duration;
 /// use larder::{patterns::Refresh, Cache};
