@@ -408,3 +408,23 @@ fn a_key_whose_eq_panics_mid_insert_leaves_the_cache_consistent() {
     cache.insert(Touchy(2), 2).unwrap();
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn hottest_lists_the_most_read_entries_first() {
+    let cache = cache(100);
+    for key in 0..20u64 {
+        cache.insert(key, key * 10).unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(cache.get(&7), Some(70));
+        assert_eq!(cache.get(&3), Some(30));
+    }
+    assert_eq!(cache.get(&3), Some(30));
+    let hottest = cache.hottest(2);
+    assert_eq!(hottest.len(), 2);
+    assert!(
+        hottest.contains(&(7, 70)) && hottest.contains(&(3, 30)),
+        "{hottest:?}"
+    );
+    assert_eq!(cache.hottest(1000).len(), 20);
+}

@@ -23,7 +23,7 @@ pub enum Refresh {
     /// a hot key is reloaded once, shortly before it would expire, and never stampedes.
     /// `beta > 1` refreshes earlier; 1 is the paper's choice.
     Early {
-        /// Eagerness; 1.0 by default.
+        /// Eagerness; [`Refresh::early`] uses 1.0.
         beta: f64,
     },
     /// Stale-while-revalidate: for `grace` after its TTL an entry is still served (stale)
@@ -45,6 +45,13 @@ struct Stamped<V> {
     delta: u64,
     /// Set by the one reader that refreshes this entry.
     refreshing: AtomicBool,
+}
+
+impl Refresh {
+    /// [`Refresh::Early`] with the paper's `beta` of 1.
+    pub const fn early() -> Self {
+        Refresh::Early { beta: 1.0 }
+    }
 }
 
 /// Counters of a [`LoadingCache`].
