@@ -14,8 +14,11 @@ use crate::{BuildError, Cache, RemovalCause};
 pub const MAX_SHARDS: usize = 256;
 
 /// Shards are not made smaller than this many entries by default: below it, sharding costs
-/// more hit ratio (each shard evicts on its own) than it buys in parallelism.
-const MIN_DEFAULT_SHARD_ENTRIES: u64 = 256;
+/// more hit ratio (each shard runs its own policy on a slice of the traffic) than it buys in
+/// parallelism. Measured on orm-busy (fixed hasher): at 763 entries 1 shard hit 74.7%, 2
+/// shards 65.5%; at 3,817 entries 85.0% against 79.2%. 256, the previous value, split
+/// those caches into 2 to 8 shards.
+const MIN_DEFAULT_SHARD_ENTRIES: u64 = 4096;
 
 /// Largest `max_entries`: slab ids are `u32` per shard, and memory for more is implausible.
 const MAX_ENTRIES: u64 = 1 << 40;
