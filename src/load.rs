@@ -124,10 +124,10 @@ struct InFlight<K, V> {
     slot: Arc<Slot<V>>,
 }
 
-/// The loads in flight of one cache, sharded like the cache.
 /// One shard of loads in flight.
 type LoadShard<K, V> = Mutex<HashTable<InFlight<K, V>>>;
 
+/// The loads in flight of one cache, sharded like the cache.
 pub(crate) struct Loads<K, V> {
     shards: Box<[LoadShard<K, V>]>,
 }
@@ -355,6 +355,9 @@ where
     if let Some(value) = cached {
         return Step::Cached(value);
     }
+    // Pinned before locking: a pin may run deferred drops (user `Drop` code), and the
+    // nested pin of `peek` below never does, so none runs under the loads lock.
+    let _pinned = crate::sync::pin();
     let mut table = lock(loads.shard(hash));
     // A load may have ended between that read and this lock. Loaders publish to the cache
     // under this lock, so looking again here cannot miss one.
@@ -374,6 +377,10 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
+    // Clone first: a panicking `Clone` then leaves nothing half done (the registration's
+    // drop releases the waiters).
+    let for_waiters = value.clone();
+    let for_caller = value.clone();
     let guard = crate::sync::pin();
     // Unregister and publish to the cache under the shard's lock: a newcomer then finds
     // either the registration or the cached value, so loads of one key never run twice.
@@ -381,16 +388,16 @@ where
     let departed = {
         let mut table = lock(registration.loads.shard(registration.hash));
         let key = registration.unregister(&mut table);
-        match cache.insert_pinned(key, value.clone(), None, &guard) {
+        match cache.insert_pinned(key, value, None, &guard) {
             Ok(departed) => departed,
             // Too heavy to cache: still handed to this caller and its waiters, and an older
             // cached value of the key (a write replacing it) must not stay behind.
             Err(refused) => cache.raw().remove(&refused.key, &guard).1,
         }
     };
-    registration.end(Outcome::Done(value.clone()));
+    registration.end(Outcome::Done(for_waiters));
     cache.raw().finish(departed);
-    value
+    for_caller
 }
 
 /// Single-flight: the cached value of `key`, else one caller's load shared with the others.
@@ -413,7 +420,13 @@ where
     let mut key = key;
     let mut counted = counted;
     let registration = loop {
-        match step(cache, loads, hash, key, std::mem::take(&mut counted)) {
+        match step(
+            cache,
+            loads,
+            hash,
+            key,
+            std::mem::replace(&mut counted, true),
+        ) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
                 let ended = match deadline {
@@ -458,7 +471,13 @@ where
     let mut key = key;
     let mut counted = counted;
     let registration = loop {
-        match step(cache, loads, hash, key, std::mem::take(&mut counted)) {
+        match step(
+            cache,
+            loads,
+            hash,
+            key,
+            std::mem::replace(&mut counted, true),
+        ) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
                 match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {

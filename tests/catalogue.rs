@@ -305,3 +305,26 @@ fn a_clock_that_stops_keeps_entries_alive_and_the_budget_enforced() {
     assert_eq!(cache.len(), 0);
     cache.validate();
 }
+
+#[test]
+fn a_loaded_value_whose_clone_panics_leaves_the_cache_consistent() {
+    let armed = Arc::new(AtomicBool::new(false));
+    let cache: Cache<u64, CloneBomb> = Cache::builder().max_entries(100).build().unwrap();
+    let value = CloneBomb(1, Arc::clone(&armed));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        cache.get_or_insert_with(1, || {
+            armed.store(true, Ordering::SeqCst);
+            value
+        })
+    }));
+    armed.store(false, Ordering::SeqCst);
+    assert!(result.is_err(), "the clone's panic reaches the caller");
+    assert_eq!(cache.weighted_size(), 0, "nothing half published");
+    cache.validate();
+    assert_eq!(
+        cache
+            .get_or_insert_with(1, || CloneBomb(2, Arc::clone(&armed)))
+            .0,
+        2
+    );
+}

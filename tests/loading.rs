@@ -277,3 +277,25 @@ fn a_blocking_caller_stops_waiting_at_its_timeout() {
         Err(LoadError::Failed("db"))
     );
 }
+
+#[test]
+fn a_waiter_that_takes_over_an_abandoned_load_counts_one_miss() {
+    let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
+    std::thread::scope(|scope| {
+        let leader = scope.spawn(|| {
+            cache.try_get_or_insert_with(1, || {
+                std::thread::sleep(Duration::from_millis(50));
+                Err::<u64, &str>("failed")
+            })
+        });
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(cache.get_or_insert_with(1, || 5), 5);
+        assert_eq!(leader.join().unwrap(), Err("failed"));
+    });
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.misses, stats.loads),
+        (2, 2),
+        "one miss per caller: {stats:?}"
+    );
+}

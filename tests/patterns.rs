@@ -330,3 +330,31 @@ fn a_full_queue_refuses_or_blocks_as_configured() {
     assert_eq!(db.row(15).as_deref(), Some("fifteen"));
     assert_eq!(db.row(2).as_deref(), Some("two again"));
 }
+
+#[test]
+fn flush_returns_while_other_threads_keep_writing() {
+    let db = Sqlite::new();
+    let store = WriteBehindBuilder::default()
+        .flush_interval(Duration::from_millis(5))
+        .build(cache(1000), Db(Arc::clone(&db)));
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                store.insert(n % 500, format!("w{n}")).unwrap();
+                n += 1;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        store.insert(10_000, "flushed".into()).unwrap();
+        let started = std::time::Instant::now();
+        store.flush();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "flush waited for later writes"
+        );
+        assert_eq!(db.row(10_000).as_deref(), Some("flushed"));
+        stop.store(true, Ordering::SeqCst);
+    });
+}

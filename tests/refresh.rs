@@ -307,3 +307,34 @@ fn async_stale_while_revalidate_refreshes_once_and_serves_stale_meanwhile() {
     assert_eq!(loads.load(Ordering::SeqCst), 2);
     assert_eq!(cache.stats().refreshes, 1);
 }
+
+#[test]
+fn a_remove_during_a_load_is_not_undone_by_it() {
+    // The "database" row, and a loader that reads it and then takes a while to answer.
+    let row = Arc::new(AtomicU64::new(1));
+    let cache = {
+        let row = Arc::clone(&row);
+        Cache::<u64, u64>::builder()
+            .max_entries(100)
+            .loader(move |_: &u64| {
+                let value = row.load(Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(50));
+                Ok::<_, ()>(value)
+            })
+            .build()
+            .unwrap()
+    };
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| cache.get(&1));
+        std::thread::sleep(Duration::from_millis(10));
+        // The row changes and the cached copy is invalidated while the load is in flight.
+        row.store(2, Ordering::SeqCst);
+        cache.remove(&1);
+        assert_eq!(reader.join().unwrap(), Ok(1));
+    });
+    assert_eq!(
+        cache.get(&1),
+        Ok(2),
+        "the old value was not put back after the remove"
+    );
+}

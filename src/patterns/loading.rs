@@ -58,7 +58,8 @@ impl Refresh {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadingStats {
-    /// Loader runs on a miss, failures included (one per key however many callers waited).
+    /// Loader runs, failures and refreshes included (one per key at a time, however many
+    /// callers waited).
     pub loads: u64,
     /// Refreshes started (early or stale-while-revalidate).
     pub refreshes: u64,
@@ -241,8 +242,16 @@ where
     S: BuildHasher,
 {
     /// Drops `key`'s cached value; the next `get` loads it again.
-    pub fn remove(&self, key: &K) {
-        self.shared.cache.remove(key);
+    pub fn remove(&self, key: &K)
+    where
+        K: Clone,
+    {
+        // Exclusive, like loads and refreshes: one that read the old value before this call
+        // finishes first, and its value is then removed, never put back after.
+        let _ = self
+            .shared
+            .cache
+            .write_with(key.clone(), |_| Ok::<_, ()>(None));
     }
 
     /// Counters of loads and refreshes.
@@ -309,6 +318,7 @@ where
     /// the newest value (the old one if the load failed).
     fn refresh_in_line(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
         let shared = &self.shared;
+        let _release = Release(&current.refreshing);
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let mut newest = current.value.clone();
         // Exclusive against loads and other writes of the key.
@@ -316,7 +326,7 @@ where
             if !shared.still_cached(key, current) {
                 return Err(());
             }
-            let fresh = shared.refreshed(current, shared.load(key))?;
+            let fresh = shared.refreshed(shared.load(key))?;
             newest = fresh.value.clone();
             Ok(Some(fresh))
         });
@@ -392,6 +402,8 @@ where
     /// The async form of `refresh_in_line`.
     async fn refresh_async(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
         let shared = &self.shared;
+        // Also when this future is dropped mid-refresh (cancelled).
+        let _release = Release(&current.refreshing);
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let newest = std::sync::Mutex::new(current.value.clone());
         let newest_ref = &newest;
@@ -399,7 +411,7 @@ where
             if !shared.still_cached(&key, current) {
                 return Err(());
             }
-            let fresh = shared.refreshed(current, shared.load_async(&key).await)?;
+            let fresh = shared.refreshed(shared.load_async(&key).await)?;
             *newest_ref.lock().unwrap_or_else(|e| e.into_inner()) = fresh.value.clone();
             Ok(Some(fresh))
         };
@@ -428,6 +440,17 @@ where
         self.counters.loads.fetch_add(1, Ordering::Relaxed);
         let value = (self.loader)(key).await?;
         Ok(self.stamp(value, started))
+    }
+}
+
+/// Clears an entry's `refreshing` flag when the refresh ends, however it ends (value,
+/// error, panic, cancellation), so a later read can try again. Clearing it on an entry the
+/// refresh replaced is harmless: that entry is no longer cached.
+struct Release<'a>(&'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -461,21 +484,16 @@ where
     /// entry it was claimed on (a concurrent write or removal wins, an expired one is gone).
     fn still_cached(&self, key: &K, current: &Arc<Stamped<V>>) -> bool {
         self.cache
-            .get(key)
+            .peek(key)
             .is_some_and(|cached| Arc::ptr_eq(&cached, current))
     }
 
-    /// A refresh's load result, counting a failure and letting a later read retry it.
-    fn refreshed<E>(
-        &self,
-        current: &Stamped<V>,
-        loaded: Result<Arc<Stamped<V>>, E>,
-    ) -> Result<Arc<Stamped<V>>, ()> {
+    /// A refresh's load result, counting a failure.
+    fn refreshed<E>(&self, loaded: Result<Arc<Stamped<V>>, E>) -> Result<Arc<Stamped<V>>, ()> {
         loaded.map_err(|_| {
             self.counters
                 .refresh_failures
                 .fetch_add(1, Ordering::Relaxed);
-            current.refreshing.store(false, Ordering::Release);
         })
     }
 }
@@ -494,6 +512,12 @@ impl<K, V, F, S> Shared<K, V, F, S> {
 
     /// XFetch's test with a fresh uniform draw.
     fn early_refresh_due(&self, stamped: &Stamped<V>, now: u64, beta: f64) -> bool {
+        // `-ln(u)` is at most 36.8 for the 53-bit draws: further from expiry than that many
+        // deltas, no draw can refresh, so skip the shared generator (a contended line).
+        let reach = stamped.delta as f64 * beta * 37.0;
+        if (stamped.fresh_until.saturating_sub(now) as f64) > reach {
+            return false;
+        }
         xfetch_due(
             now,
             stamped.fresh_until,

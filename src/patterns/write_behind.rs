@@ -115,8 +115,9 @@ impl WriteBehindBuilder {
     /// growing at `max` (defaults 10 ms and 5 s). Retries never give up while the
     /// `WriteBehind` lives: an acknowledged write is never dropped.
     pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.retry_initial = initial;
-        self.retry_max = max.max(initial);
+        // At least a millisecond: a zero backoff would spin on a failing store.
+        self.retry_initial = initial.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_initial);
         self
     }
 
@@ -163,8 +164,13 @@ struct Queue<K, V> {
     /// The batch being written: still the newest state of its keys unless a later write of
     /// the same key is pending.
     in_flight: HashMap<K, Option<V>>,
-    /// Someone waits in `flush` or `close`: write without waiting for the interval.
-    hurry: bool,
+    /// Callers waiting in `flush`: write without waiting for the interval.
+    flushing: usize,
+    /// Keys taken into batches so far, and keys whose batch the store accepted: a flush
+    /// waits until `stored` reaches the `taken + in the queue` it saw (batches leave in
+    /// queue order and complete in that order).
+    taken: u64,
+    stored: u64,
     closed: bool,
     stats: WriteBehindStats,
 }
@@ -176,7 +182,9 @@ impl<K, V> Default for Queue<K, V> {
             order: VecDeque::new(),
             oldest: None,
             in_flight: HashMap::new(),
-            hurry: false,
+            flushing: 0,
+            taken: 0,
+            stored: 0,
             closed: false,
             stats: WriteBehindStats::default(),
         }
@@ -190,10 +198,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Queue<K, V> {
             .get(key)
             .or_else(|| self.in_flight.get(key))
             .cloned()
-    }
-
-    fn is_drained(&self) -> bool {
-        self.order.is_empty() && self.in_flight.is_empty()
     }
 }
 
@@ -264,6 +268,7 @@ where
             let mut queue = self.lock();
             queue.in_flight.clear();
             queue.stats.written += batch.len() as u64;
+            queue.stored += batch.len() as u64;
             self.changed.notify_all();
         }
     }
@@ -275,8 +280,10 @@ where
         loop {
             if let Some(oldest) = queue.oldest {
                 let age = oldest.elapsed();
-                let due = queue.order.len() >= self.settings.batch_size
-                    || queue.hurry
+                // A full queue is due too, or writers blocked on it would wait the interval.
+                let full = self.settings.batch_size.min(self.settings.capacity);
+                let due = queue.order.len() >= full
+                    || queue.flushing > 0
                     || queue.closed
                     || age >= self.settings.flush_interval;
                 if due {
@@ -302,11 +309,12 @@ where
                 (key, value)
             })
             .collect();
-        queue.oldest = if queue.order.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
+        // What is left arrived after the batch's oldest write, but not necessarily after
+        // its interval started: keep the old mark, so nothing waits more than one interval.
+        if queue.order.is_empty() {
+            queue.oldest = None;
+        }
+        queue.taken += batch.len() as u64;
         queue.in_flight = batch.iter().cloned().collect();
         // Room was made.
         self.changed.notify_all();
@@ -345,20 +353,31 @@ where
             let mut queue = self.lock();
             queue.stats.failed_batches += 1;
             queue.stats.last_error = Some(error);
-            drop(self.wait(queue, Some(backoff)));
-            backoff = (backoff * 2).min(self.settings.retry_max);
+            // Sleep the whole backoff: every queue change wakes this condvar.
+            let until = Instant::now() + backoff;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                queue = self.wait(queue, Some(left));
+            }
+            drop(queue);
+            backoff = backoff.saturating_mul(2).min(self.settings.retry_max);
         }
     }
 
-    /// Waits until everything queued so far has been stored.
+    /// Waits until everything queued before this call has been stored (later writes may
+    /// still be waiting).
     fn drain(&self) {
         let mut queue = self.lock();
-        queue.hurry = true;
+        let target = queue.taken + queue.order.len() as u64;
+        queue.flushing += 1;
         self.changed.notify_all();
-        while !queue.is_drained() {
+        while queue.stored < target {
             queue = self.wait(queue, None);
         }
-        queue.hurry = false;
+        queue.flushing -= 1;
     }
 }
 
@@ -493,7 +512,7 @@ where
     }
 
     /// Waits until every write queued before this call has reached the store (retrying
-    /// failures as long as it takes).
+    /// failures as long as it takes). Writes queued meanwhile do not hold it up.
     pub fn flush(&self) {
         self.shared.drain();
     }
@@ -520,8 +539,9 @@ where
             queue.closed = true;
             self.shared.changed.notify_all();
         }
-        // The worker only ends after draining. It catches the store's panics, so a panic
-        // here is larder's own bug: re-raised unless this thread is already unwinding.
+        // The worker only ends after draining. It catches the store's panics; a panic here
+        // came from the key's or value's `Hash`, `Eq` or `Clone` in the worker (or a larder
+        // bug) and is re-raised unless this thread is already unwinding.
         if let Err(panic) = worker.join() {
             if !std::thread::panicking() {
                 std::panic::resume_unwind(panic);

@@ -106,12 +106,12 @@ impl Policy {
         self.protected_target = self.main_target / 10 * PROTECTED_TENTHS;
     }
 
-    /// Entries the policy orders.
     /// The sketch's frequency estimate for a key hash (warm-up picks the hottest).
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
         self.sketch.frequency(hash)
     }
 
+    /// Entries the policy orders.
     pub(crate) fn len(&self) -> usize {
         self.window.len() + self.main.len() + self.protected.len()
     }

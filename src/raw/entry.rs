@@ -101,7 +101,8 @@ pub(crate) fn drop_contained<K, V>(entry: Owned<Entry<K, V>>) {
 ///
 /// # Safety
 /// `entry` must be unreachable for new readers (unlinked or replaced in the table) and be
-/// retired only once.
+/// retired only once. The drop may run on any thread, so `K` and `V` must be `Send` (the
+/// public `Cache` requires `Send + Sync` of both).
 pub(crate) unsafe fn retire_entry<K, V>(guard: &Guard, entry: Shared<'_, Entry<K, V>>) {
     // SAFETY: the caller guarantees the entry is unreachable and retired once; the collector
     // runs the closure only after every guard pinned before this call (which may still hold
