@@ -264,14 +264,9 @@ where
     where
         V: Clone,
     {
-        untimed(crate::load::get_or_load(
-            self,
-            &self.loads,
-            key,
-            false,
-            None,
-            load,
-        ))
+        let load = || load().map(Some);
+        let loaded = crate::load::get_or_load(self, &self.loads, key, false, None, load);
+        present(untimed(loaded))
     }
 
     /// [`try_get_or_insert_with`](Self::try_get_or_insert_with) waiting at most `timeout`
@@ -300,16 +295,26 @@ where
         V: Clone,
     {
         let deadline = std::time::Instant::now().checked_add(timeout);
-        crate::load::get_or_load(self, &self.loads, key, false, deadline, load)
+        let load = || load().map(Some);
+        present(crate::load::get_or_load(
+            self,
+            &self.loads,
+            key,
+            false,
+            deadline,
+            load,
+        ))
     }
 
     /// [`try_get_or_insert_with`](Self::try_get_or_insert_with) for a caller whose own
-    /// `get` of `key` just missed (and was counted): the miss is not counted twice.
+    /// `get` of `key` just missed (and was counted): the miss is not counted twice. The
+    /// loader may find nothing (`Ok(None)`): nothing is cached, and callers waiting on this
+    /// load get `None` too instead of loading again one after another.
     pub(crate) fn try_get_or_insert_after_miss<E>(
         &self,
         key: K,
-        load: impl FnOnce() -> Result<V, E>,
-    ) -> Result<V, E>
+        load: impl FnOnce() -> Result<Option<V>, E>,
+    ) -> Result<Option<V>, E>
     where
         V: Clone,
     {
@@ -466,6 +471,11 @@ where
             self.raw.budget()
         );
     }
+}
+
+/// The value of a load whose loader always returns one (so it cannot have ended absent).
+fn present<V, E>(result: Result<Option<V>, E>) -> Result<V, E> {
+    result.map(|value| value.expect("a loader that always returns a value ended absent"))
 }
 
 /// The loader's error of a load that had no deadline (so it cannot have timed out).

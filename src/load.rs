@@ -27,6 +27,16 @@ use crate::{Cache, LoadError};
 enum Outcome<V> {
     Loading,
     Done(V),
+    /// The loader found nothing for the key (read-through of a store); nothing cached.
+    Absent,
+    Abandoned,
+}
+
+/// What a waiter learns once its load has ended.
+enum Ended<V> {
+    Value(V),
+    Absent,
+    /// The loader failed, panicked or was cancelled: look again, perhaps load.
     Abandoned,
 }
 
@@ -64,17 +74,18 @@ impl<V: Clone> Slot<V> {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// What the load ended with, once it has: `Some(None)` if it was abandoned.
-    fn ended(state: &SlotState<V>) -> Option<Option<V>> {
+    /// What the load ended with, once it has.
+    fn ended(state: &SlotState<V>) -> Option<Ended<V>> {
         match &state.outcome {
             Outcome::Loading => None,
-            Outcome::Done(value) => Some(Some(value.clone())),
-            Outcome::Abandoned => Some(None),
+            Outcome::Done(value) => Some(Ended::Value(value.clone())),
+            Outcome::Absent => Some(Ended::Absent),
+            Outcome::Abandoned => Some(Ended::Abandoned),
         }
     }
 
-    /// Blocks until the load ends; `None` if it was abandoned.
-    fn wait(&self) -> Option<V> {
+    /// Blocks until the load ends.
+    fn wait(&self) -> Ended<V> {
         let mut state = lock(&self.state);
         loop {
             if let Some(ended) = Self::ended(&state) {
@@ -85,7 +96,7 @@ impl<V: Clone> Slot<V> {
     }
 
     /// [`Slot::wait`] giving up at `deadline`: `Err(())` if the load was still running.
-    fn wait_until(&self, deadline: std::time::Instant) -> Result<Option<V>, ()> {
+    fn wait_until(&self, deadline: std::time::Instant) -> Result<Ended<V>, ()> {
         let mut state = lock(&self.state);
         loop {
             if let Some(ended) = Self::ended(&state) {
@@ -104,7 +115,7 @@ impl<V: Clone> Slot<V> {
     }
 
     /// The future form of [`Slot::wait`].
-    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Option<V>> {
+    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Ended<V>> {
         let mut state = lock(&self.state);
         if let Some(ended) = Self::ended(&state) {
             return Poll::Ready(ended);
@@ -401,16 +412,18 @@ where
 }
 
 /// Single-flight: the cached value of `key`, else one caller's load shared with the others.
-/// `counted`: the caller has just read `key`, missed, and had that miss counted. With a
-/// `deadline`, waiting for another caller's load gives up then ([`LoadError::TimedOut`]).
+/// The loader may find nothing (`Ok(None)`, read-through of a store): then nothing is
+/// cached and the waiters learn it too. `counted`: the caller has just read `key`, missed,
+/// and had that miss counted. With a `deadline`, waiting for another caller's load gives up
+/// then ([`LoadError::TimedOut`]).
 pub(crate) fn get_or_load<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
     counted: bool,
     deadline: Option<std::time::Instant>,
-    load: impl FnOnce() -> Result<V, E>,
-) -> Result<V, LoadError<E>>
+    load: impl FnOnce() -> Result<Option<V>, E>,
+) -> Result<Option<V>, LoadError<E>>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -427,7 +440,7 @@ where
             key,
             std::mem::replace(&mut counted, true),
         ) {
-            Step::Cached(value) => return Ok(value),
+            Step::Cached(value) => return Ok(Some(value)),
             Step::Wait(slot, handed_back) => {
                 let ended = match deadline {
                     None => slot.wait(),
@@ -436,12 +449,16 @@ where
                         .map_err(|()| LoadError::TimedOut)?,
                 };
                 match ended {
-                    Some(value) => {
+                    Ended::Value(value) => {
                         cache.raw().count_joined_load();
-                        return Ok(value);
+                        return Ok(Some(value));
                     }
-                    // Abandoned: look again, and perhaps become the loader.
-                    None => key = handed_back,
+                    Ended::Absent => {
+                        cache.raw().count_joined_load();
+                        return Ok(None);
+                    }
+                    // Look again, and perhaps become the loader.
+                    Ended::Abandoned => key = handed_back,
                 }
             }
             Step::Lead(registration) => break registration,
@@ -449,8 +466,22 @@ where
     };
     // If `load` fails or panics, dropping the registration releases the waiters.
     cache.raw().count_load();
-    let value = load().map_err(LoadError::Failed)?;
-    Ok(publish(cache, registration, value))
+    match load().map_err(LoadError::Failed)? {
+        Some(value) => Ok(Some(publish(cache, registration, value))),
+        None => {
+            conclude_absent(registration);
+            Ok(None)
+        }
+    }
+}
+
+/// Ends a load that found nothing: unregistered, nothing cached, waiters told.
+fn conclude_absent<K, V: Clone>(mut registration: Registration<'_, K, V>) {
+    {
+        let mut table = lock(registration.loads.shard(registration.hash));
+        registration.unregister(&mut table);
+    }
+    registration.end(Outcome::Absent);
 }
 
 /// The future form of [`get_or_load`]. Cancellation at any await point is safe: a dropped
@@ -481,11 +512,13 @@ where
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
                 match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {
-                    Some(value) => {
+                    Ended::Value(value) => {
                         cache.raw().count_joined_load();
                         return Ok(value);
                     }
-                    None => key = handed_back,
+                    // A blocking read-through found nothing: that is no value for this
+                    // loader's callers, so look again (and load) like after an abandon.
+                    Ended::Absent | Ended::Abandoned => key = handed_back,
                 }
             }
             Step::Lead(registration) => break registration,

@@ -287,9 +287,11 @@ where
     pub fn get(&self, key: &K) -> Result<V, E> {
         let shared = &self.shared;
         let Some(stamped) = shared.cache.get(key) else {
+            let load = || shared.load(key).map(Some);
             let loaded = shared
                 .cache
-                .try_get_or_insert_after_miss(key.clone(), || shared.load(key))?;
+                .try_get_or_insert_after_miss(key.clone(), load)?;
+            let loaded = loaded.expect("a loader that always returns a value ended absent");
             return Ok(loaded.value.clone());
         };
         let now = shared.clock.now_nanos();

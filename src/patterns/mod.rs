@@ -41,22 +41,8 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    /// Why a load produced nothing to cache.
-    enum Miss<E> {
-        Absent,
-        Failed(E),
-    }
     if let Some(value) = cache.get(key) {
         return Ok(Some(value));
     }
-    let load = || match load() {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(Miss::Absent),
-        Err(e) => Err(Miss::Failed(e)),
-    };
-    match cache.try_get_or_insert_after_miss(key.clone(), load) {
-        Ok(value) => Ok(Some(value)),
-        Err(Miss::Absent) => Ok(None),
-        Err(Miss::Failed(e)) => Err(e),
-    }
+    cache.try_get_or_insert_after_miss(key.clone(), load)
 }
