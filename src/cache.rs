@@ -416,7 +416,8 @@ where
 
     /// Up to `n` live entries, hottest first by the admission policy's own frequency
     /// estimate: what to save for a warm start (see `patterns::warm_up` with the `serde`
-    /// feature). Takes each shard's lock briefly; clones only the entries returned.
+    /// feature). An administrative call: it visits every entry (each shard's lock held
+    /// while that shard is scanned) and sorts them all; it clones only the entries returned.
     ///
     /// ```
     /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();

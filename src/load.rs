@@ -120,8 +120,10 @@ impl<V: Clone> Slot<V> {
         if let Some(ended) = Self::ended(&state) {
             return Poll::Ready(ended);
         }
-        // A future polled again (spuriously or after moving tasks) registers once per task.
-        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        // Waiters are polled again only when woken (which empties the list) or spuriously:
+        // skip a repeat of the last registration, and let other duplicates cost a spare
+        // wake. Scanning the whole list would make N waiting tasks cost O(N^2).
+        if !state.wakers.last().is_some_and(|w| w.will_wake(cx.waker())) {
             state.wakers.push(cx.waker().clone());
         }
         Poll::Pending

@@ -395,7 +395,9 @@ where
 /// before the thread stops. A full queue blocks writers or refuses writes
 /// ([`Backpressure`]). Cost: a write is acknowledged before it is durable, so a crash of the
 /// process loses what was queued; and a store that stays down makes `flush`, `close` and
-/// drop wait until it is back.
+/// drop wait until it is back. The background thread runs the key's and value's `Hash`,
+/// `Eq` and `Clone`: if one of those panics there, the thread stops, and `close` or drop
+/// re-raises the panic (a panicking store, by contrast, is retried).
 ///
 /// ```
 /// use std::collections::HashMap;
