@@ -299,7 +299,8 @@ fn main() -> ExitCode {
 }
 
 /// The summary: larder against the best of moka, quick_cache and LRU per row, for the rows
-/// where larder and at least one of them ran.
+/// where larder and at least one of them ran. When OPT ran too, peers above it (flagged as
+/// holding more than their capacity) are left out of the best.
 fn print_comparison(
     options: &Options,
     traces: &[Trace],
@@ -311,9 +312,13 @@ fn print_comparison(
             let Some(larder) = find(index, size, "larder") else {
                 continue;
             };
+            // A peer above OPT holds more than its capacity (or is broken): flagged above,
+            // and no bar for larder to clear.
+            let opt = find(index, size, "opt").unwrap_or(f64::INFINITY);
             let best = ["moka", "quick_cache", "lru"]
                 .iter()
                 .filter_map(|p| find(index, size, p))
+                .filter(|&ratio| ratio <= opt + 1e-9)
                 .reduce(f64::max);
             if let Some(best) = best {
                 rows.push((&trace.name, size, larder, best));
