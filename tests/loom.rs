@@ -138,3 +138,75 @@ fn reclamation_drops_each_value_once() {
         assert!(Arc::strong_count(&token) <= 3);
     });
 }
+
+/// Single-flight: two callers racing for a missing key run the loader once and both get its
+/// value (the loader publishes under the loads lock, so a newcomer finds either the load in
+/// flight or the cached value, never neither).
+#[test]
+fn two_loads_of_one_key_run_once() {
+    loom::model(|| {
+        let cache = cache(4);
+        let runs = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+        let other = {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            thread::spawn(move || {
+                cache.get_or_insert_with(1, || {
+                    runs.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+                    10
+                })
+            })
+        };
+        let mine = cache.get_or_insert_with(1, || {
+            runs.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+            10
+        });
+        assert_eq!(mine, 10);
+        assert_eq!(other.join().unwrap(), 10);
+        assert_eq!(
+            runs.load(loom::sync::atomic::Ordering::SeqCst),
+            1,
+            "loaded twice"
+        );
+    });
+}
+
+/// The row behind a write-through cache: one key's value (0: absent), in a loom atomic.
+struct Row(loom::sync::atomic::AtomicU64);
+
+impl larder::patterns::Store<u64, u64> for Row {
+    type Error = std::convert::Infallible;
+    fn load(&self, _: &u64) -> Result<Option<u64>, Self::Error> {
+        let value = self.0.load(loom::sync::atomic::Ordering::SeqCst);
+        Ok((value != 0).then_some(value))
+    }
+    fn store(&self, _: &u64, value: &u64) -> Result<(), Self::Error> {
+        self.0.store(*value, loom::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn delete(&self, _: &u64) -> Result<(), Self::Error> {
+        self.0.store(0, loom::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Write-through against read-through: whatever the interleaving, once both are done the
+/// cache holds nothing or the store's (new) value, never the old one a racing load read.
+#[test]
+fn write_through_vs_read_through() {
+    loom::model(|| {
+        let row = Row(loom::sync::atomic::AtomicU64::new(1));
+        let users = Arc::new(larder::patterns::WriteThrough::new(cache(4), row));
+        let reader = {
+            let users = Arc::clone(&users);
+            thread::spawn(move || users.get(&7).unwrap())
+        };
+        users.insert(7, 2).unwrap();
+        let read = reader.join().unwrap();
+        assert!(read == Some(1) || read == Some(2), "read {read:?}");
+        let cached = users.cache().get(&7);
+        assert!(
+            cached.is_none() || cached == Some(2),
+            "stale {cached:?} cached"
+        );
+    });
+}
