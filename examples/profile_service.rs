@@ -87,6 +87,22 @@ impl Database {
     }
 }
 
+/// Runs `read` from 64 clients released at the same moment; returns the database queries
+/// they caused.
+fn stampede(db: &Database, read: impl Fn() + Sync) -> u64 {
+    let before = db.queries.load(Ordering::Relaxed);
+    let barrier = Barrier::new(64);
+    std::thread::scope(|scope| {
+        for _ in 0..64 {
+            scope.spawn(|| {
+                barrier.wait();
+                read();
+            });
+        }
+    });
+    db.queries.load(Ordering::Relaxed) - before
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = Arc::new(Database::open()?);
     let loader_db = Arc::clone(&db);
@@ -132,37 +148,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A stampede: the hottest profile expires and 64 clients want it at the same moment.
     std::thread::sleep(TTL + Duration::from_millis(50));
-    let before = db.queries.load(Ordering::Relaxed);
-    let barrier = Barrier::new(64);
-    std::thread::scope(|scope| {
-        for _ in 0..64 {
-            scope.spawn(|| {
-                barrier.wait();
-                profiles.get(&0).expect("the database answers");
-            });
-        }
+    let stampede_queries = stampede(&db, || {
+        profiles.get(&0).expect("the database answers");
     });
-    let stampede_queries = db.queries.load(Ordering::Relaxed) - before;
 
     // The same stampede against plain cache-aside (get; on a miss query and insert): every
     // client that misses before the first query returns goes to the database.
     let plain = Cache::<u64, Arc<Profile>>::builder()
         .max_entries(2_000)
         .build()?;
-    let before = db.queries.load(Ordering::Relaxed);
-    let barrier = Barrier::new(64);
-    std::thread::scope(|scope| {
-        for _ in 0..64 {
-            scope.spawn(|| {
-                barrier.wait();
-                if plain.get(&0).is_none() {
-                    let profile = Arc::new(db.profile(0).expect("the database answers"));
-                    plain.insert(0, profile).expect("fits");
-                }
-            });
+    let unprotected_queries = stampede(&db, || {
+        if plain.get(&0).is_none() {
+            let profile = Arc::new(db.profile(0).expect("the database answers"));
+            plain.insert(0, profile).expect("fits");
         }
     });
-    let unprotected_queries = db.queries.load(Ordering::Relaxed) - before;
 
     let requests = requests.load(Ordering::Relaxed) + 64;
     let engine = profiles.cache_stats();

@@ -166,11 +166,10 @@ struct Queue<K, V> {
     in_flight: HashMap<K, Option<V>>,
     /// Callers waiting in `flush`: write without waiting for the interval.
     flushing: usize,
-    /// Keys taken into batches so far, and keys whose batch the store accepted: a flush
-    /// waits until `stored` reaches the `taken + in the queue` it saw (batches leave in
-    /// queue order and complete in that order).
+    /// Keys taken into batches so far. A flush waits until `stats.written` (keys whose
+    /// batch the store accepted) reaches the `taken + in the queue` it saw: batches leave
+    /// in queue order and complete in that order.
     taken: u64,
-    stored: u64,
     closed: bool,
     stats: WriteBehindStats,
 }
@@ -184,7 +183,6 @@ impl<K, V> Default for Queue<K, V> {
             in_flight: HashMap::new(),
             flushing: 0,
             taken: 0,
-            stored: 0,
             closed: false,
             stats: WriteBehindStats::default(),
         }
@@ -268,7 +266,6 @@ where
             let mut queue = self.lock();
             queue.in_flight.clear();
             queue.stats.written += batch.len() as u64;
-            queue.stored += batch.len() as u64;
             self.changed.notify_all();
         }
     }
@@ -374,7 +371,7 @@ where
         let target = queue.taken + queue.order.len() as u64;
         queue.flushing += 1;
         self.changed.notify_all();
-        while queue.stored < target {
+        while queue.stats.written < target {
             queue = self.wait(queue, None);
         }
         queue.flushing -= 1;
