@@ -8,7 +8,7 @@ use crate::policy::sketch::FrequencySketch;
 use crate::raw::entry::{Entry, NEVER};
 use crate::raw::table::{Table, TableCounts};
 use crate::sync::{pin, Owned};
-use crate::time::wheel::TimerWheel;
+use crate::time::wheel::TrackedWheel;
 
 /// The TinyLFU frequency sketch (count-min plus doorkeeper, aged by halving).
 #[derive(Debug)]
@@ -39,7 +39,7 @@ impl Sketch {
 
 /// The hierarchical timing wheel, mapping ids to expiry times in nanoseconds.
 #[derive(Debug)]
-pub struct Wheel(TimerWheel);
+pub struct Wheel(TrackedWheel);
 
 impl Wheel {
     /// Ids at or above this are reserved by the wheel's list encoding.
@@ -47,7 +47,7 @@ impl Wheel {
 
     /// An empty wheel whose clock starts at `now`.
     pub fn new(now: u64) -> Self {
-        Self(TimerWheel::new(now))
+        Self(TrackedWheel::new(now))
     }
 
     /// Schedules (or moves) `id` to expire at `expires_at`; `u64::MAX` deschedules.
@@ -127,7 +127,8 @@ impl Index {
                 }
             }
             None => {
-                self.table.insert(&mut self.counts, entry, &guard);
+                self.table
+                    .insert(&mut self.counts, entry, &guard, |_, _| {});
                 None
             }
         }
@@ -137,15 +138,17 @@ impl Index {
     pub fn remove(&mut self, key: u64, hash: u64) -> Option<u64> {
         let guard = pin();
         let found = self.table.find(hash, &key, &guard)?;
+        let unlinked = self.table.remove_at(&mut self.counts, found.index, &guard);
+        assert_eq!(
+            unlinked, found.entry,
+            "the slot found by key holds another entry"
+        );
         // SAFETY: found in the table under `&mut self` (the lock holder's role); only the
-        // holder retires entries, so it is live.
-        let entry = unsafe { found.entry.deref() };
-        let unlinked = self.table.remove(&mut self.counts, entry, &guard);
-        assert!(unlinked, "an entry found by key must be found by pointer");
-        let value = entry.value;
+        // holder retires entries, so it is live until retired just below.
+        let value = unsafe { unlinked.deref() }.value;
         // SAFETY: unlinked just now, so unreachable for new readers; `defer_destroy` waits
         // for pinned ones.
-        unsafe { guard.defer_destroy(found.entry) };
+        unsafe { guard.defer_destroy(unlinked) };
         Some(value)
     }
 

@@ -86,11 +86,12 @@ where
         let per_shard_entries = config.expected_entries.div_ceil(shards).max(1);
         let now = config.clock.now_nanos();
         let seed = config.hasher.hash_one(0x5eed_u64);
+        let unit_weights = config.weigher.is_none();
         Self {
             shards: (0..shards)
                 .map(|index| {
                     let shard_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    Shard::new(share, per_shard_entries, shard_seed, now)
+                    Shard::new(share, per_shard_entries, shard_seed, now, unit_weights)
                 })
                 .collect(),
             shard_shift: 64 - shards.trailing_zeros(),

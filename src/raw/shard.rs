@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 use crate::policy::{Members, Policy};
 use crate::raw::budget::Budget;
 use crate::raw::entry::{retire_entry, Entry, NEVER};
-use crate::raw::slab::{Record, Slab};
+use crate::raw::slab::Slab;
 use crate::raw::table::{Table, TableCounts};
 use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Owned, Shared};
 use crate::time::wheel::TimerWheel;
@@ -71,9 +71,9 @@ pub(crate) enum Inserted {
 }
 
 /// Write-side state, only touched under the shard mutex.
-struct State<K, V> {
+struct State {
     counts: TableCounts,
-    slab: Slab<K, V>,
+    slab: Slab,
     policy: Policy,
     wheel: TimerWheel,
     weight: u64,
@@ -81,7 +81,7 @@ struct State<K, V> {
     inserts_since_sample: u32,
 }
 
-impl<K, V> std::fmt::Debug for State<K, V> {
+impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
             .field("weight", &self.weight)
@@ -90,30 +90,28 @@ impl<K, V> std::fmt::Debug for State<K, V> {
     }
 }
 
-// SAFETY: `State` is `!Send` only because `Slab` stores `*const Entry` pointers. They point to
-// entries owned by the shard's table, which is `Send`/`Sync` when `K` and `V` are `Send` and
-// `Sync` (entries are read from many threads and dropped on whichever thread reclaims them).
-// The pointers are dereferenced only under the shard mutex, so moving the state between
-// threads (as the mutex does) creates no unsynchronised access.
-unsafe impl<K: Send + Sync, V: Send + Sync> Send for State<K, V> {}
+/// The policy's view of the shard's entries, lent by the lock holder.
+struct SlabMembers<'a, K, V> {
+    slab: &'a Slab,
+    table: &'a Table<K, V>,
+    guard: &'a Guard,
+}
 
-/// The policy's view of the slab.
-struct SlabMembers<'a, K, V>(&'a Slab<K, V>);
-
-impl<K, V> SlabMembers<'_, K, V> {
-    fn entry(&self, id: u32) -> &Entry<K, V> {
-        // SAFETY: an occupied record points to an entry that is live in the table; only the
-        // lock holder (who lent us the slab) could retire it, and it clears the record first.
-        unsafe { &*self.0.get(id).entry }
+impl<'a, K: 'static, V: 'static> SlabMembers<'a, K, V> {
+    fn entry(&self, id: u32) -> &'a Entry<K, V> {
+        let entry = self.table.entry_at(self.slab.slot(id), self.guard);
+        // SAFETY: an occupied id's slot holds its live entry; only the lock holder (who lent
+        // us the slab) could retire it, and it frees the id first.
+        unsafe { entry.deref() }
     }
 }
 
-impl<K, V> Members for SlabMembers<'_, K, V> {
+impl<K: 'static, V: 'static> Members for SlabMembers<'_, K, V> {
     fn weight(&self, id: u32) -> u64 {
-        self.0.get(id).weight
+        self.slab.weight(id)
     }
     fn hash(&self, id: u32) -> u64 {
-        self.entry(id).hash
+        u64::from(self.entry(id).hash)
     }
     fn take_access(&self, id: u32) -> u8 {
         self.entry(id).take_access()
@@ -124,7 +122,7 @@ impl<K, V> Members for SlabMembers<'_, K, V> {
 #[derive(Debug)]
 pub(crate) struct Shard<K, V> {
     table: Table<K, V>,
-    state: Mutex<State<K, V>>,
+    state: Mutex<State>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
     weight: AtomicU64,
 }
@@ -134,14 +132,21 @@ where
     K: Eq + 'static,
     V: 'static,
 {
-    /// A shard of `capacity` weight expected to hold about `expected_entries` entries.
-    pub(crate) fn new(capacity: u64, expected_entries: usize, seed: u64, now: u64) -> Self {
+    /// A shard of `capacity` weight expected to hold about `expected_entries` entries;
+    /// `unit_weights` when every entry weighs 1 (count mode).
+    pub(crate) fn new(
+        capacity: u64,
+        expected_entries: usize,
+        seed: u64,
+        now: u64,
+        unit_weights: bool,
+    ) -> Self {
         let (table, counts) = Table::new();
         Self {
             table,
             state: Mutex::new(State {
                 counts,
-                slab: Slab::default(),
+                slab: Slab::new(unit_weights),
                 policy: Policy::new(capacity, expected_entries, seed),
                 wheel: TimerWheel::new(now),
                 weight: 0,
@@ -154,6 +159,15 @@ where
     /// Weight of the shard's live entries.
     pub(crate) fn weight(&self) -> u64 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The policy's view of the entries, for the lock holder that owns `slab`.
+    fn members<'a>(&'a self, slab: &'a Slab, guard: &'a Guard) -> SlabMembers<'a, K, V> {
+        SlabMembers {
+            slab,
+            table: &self.table,
+            guard,
+        }
     }
 
     /// The live, unexpired entry for `key`, its read recorded. Takes no lock.
@@ -225,23 +239,23 @@ where
             state.inserts_since_sample = 0;
             out.sample_due = true;
         }
-        let hash = entry.hash;
         let expires_at = entry.expires_at;
-        let outcome = if let Some(found) = self.table.find(hash, &entry.key, guard) {
+        // The table and the sketch key entries by their short hash, which eviction reads
+        // back from the entry.
+        let sketch_hash = u64::from(entry.hash);
+        let outcome = if let Some(found) = self.table.find(sketch_hash, &entry.key, guard) {
             // SAFETY: found under the lock; only the lock holder retires entries.
             let old = unsafe { found.entry.deref() };
-            let id = old.id;
-            entry.id = id;
-            entry.inherit_access(old);
+            let id = old.id();
+            entry.inherit(old);
             let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
             let was_scheduled = old.expires_at != NEVER;
-            let (old, new) = self
+            // Same slot: the slab keeps pointing at it.
+            let (old, _) = self
                 .table
                 .replace(&mut state.counts, found.index, entry, guard);
-            let record = state.slab.get_mut(id);
-            let old_weight = std::mem::replace(&mut record.weight, weight);
-            record.entry = new.as_raw();
-            state.policy.on_update(id, hash, old_weight, weight);
+            let old_weight = state.slab.reweigh(id, weight);
+            state.policy.on_update(id, sketch_hash, old_weight, weight);
             state.weight = state.weight - old_weight + weight;
             out.weight += old_weight;
             let cause = if was_expired {
@@ -260,14 +274,16 @@ where
                 Inserted::Updated
             }
         } else {
-            let id = state.slab.insert(Record {
-                entry: std::ptr::null(),
-                weight,
-            });
-            entry.id = id;
-            let new = self.table.insert(&mut state.counts, entry, guard);
-            state.slab.get_mut(id).entry = new.as_raw();
-            state.policy.on_insert(id, hash, weight);
+            let id = state.slab.insert(weight);
+            entry.set_id(id);
+            let slab = &mut state.slab;
+            let (slot, _) = self
+                .table
+                .insert(&mut state.counts, entry, guard, |moved, slot| {
+                    slab.set_slot(moved, slot);
+                });
+            slab.set_slot(id, slot);
+            state.policy.on_insert(id, sketch_hash, weight);
             state.weight += weight;
             if expires_at != NEVER {
                 state.wheel.schedule(id, expires_at);
@@ -286,7 +302,7 @@ where
             if !budget.is_over() || state.policy.len() <= 1 || state.weight < budget.share / 2 {
                 break;
             }
-            let Some(eviction) = state.policy.evict(&SlabMembers(&state.slab)) else {
+            let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
                 break;
             };
             out.rejected += u64::from(eviction.rejected);
@@ -320,10 +336,9 @@ where
         } else {
             RemovalCause::Expired
         };
-        state
-            .policy
-            .on_remove(entry.id, state.slab.get(entry.id).weight);
-        self.unlink(state, entry.id, cause, guard, out);
+        let id = entry.id();
+        state.policy.on_remove(id, state.slab.weight(id));
+        self.unlink(state, id, cause, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
         live.then_some(entry)
     }
@@ -332,7 +347,7 @@ where
     pub(crate) fn evict_one<'g>(&self, guard: &'g Guard, out: &mut Departures<'g, K, V>) -> bool {
         let mut state = lock(&self.state);
         let state = &mut *state;
-        let Some(eviction) = state.policy.evict(&SlabMembers(&state.slab)) else {
+        let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
             return false;
         };
         out.rejected += u64::from(eviction.rejected);
@@ -358,7 +373,7 @@ where
 
     fn expire_locked<'g>(
         &self,
-        state: &mut State<K, V>,
+        state: &mut State,
         now: u64,
         max_work: usize,
         guard: &'g Guard,
@@ -368,9 +383,11 @@ where
             return true;
         }
         let mut expired = Vec::new();
-        let done = state.wheel.advance(now, max_work, &mut expired);
+        let members = self.members(&state.slab, guard);
+        let expiry_of = |id| members.entry(id).expires_at;
+        let done = state.wheel.advance(now, max_work, expiry_of, &mut expired);
         for id in expired {
-            state.policy.on_remove(id, state.slab.get(id).weight);
+            state.policy.on_remove(id, state.slab.weight(id));
             self.unlink(state, id, RemovalCause::Expired, guard, out);
         }
         done
@@ -393,7 +410,7 @@ where
             unsafe { retire_entry(guard, entry) };
         });
         out.weight += state.weight;
-        state.slab = Slab::default();
+        state.slab = Slab::new(state.slab.unit_weights());
         state.policy.clear();
         state.wheel = TimerWheel::new(now);
         state.weight = 0;
@@ -403,22 +420,17 @@ where
     /// Takes `id` (already out of the policy) out of the table, slab and wheel, and retires it.
     fn unlink<'g>(
         &self,
-        state: &mut State<K, V>,
+        state: &mut State,
         id: u32,
         cause: RemovalCause,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
-        let record = state.slab.remove(id);
+        let (slot, weight) = state.slab.remove(id);
         state.wheel.deschedule(id);
-        state.weight -= record.weight;
-        out.weight += record.weight;
-        let entry = Shared::from(record.entry);
-        // SAFETY: an occupied record points to a live entry of this table (see SlabMembers).
-        let unlinked = self
-            .table
-            .remove(&mut state.counts, unsafe { entry.deref() }, guard);
-        debug_assert!(unlinked, "slab and table disagree on id {id}");
+        state.weight -= weight;
+        out.weight += weight;
+        let entry = self.table.remove_at(&mut state.counts, slot, guard);
         self.retire(entry, cause, guard, out);
     }
 
@@ -443,21 +455,21 @@ where
     pub(crate) fn frequencies<'g>(
         &self,
         now: u64,
-        _guard: &'g Guard,
+        guard: &'g Guard,
         out: &mut Vec<(u8, &'g Entry<K, V>)>,
     ) {
         let state = lock(&self.state);
-        for (_, record) in state.slab.occupied() {
-            // SAFETY: an occupied record points to an entry live in the table (see
-            // SlabMembers). Once the lock is released it may be retired, but only through
-            // the epoch collector, which frees it after `_guard` (pinned before this call)
-            // is dropped: the reference is valid for `'g`.
-            let entry: &'g Entry<K, V> = unsafe { &*record.entry };
+        self.table.for_each(guard, |shared| {
+            // SAFETY: reachable from the table. Once the lock is released it may be retired,
+            // but only through the epoch collector, which frees it after `guard` (pinned
+            // before this call) is dropped: the reference is valid for `'g`.
+            let entry: &'g Entry<K, V> = unsafe { shared.deref() };
             if entry.expires_at == NEVER || !entry.is_expired_at(now) {
-                let estimate = state.policy.frequency(entry.hash) + entry.pending_reads();
+                let estimate =
+                    state.policy.frequency(u64::from(entry.hash)) + entry.pending_reads();
                 out.push((estimate, entry));
             }
-        }
+        });
     }
 
     /// Number of live entries (including expired ones the wheel has not reached).
@@ -489,12 +501,14 @@ where
         self.table.for_each(guard, |shared| {
             // SAFETY: reachable from the table under the lock.
             let entry = unsafe { shared.deref() };
-            let record = state.slab.get(entry.id);
-            assert!(
-                std::ptr::eq(record.entry, entry),
-                "slab id does not point back"
+            let id = entry.id();
+            let slot = state.slab.slot(id);
+            assert_eq!(
+                self.table.entry_at(slot, guard),
+                shared,
+                "slab id {id} does not point back"
             );
-            table_weight += record.weight;
+            table_weight += state.slab.weight(id);
             in_table += 1;
         });
         assert_eq!(in_table, state.counts.live(), "live count drifted");

@@ -1,75 +1,150 @@
 //! Dense ids for a shard's entries: the index shared by the policy, the wheel and the shard.
+//!
+//! An id maps to the table slot holding its entry, not to the entry itself: a write that
+//! replaces an entry keeps its slot, so it leaves the slab alone (and in count mode, where
+//! every entry weighs 1, it touches nothing here at all). Only a table rebuild moves slots,
+//! and it reports each move through [`Slab::set_slot`].
 
-use crate::raw::entry::Entry;
+use crate::raw::entry::MAX_ID;
 
-/// One occupied id: the published entry and the weight charged for it.
-#[derive(Debug)]
-pub(crate) struct Record<K, V> {
-    pub(crate) entry: *const Entry<K, V>,
-    pub(crate) weight: u64,
-}
+/// Slot of a free id, or of an id whose entry is not in the table yet.
+const VACANT: u32 = u32::MAX;
 
 /// Id allocation with reuse, so policy and wheel arrays stay as dense as the shard is full.
 #[derive(Debug)]
-pub(crate) struct Slab<K, V> {
-    records: Vec<Record<K, V>>,
+pub(crate) struct Slab {
+    /// Per id, the table slot of its entry ([`VACANT`] when free).
+    slots: Vec<u32>,
+    /// Per id, the weight charged for its entry; empty when every entry weighs 1.
+    weights: Vec<u64>,
+    unit_weights: bool,
     free: Vec<u32>,
 }
 
-impl<K, V> Default for Slab<K, V> {
-    fn default() -> Self {
+impl Slab {
+    /// An empty slab; `unit_weights` when every entry weighs 1 (count mode).
+    pub(crate) fn new(unit_weights: bool) -> Self {
         Self {
-            records: Vec::new(),
+            slots: Vec::new(),
+            weights: Vec::new(),
+            unit_weights,
             free: Vec::new(),
         }
     }
-}
 
-impl<K, V> Slab<K, V> {
-    /// Stores `record` under a free id and returns the id.
-    pub(crate) fn insert(&mut self, record: Record<K, V>) -> u32 {
+    /// Whether every entry weighs 1.
+    pub(crate) fn unit_weights(&self) -> bool {
+        self.unit_weights
+    }
+
+    /// Takes a free id for an entry of `weight`; its slot is set once the entry is placed.
+    ///
+    /// # Panics
+    /// If the shard already holds [`MAX_ID`] entries (about a billion).
+    pub(crate) fn insert(&mut self, weight: u64) -> u32 {
+        debug_assert!(!self.unit_weights || weight == 1);
         if let Some(id) = self.free.pop() {
-            self.records[id as usize] = record;
+            if !self.unit_weights {
+                self.weights[id as usize] = weight;
+            }
             return id;
         }
-        let id = u32::try_from(self.records.len()).expect("a shard holds fewer than 2^32 entries");
-        self.records.push(record);
+        let id = u32::try_from(self.slots.len())
+            .ok()
+            .filter(|&id| id < MAX_ID)
+            .expect("a shard holds fewer than 2^30 entries");
+        self.slots.push(VACANT);
+        if !self.unit_weights {
+            self.weights.push(weight);
+        }
         id
     }
 
-    pub(crate) fn get(&self, id: u32) -> &Record<K, V> {
-        let record = &self.records[id as usize];
-        debug_assert!(!record.entry.is_null(), "id {id} is free");
-        record
+    /// Records that `id`'s entry now lives in table slot `slot`.
+    pub(crate) fn set_slot(&mut self, id: u32, slot: usize) {
+        self.slots[id as usize] = slot as u32;
     }
 
-    pub(crate) fn get_mut(&mut self, id: u32) -> &mut Record<K, V> {
-        &mut self.records[id as usize]
+    /// The table slot of an occupied id.
+    pub(crate) fn slot(&self, id: u32) -> usize {
+        let slot = self.slots[id as usize];
+        debug_assert!(slot != VACANT, "id {id} is free");
+        slot as usize
     }
 
-    /// Frees `id` and returns what it held.
-    pub(crate) fn remove(&mut self, id: u32) -> Record<K, V> {
-        let vacant = Record {
-            entry: std::ptr::null(),
-            weight: 0,
-        };
-        let record = std::mem::replace(&mut self.records[id as usize], vacant);
-        debug_assert!(!record.entry.is_null(), "id {id} freed twice");
+    /// The weight charged for an occupied id.
+    pub(crate) fn weight(&self, id: u32) -> u64 {
+        if self.unit_weights {
+            1
+        } else {
+            self.weights[id as usize]
+        }
+    }
+
+    /// Charges `id` at `weight` instead; returns the old weight.
+    pub(crate) fn reweigh(&mut self, id: u32, weight: u64) -> u64 {
+        if self.unit_weights {
+            debug_assert_eq!(weight, 1);
+            1
+        } else {
+            std::mem::replace(&mut self.weights[id as usize], weight)
+        }
+    }
+
+    /// Frees `id` and returns its (slot, weight).
+    pub(crate) fn remove(&mut self, id: u32) -> (usize, u64) {
+        let weight = self.weight(id);
+        let slot = std::mem::replace(&mut self.slots[id as usize], VACANT);
+        debug_assert!(slot != VACANT, "id {id} freed twice");
         self.free.push(id);
-        record
+        (slot as usize, weight)
     }
 
-    /// Occupied ids (invariant checks, warm-up snapshots).
-    pub(crate) fn occupied(&self) -> impl Iterator<Item = (u32, &Record<K, V>)> {
-        self.records
+    /// Occupied ids and their slots (invariant checks).
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
+    pub(crate) fn occupied(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.slots
             .iter()
             .enumerate()
-            .filter(|(_, record)| !record.entry.is_null())
-            .map(|(id, record)| (id as u32, record))
+            .filter(|&(_, &slot)| slot != VACANT)
+            .map(|(id, &slot)| (id as u32, slot as usize))
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.records.capacity() * std::mem::size_of::<Record<K, V>>()
-            + self.free.capacity() * std::mem::size_of::<u32>()
+        (self.slots.capacity() + self.free.capacity()) * std::mem::size_of::<u32>()
+            + self.weights.capacity() * std::mem::size_of::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_reused_and_slots_follow_moves() {
+        let mut slab = Slab::new(false);
+        let (a, b) = (slab.insert(10), slab.insert(20));
+        slab.set_slot(a, 5);
+        slab.set_slot(b, 7);
+        assert_eq!(slab.remove(a), (5, 10));
+        let c = slab.insert(30);
+        assert_eq!(c, a, "freed id reused");
+        slab.set_slot(c, 9);
+        slab.set_slot(b, 2);
+        assert_eq!(slab.reweigh(b, 25), 20);
+        assert_eq!(slab.occupied().collect::<Vec<_>>(), vec![(0, 9), (1, 2)]);
+        assert_eq!((slab.weight(b), slab.weight(c)), (25, 30));
+    }
+
+    #[test]
+    fn unit_weights_keep_no_weight_array() {
+        let mut slab = Slab::new(true);
+        for _ in 0..100 {
+            let id = slab.insert(1);
+            slab.set_slot(id, id as usize);
+        }
+        assert_eq!(slab.weight(42), 1);
+        assert_eq!(slab.remove(42), (42, 1));
+        assert!(slab.heap_bytes() < 100 * 8, "{}", slab.heap_bytes());
     }
 }

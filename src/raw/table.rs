@@ -10,10 +10,13 @@
 //!
 //! Non-null slot pointers carry three bits of the key's hash in their alignment bits, so a
 //! probe skips most mismatching entries without touching their memory.
+//!
+//! Slots stay put between rebuilds: the shard's slab names each entry by its slot, so a
+//! replacement (same slot) costs the slab nothing, and a rebuild reports every move.
 
 use std::borrow::Borrow;
 
-use crate::raw::entry::{drop_contained, Entry};
+use crate::raw::entry::{drop_contained, short_hash, Entry};
 use crate::sync::{Atomic, Guard, Ordering, Owned, Shared};
 
 /// Tag of a null slot that once held an entry: probes continue past it.
@@ -22,11 +25,11 @@ const TOMBSTONE: usize = 1;
 /// Smallest slot array; keeps tiny shards from rebuilding on every insert.
 const MIN_SLOTS: usize = 8;
 
-/// Hash bits stored in a slot's pointer tag. Taken from the middle of the hash because the
-/// low bits pick the slot and the top bits pick the shard.
+/// Hash bits stored in a slot's pointer tag: the top of the short hash, because its low bits
+/// pick the slot.
 #[inline]
-fn hash_tag(hash: u64) -> usize {
-    ((hash >> 32) & 0b111) as usize
+fn hash_tag(hash: u32) -> usize {
+    (hash >> 29) as usize
 }
 
 struct Slots<K, V> {
@@ -43,9 +46,9 @@ impl<K, V> Slots<K, V> {
         }
     }
 
-    /// Slot indexes in probe order for `hash`, wrapping once around the array.
+    /// Slot indexes in probe order for a short hash, wrapping once around the array.
     #[inline]
-    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+    fn probe(&self, hash: u32) -> impl Iterator<Item = usize> + '_ {
         let start = hash as usize & self.mask;
         (0..self.slots.len()).map(move |step| (start + step) & self.mask)
     }
@@ -118,6 +121,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
         Q: Eq + ?Sized,
     {
         let slots = self.slots(guard);
+        let hash = short_hash(hash);
         let tag = hash_tag(hash);
         for index in slots.probe(hash) {
             let entry = slots.slots[index].load(Ordering::Acquire, guard);
@@ -134,39 +138,37 @@ impl<K: 'static, V: 'static> Table<K, V> {
             // retired only through the epoch collector, so the entry outlives `guard`.
             let candidate = unsafe { entry.deref() };
             if candidate.hash == hash && candidate.key.borrow() == key {
-                return Some(Found { index, entry });
+                return Some(Found {
+                    index,
+                    entry: entry.with_tag(0),
+                });
             }
         }
         None
     }
 
-    /// Finds the slot holding exactly `target` (by pointer), for removals driven by the
-    /// policy, which knows the entry but not its slot.
-    fn index_of(&self, target: &Entry<K, V>, guard: &Guard) -> Option<usize> {
-        let slots = self.slots(guard);
-        for index in slots.probe(target.hash) {
-            let entry = slots.slots[index].load(Ordering::Relaxed, guard);
-            if entry.is_null() && entry.tag() != TOMBSTONE {
-                return None;
-            }
-            if std::ptr::eq(entry.as_raw(), target) {
-                return Some(index);
-            }
-        }
-        None
+    /// The entry in slot `index`, which must hold one (an index the slab recorded, under
+    /// the lock that keeps it current).
+    pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
+        let entry = self.slots(guard).slots[index].load(Ordering::Relaxed, guard);
+        debug_assert!(!entry.is_null(), "slot {index} is empty");
+        entry.with_tag(0)
     }
 
-    /// Publishes `entry`, whose key must not be in the table, and returns it as shared.
+    /// Publishes `entry`, whose key must not be in the table, and returns its slot and
+    /// the entry as shared. If the table is rebuilt first, `moved(id, slot)` reports the new
+    /// slot of every entry already in it.
     pub(crate) fn insert<'g>(
         &self,
         counts: &mut TableCounts,
         entry: Owned<Entry<K, V>>,
         guard: &'g Guard,
-    ) -> Shared<'g, Entry<K, V>> {
+        moved: impl FnMut(u32, usize),
+    ) -> (usize, Shared<'g, Entry<K, V>>) {
         let len = self.slots(guard).slots.len();
         // Keep at most 3/4 of the slots used so probes stay short and always find a hole.
         if (counts.used + 1) * 4 > len * 3 {
-            self.rebuild(counts, guard);
+            self.rebuild(counts, guard, moved);
         }
         let slots = self.slots(guard);
         let tag = hash_tag(entry.hash);
@@ -181,7 +183,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
         if !reused_tombstone {
             counts.used += 1;
         }
-        shared.with_tag(0)
+        (index, shared.with_tag(0))
     }
 
     /// Swaps the entry at `index` (from a [`Found`] under the same lock) for `entry`, which
@@ -201,25 +203,22 @@ impl<K: 'static, V: 'static> Table<K, V> {
         (old.with_tag(0), new.with_tag(0))
     }
 
-    /// Unlinks `entry` from the table. The caller must retire it. Returns false if it was
-    /// not there (it was already removed).
-    pub(crate) fn remove(
+    /// Unlinks the entry in slot `index` (which must hold one) and returns it. The caller
+    /// must retire it.
+    pub(crate) fn remove_at<'g>(
         &self,
         counts: &mut TableCounts,
-        entry: &Entry<K, V>,
-        guard: &Guard,
-    ) -> bool {
-        let Some(index) = self.index_of(entry, guard) else {
-            return false;
-        };
+        index: usize,
+        guard: &'g Guard,
+    ) -> Shared<'g, Entry<K, V>> {
         let tombstone = Shared::null().with_tag(TOMBSTONE);
-        self.slots(guard).slots[index].store(tombstone, Ordering::Release);
+        let old = self.slots(guard).slots[index].swap(tombstone, Ordering::AcqRel, guard);
+        debug_assert!(!old.is_null(), "slot {index} is empty");
         counts.live -= 1;
-        true
+        old.with_tag(0)
     }
 
     /// Calls `f` on every live entry, in slot order.
-    #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn for_each<'g>(
         &self,
         guard: &'g Guard,
@@ -252,8 +251,9 @@ impl<K: 'static, V: 'static> Table<K, V> {
     }
 
     /// Moves every live entry into a fresh array sized for twice the live count, dropping
-    /// tombstones, and retires the old array (not the entries: they move).
-    fn rebuild(&self, counts: &mut TableCounts, guard: &Guard) {
+    /// tombstones, and retires the old array (not the entries: they move). Reports each
+    /// entry's new slot through `moved(id, slot)`.
+    fn rebuild(&self, counts: &mut TableCounts, guard: &Guard, mut moved: impl FnMut(u32, usize)) {
         let wanted = ((counts.live + 1) * 2).max(MIN_SLOTS).next_power_of_two();
         let fresh = Slots::with_len(wanted);
         for slot in self.slots(guard).slots.iter() {
@@ -263,12 +263,13 @@ impl<K: 'static, V: 'static> Table<K, V> {
             }
             // SAFETY: a live slot's entry is allocated while the lock holder has not retired
             // it, and only the lock holder (us) retires.
-            let hash = unsafe { entry.deref() }.hash;
+            let live = unsafe { entry.deref() };
             let index = fresh
-                .probe(hash)
+                .probe(live.hash)
                 .find(|&index| fresh.slots[index].load(Ordering::Relaxed, guard).is_null())
                 .expect("the fresh array has room for every live entry");
             fresh.slots[index].store(entry, Ordering::Relaxed);
+            moved(live.id(), index);
         }
         // Release publishes the filled array (and, transitively, the entries' contents).
         let old = self.slots.swap(Owned::new(fresh), Ordering::AcqRel, guard);
@@ -335,13 +336,17 @@ mod tests {
     use crate::sync::pin;
 
     fn entry(key: u64, value: u64) -> Owned<Entry<u64, u64>> {
-        // A weak hash on purpose: many keys share slots and tags, exercising probes.
-        let hash = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xF_0000_000F;
-        Owned::new(Entry::new(key, value, hash, u64::MAX))
+        Owned::new(Entry::new(key, value, hash_of(key), u64::MAX))
     }
 
+    /// A weak hash on purpose: many keys share slots and tags, exercising probes.
     fn hash_of(key: u64) -> u64 {
-        key.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xF_0000_000F
+        key.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xE000_000F
+    }
+
+    fn insert(table: &Table<u64, u64>, counts: &mut TableCounts, e: Owned<Entry<u64, u64>>) {
+        let guard = pin();
+        table.insert(counts, e, &guard, |_, _| {});
     }
 
     fn get(table: &Table<u64, u64>, key: u64) -> Option<u64> {
@@ -357,22 +362,20 @@ mod tests {
         let Some(found) = table.find(hash_of(key), &key, &guard) else {
             return false;
         };
-        // SAFETY: found under the guard; we are the only writer.
-        let removed = table.remove(counts, unsafe { found.entry.deref() }, &guard);
+        let removed = table.remove_at(counts, found.index, &guard);
+        assert_eq!(removed, found.entry);
         // SAFETY: unlinked just now; retired exactly once.
-        unsafe { guard.defer_destroy(found.entry) };
-        removed
+        unsafe { guard.defer_destroy(removed) };
+        true
     }
 
     #[test]
     fn insert_find_grow_and_remove() {
         let (table, mut counts) = Table::new();
         let n = if cfg!(miri) { 40 } else { 2000 };
-        let guard = pin();
         for key in 0..n {
-            table.insert(&mut counts, entry(key, key * 10), &guard);
+            insert(&table, &mut counts, entry(key, key * 10));
         }
-        drop(guard);
         assert_eq!(counts.live(), n as usize);
         for key in 0..n {
             assert_eq!(get(&table, key), Some(key * 10));
@@ -388,21 +391,38 @@ mod tests {
         }
     }
 
+    /// The slots `insert` returns and rebuilds report always name the entry's slot.
+    #[test]
+    fn reported_slots_follow_entries_through_rebuilds() {
+        let (table, mut counts) = Table::new();
+        let n = if cfg!(miri) { 40 } else { 1000 };
+        let mut slot_of = std::collections::HashMap::new();
+        for key in 0..n {
+            let mut e = entry(key, key);
+            e.set_id(key as u32);
+            let guard = pin();
+            let (slot, _) = table.insert(&mut counts, e, &guard, |id, slot| {
+                slot_of.insert(id, slot);
+            });
+            slot_of.insert(key as u32, slot);
+            for (&id, &slot) in &slot_of {
+                // SAFETY: every inserted entry is live in the table while `guard` is pinned.
+                assert_eq!(unsafe { table.entry_at(slot, &guard).deref() }.id(), id);
+            }
+        }
+    }
+
     #[test]
     fn tombstones_are_probed_past_and_reused() {
         let (table, mut counts) = Table::new();
-        let guard = pin();
         // Same low bits: all collide into one probe run.
         for key in 0..5 {
-            table.insert(&mut counts, entry(key, key), &guard);
+            insert(&table, &mut counts, entry(key, key));
         }
-        drop(guard);
         assert!(remove(&table, &mut counts, 1));
         assert_eq!(get(&table, 4), Some(4), "probe stopped at a tombstone");
         let used_before = counts.used;
-        let guard = pin();
-        table.insert(&mut counts, entry(9, 9), &guard);
-        drop(guard);
+        insert(&table, &mut counts, entry(9, 9));
         assert!(counts.used <= used_before + 1);
         assert_eq!(get(&table, 9), Some(9));
     }
@@ -412,9 +432,7 @@ mod tests {
         let (table, mut counts) = Table::new();
         let rounds = if cfg!(miri) { 50 } else { 10_000 };
         for key in 0..rounds {
-            let guard = pin();
-            table.insert(&mut counts, entry(key, key), &guard);
-            drop(guard);
+            insert(&table, &mut counts, entry(key, key));
             if key >= 4 {
                 assert!(remove(&table, &mut counts, key - 4));
             }
@@ -427,8 +445,8 @@ mod tests {
     #[test]
     fn replace_swaps_in_place_and_returns_the_old_entry() {
         let (table, mut counts) = Table::new();
+        insert(&table, &mut counts, entry(1, 10));
         let guard = pin();
-        table.insert(&mut counts, entry(1, 10), &guard);
         let found = table.find(hash_of(1), &1, &guard).unwrap();
         let (old, new) = table.replace(&mut counts, found.index, entry(1, 11), &guard);
         // SAFETY: both reachable or just retired below, under the pinned guard.
@@ -445,10 +463,10 @@ mod tests {
     #[test]
     fn clear_hands_back_every_entry() {
         let (table, mut counts) = Table::new();
-        let guard = pin();
         for key in 0..20 {
-            table.insert(&mut counts, entry(key, key), &guard);
+            insert(&table, &mut counts, entry(key, key));
         }
+        let guard = pin();
         let mut cleared = 0;
         table.clear(&mut counts, &guard, |entry| {
             cleared += 1;

@@ -45,16 +45,14 @@ const HEAD_BASE: u32 = NIL - HEADS as u32;
 /// Link value naming the pending list's head.
 const PENDING_LINK: u32 = HEAD_BASE + PENDING as u32;
 
-/// A link in an intrusive circular doubly-linked list, 16 bytes.
+/// A link in an intrusive circular doubly-linked list, 8 bytes. An id's expiry is not
+/// copied here: the cache already keeps it in the entry, and `advance` asks for it.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     /// Previous link, or `NIL` when unscheduled.
     prev: u32,
     /// Next link, or `NIL` when unscheduled.
     next: u32,
-    /// For an id, its expiry time; for a head, a lower bound of its nodes' expiry times, so
-    /// that repeated advances inside the same level-0 tick can skip the current bucket.
-    expires_at: u64,
 }
 
 impl Node {
@@ -63,7 +61,6 @@ impl Node {
         Self {
             prev: link,
             next: link,
-            expires_at: u64::MAX,
         }
     }
 }
@@ -74,6 +71,9 @@ pub(crate) struct TimerWheel {
     nodes: Vec<Node>,
     /// List heads: the buckets of every level, then `PENDING`.
     heads: Vec<Node>,
+    /// Per head, a lower bound of its nodes' expiry times, so that repeated advances inside
+    /// the same level-0 tick can skip the current bucket.
+    bounds: Vec<u64>,
     /// Latest `now` accepted by `advance`; placement is relative to it.
     time: u64,
     /// Per level, the next tick whose bucket has not been visited yet.
@@ -90,6 +90,7 @@ impl TimerWheel {
         Self {
             nodes: Vec::new(),
             heads,
+            bounds: vec![u64::MAX; HEADS],
             time: now,
             cursor,
             len: 0,
@@ -116,8 +117,7 @@ impl TimerWheel {
         } else {
             self.unlink(id);
         }
-        self.nodes[idx].expires_at = expires_at;
-        self.place(id);
+        self.place(id, expires_at);
     }
 
     /// Removes `id` if scheduled; no-op otherwise. O(1).
@@ -139,13 +139,20 @@ impl TimerWheel {
     }
 
     /// Advances the wheel toward `now`, pushing onto `expired` every scheduled id whose
-    /// expires_at <= now (they become unscheduled), doing at most about `max_work` units of work
+    /// expiry is at or before `now` (they become unscheduled). `expiry_of` gives the expiry
+    /// each scheduled id was last scheduled with; doing at most about `max_work` units of work
     /// (node visits + bucket visits; at least two, so that every call makes progress).
     /// Returns true if it caught up with `now` fully, false if it stopped early because of the
     /// work limit (the next call resumes where it stopped; no id is lost or returned twice).
     /// Never returns an id whose expires_at > now. A `now` below a previous one is a no-op
     /// returning true: the clock went backwards, and the next forward call catches up.
-    pub(crate) fn advance(&mut self, now: u64, max_work: usize, expired: &mut Vec<u32>) -> bool {
+    pub(crate) fn advance(
+        &mut self,
+        now: u64,
+        max_work: usize,
+        expiry_of: impl Fn(u32) -> u64,
+        expired: &mut Vec<u32>,
+    ) -> bool {
         if now < self.time {
             return true;
         }
@@ -173,16 +180,17 @@ impl TimerWheel {
                 let tick = self.cursor[l].max(end.saturating_sub(BUCKETS[l] - 1));
                 self.cursor[l] = tick + 1;
                 let head = OFFSETS[l] + (tick & (BUCKETS[l] - 1)) as usize;
-                if l > 0 || self.heads[head].expires_at <= now {
+                if l > 0 || self.bounds[head] <= now {
                     self.take_bucket(head);
                 }
             } else {
                 self.unlink(first);
-                if self.nodes[first as usize].expires_at <= now {
+                let expires_at = expiry_of(first);
+                if expires_at <= now {
                     self.len -= 1;
                     expired.push(first);
                 } else {
-                    self.place(first);
+                    self.place(first, expires_at);
                 }
             }
         }
@@ -191,11 +199,12 @@ impl TimerWheel {
     /// Bytes of heap memory owned by the wheel.
     pub(crate) fn heap_bytes(&self) -> usize {
         (self.nodes.capacity() + self.heads.capacity()) * std::mem::size_of::<Node>()
+            + self.bounds.capacity() * std::mem::size_of::<u64>()
     }
 
-    /// Links an unlinked `id` into the bucket its expiry belongs to at the current time.
-    fn place(&mut self, id: u32) {
-        let expires_at = self.nodes[id as usize].expires_at;
+    /// Links an unlinked `id`, expiring at `expires_at`, into the bucket that time belongs to
+    /// at the current time.
+    fn place(&mut self, id: u32, expires_at: u64) {
         // Already-due ids go to the current level-0 bucket, which the next advance visits.
         let at = expires_at.max(self.time);
         let level = (0..LEVELS - 1)
@@ -211,7 +220,7 @@ impl TimerWheel {
         let head_link = HEAD_BASE + head as u32;
         let last = self.heads[head].prev;
         self.heads[head].prev = id;
-        self.heads[head].expires_at = self.heads[head].expires_at.min(expires_at);
+        self.bounds[head] = self.bounds[head].min(expires_at);
         self.link_mut(last).next = id;
         let node = &mut self.nodes[id as usize];
         (node.prev, node.next) = (last, head_link);
@@ -234,6 +243,7 @@ impl TimerWheel {
             return;
         }
         self.heads[head] = Node::looped(self_link);
+        self.bounds[head] = u64::MAX;
         let pending_last = self.heads[PENDING].prev;
         self.link_mut(pending_last).next = first;
         self.link_mut(first).prev = pending_last;
@@ -250,6 +260,48 @@ impl TimerWheel {
     }
 }
 
+/// A wheel that keeps each id's expiry itself, for code that has no entries to look it up
+/// in: the wheel's own tests and the fuzz target.
+#[cfg(any(test, fuzzing, feature = "test-util"))]
+#[derive(Debug)]
+pub(crate) struct TrackedWheel {
+    wheel: TimerWheel,
+    expiries: std::collections::HashMap<u32, u64>,
+}
+
+#[cfg(any(test, fuzzing, feature = "test-util"))]
+impl TrackedWheel {
+    pub(crate) fn new(now: u64) -> Self {
+        Self {
+            wheel: TimerWheel::new(now),
+            expiries: std::collections::HashMap::new(),
+        }
+    }
+
+    pub(crate) fn schedule(&mut self, id: u32, expires_at: u64) {
+        self.wheel.schedule(id, expires_at);
+        self.expiries.insert(id, expires_at);
+    }
+
+    pub(crate) fn deschedule(&mut self, id: u32) {
+        self.wheel.deschedule(id);
+    }
+
+    pub(crate) fn is_scheduled(&self, id: u32) -> bool {
+        self.wheel.is_scheduled(id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.wheel.len()
+    }
+
+    pub(crate) fn advance(&mut self, now: u64, max_work: usize, expired: &mut Vec<u32>) -> bool {
+        let expiries = &self.expiries;
+        self.wheel
+            .advance(now, max_work, |id| expiries[&id], expired)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +310,7 @@ mod tests {
     const DAY: u64 = 86_400 * SEC;
 
     /// Advances with unlimited work and returns the sorted expired ids.
-    fn run(w: &mut TimerWheel, now: u64) -> Vec<u32> {
+    fn run(w: &mut TrackedWheel, now: u64) -> Vec<u32> {
         let mut out = Vec::new();
         assert!(w.advance(now, usize::MAX, &mut out));
         out.sort_unstable();
@@ -267,12 +319,12 @@ mod tests {
 
     /// Each level's horizon must be the next level's tick for cascading to work.
     #[test]
-    fn levels_chain_and_node_is_16_bytes() {
+    fn levels_chain_and_node_is_8_bytes() {
         for l in 0..LEVELS - 1 {
             assert_eq!(BUCKETS[l] << SHIFTS[l], 1 << SHIFTS[l + 1]);
             assert_eq!(OFFSETS[l] + BUCKETS[l] as usize, OFFSETS[l + 1]);
         }
-        assert_eq!(std::mem::size_of::<Node>(), 16);
+        assert_eq!(std::mem::size_of::<Node>(), 8);
     }
 
     /// Delays land on every level (700 ns .. 40 days, the last in overflow); expiry is exact.
@@ -280,7 +332,7 @@ mod tests {
     fn expires_at_exact_time_on_every_level() {
         let secs = [0, 2, 90, 3_000, 108_000, 259_200, 3_456_000];
         for (t0, s) in secs.iter().flat_map(|&s| [(5, s), (SEC + 7, s)]) {
-            let (d, mut w) = (s * SEC + 700, TimerWheel::new(t0));
+            let (d, mut w) = (s * SEC + 700, TrackedWheel::new(t0));
             w.schedule(3, t0 + d);
             assert_eq!(run(&mut w, t0 + d / 2), Vec::<u32>::new());
             assert_eq!(run(&mut w, t0 + d - 1), Vec::<u32>::new(), "delay {d}");
@@ -293,7 +345,7 @@ mod tests {
     /// Descheduling is idempotent, rescheduling moves, and `u64::MAX` deschedules.
     #[test]
     fn deschedule_and_reschedule() {
-        let mut w = TimerWheel::new(0);
+        let mut w = TrackedWheel::new(0);
         w.schedule(1, 10 * SEC);
         w.schedule(2, 20 * SEC);
         for id in [1, 1, 999] {
@@ -314,7 +366,7 @@ mod tests {
     /// A jump of days costs one revolution per level plus the ids, whatever the distance.
     #[test]
     fn overflow_and_huge_jumps_are_cheap() {
-        let mut w = TimerWheel::new(SEC);
+        let mut w = TrackedWheel::new(SEC);
         let n = 1_000u32;
         for id in 0..n {
             w.schedule(id, SEC + u64::from(id) * 997 * SEC); // spread over ~11.5 days
@@ -334,7 +386,7 @@ mod tests {
     /// Already-due ids are not lost; same-tick ids stay until their exact time.
     #[test]
     fn already_due_and_same_tick_entries() {
-        let mut w = TimerWheel::new(0);
+        let mut w = TrackedWheel::new(0);
         assert_eq!(run(&mut w, 100 * SEC), Vec::<u32>::new());
         w.schedule(1, 50 * SEC); // already due: returned by the next advance, even at the same now
         w.schedule(2, 100 * SEC + 10);
@@ -348,7 +400,7 @@ mod tests {
     /// A clock going backwards changes nothing.
     #[test]
     fn now_going_backwards_is_a_noop() {
-        let mut w = TimerWheel::new(100 * SEC);
+        let mut w = TrackedWheel::new(100 * SEC);
         w.schedule(2, 50 * SEC);
         assert_eq!((run(&mut w, 60 * SEC), w.is_scheduled(2)), (vec![], true));
         assert_eq!(run(&mut w, 100 * SEC), vec![2]);
@@ -357,7 +409,7 @@ mod tests {
     /// A tight budget spreads the work over calls, with changes made in between.
     #[test]
     fn bounded_work_resumes_without_loss_or_duplicates() {
-        let mut w = TimerWheel::new(0);
+        let mut w = TrackedWheel::new(0);
         for id in 0..100 {
             w.schedule(id, 3 * SEC + u64::from(id % 3) * DAY);
         }
@@ -378,13 +430,13 @@ mod tests {
         let want: Vec<u32> = (0..100).filter(|&id| id != 50 && id != 51).collect();
         assert_eq!((out, w.len()), (want, 1));
         assert_eq!(run(&mut w, 4 * DAY), vec![51]);
-        assert!(w.heap_bytes() >= 100 * 16);
+        assert!(w.wheel.heap_bytes() >= 100 * 8);
     }
 }
 
 #[cfg(all(test, not(miri)))]
 mod proptests {
-    use super::TimerWheel;
+    use super::TrackedWheel;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -421,10 +473,10 @@ mod proptests {
         /// Random operation sequences agree with a `BTreeMap` model of id -> expiry.
         #[test]
         fn matches_model(start in 1u64..1 << 40, ops in prop::collection::vec(op(), 1..120)) {
-            let mut w = TimerWheel::new(start);
+            let mut w = TrackedWheel::new(start);
             let mut model = BTreeMap::<u32, u64>::new();
             let mut now = start;
-            let check = |w: &mut TimerWheel, model: &mut BTreeMap<u32, u64>, at: u64, work: usize| {
+            let check = |w: &mut TrackedWheel, model: &mut BTreeMap<u32, u64>, at: u64, work: usize| {
                 let mut out = Vec::new();
                 let done = w.advance(at, work, &mut out);
                 for id in &out {
@@ -472,7 +524,7 @@ mod proptests {
 
 impl std::fmt::Debug for TimerWheel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TimerWheel")
+        f.debug_struct("TrackedWheel")
             .field("time", &self.time)
             .field("len", &self.len)
             .finish_non_exhaustive()
