@@ -369,6 +369,7 @@ where
     where
         V: Clone,
     {
+        let load = async { load.await.map(|value| (value, None)) };
         crate::load::get_or_load_async(self, &self.loads, key, false, load).await
     }
 
@@ -382,6 +383,25 @@ where
     where
         V: Clone,
     {
+        let load = async { load.await.map(|value| (value, None)) };
+        crate::load::get_or_load_async(self, &self.loads, key, true, load).await
+    }
+
+    /// [`try_get_or_insert_async_after_miss`](Self::try_get_or_insert_async_after_miss)
+    /// whose load also chooses the entry's TTL (`None`: the default TTL).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn try_get_or_insert_async_with_ttl<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<(V, Option<Duration>), E>>,
+    ) -> Result<V, E>
+    where
+        V: Clone,
+    {
+        let load = async {
+            let (value, ttl) = load.await?;
+            Ok((value, ttl.map(duration_to_nanos)))
+        };
         crate::load::get_or_load_async(self, &self.loads, key, true, load).await
     }
 

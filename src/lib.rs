@@ -88,6 +88,8 @@ mod policy;
 mod raw;
 mod stats;
 mod sync;
+#[cfg(feature = "redis")]
+pub mod tier;
 mod time;
 
 pub use builder::{CacheBuilder, MAX_SHARDS};

@@ -274,7 +274,7 @@ fn finish_write<K, V, S>(
         cache.raw().finish(departed);
         return;
     };
-    publish(cache, registration, value);
+    publish(cache, registration, value, None);
 }
 
 /// Runs `write` with exclusive hold of `key` against every load and write of it through
@@ -384,7 +384,12 @@ where
 }
 
 /// Publishes the loader's value: unregisters, caches it and hands it to the waiters.
-fn publish<K, V, S>(cache: &Cache<K, V, S>, mut registration: Registration<'_, K, V>, value: V) -> V
+fn publish<K, V, S>(
+    cache: &Cache<K, V, S>,
+    mut registration: Registration<'_, K, V>,
+    value: V,
+    ttl: Option<u64>,
+) -> V
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -401,7 +406,7 @@ where
     let departed = {
         let mut table = lock(registration.loads.shard(registration.hash));
         let key = registration.unregister(&mut table);
-        match cache.insert_pinned(key, value, None, &guard) {
+        match cache.insert_pinned(key, value, ttl, &guard) {
             Ok(departed) => departed,
             // Too heavy to cache: still handed to this caller and its waiters, and an older
             // cached value of the key (a write replacing it) must not stay behind.
@@ -469,7 +474,7 @@ where
     // If `load` fails or panics, dropping the registration releases the waiters.
     cache.raw().count_load();
     match load().map_err(LoadError::Failed)? {
-        Some(value) => Ok(Some(publish(cache, registration, value))),
+        Some(value) => Ok(Some(publish(cache, registration, value, None))),
         None => {
             conclude_absent(registration);
             Ok(None)
@@ -488,12 +493,13 @@ fn conclude_absent<K, V: Clone>(mut registration: Registration<'_, K, V>) {
 
 /// The future form of [`get_or_load`]. Cancellation at any await point is safe: a dropped
 /// leader abandons its load (a waiter takes over), a dropped waiter just stops waiting.
+/// The load gives the value and its TTL in nanoseconds (`None`: the cache's default).
 pub(crate) async fn get_or_load_async<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
     counted: bool,
-    load: impl Future<Output = Result<V, E>>,
+    load: impl Future<Output = Result<(V, Option<u64>), E>>,
 ) -> Result<V, E>
 where
     K: Hash + Eq + Send + Sync + 'static,
@@ -527,6 +533,6 @@ where
         }
     };
     cache.raw().count_load();
-    let value = load.await?;
-    Ok(publish(cache, registration, value))
+    let (value, ttl) = load.await?;
+    Ok(publish(cache, registration, value, ttl))
 }

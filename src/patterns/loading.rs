@@ -2,9 +2,9 @@
 //! before they expire (probabilistic early refresh, "XFetch") or serves them stale for a
 //! grace period while one refresh runs (stale-while-revalidate).
 
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,170 @@
+//! The Redis side of the tier: one self-reconnecting connection to a single node, every call
+//! bounded by a timeout and gated by the circuit breaker.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{Pipeline, RedisError, RedisResult, Value};
+
+use super::breaker::{Breaker, Transition};
+
+/// Why a Redis call gave no answer. The tier turns each into a miss; the caller never sees it
+/// on a read.
+#[derive(Debug)]
+pub(crate) enum L2Error {
+    /// The circuit breaker is open: the call was not made.
+    Skipped,
+    /// Redis answered with an error, or the connection failed.
+    Failed(RedisError),
+    /// No answer within the call timeout.
+    TimedOut,
+}
+
+impl std::fmt::Display for L2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Skipped => f.write_str("redis skipped: circuit breaker open"),
+            Self::Failed(e) => write!(f, "redis error: {e}"),
+            Self::TimedOut => f.write_str("redis timed out"),
+        }
+    }
+}
+
+/// One query on a clone of the (cheaply cloned, multiplexed) connection.
+async fn query<T: redis::FromRedisValue>(
+    mut connection: ConnectionManager,
+    pipe: &Pipeline,
+) -> RedisResult<T> {
+    pipe.query_async(&mut connection).await
+}
+
+/// Redis behind a breaker and a timeout.
+pub(crate) struct L2 {
+    connection: ConnectionManager,
+    breaker: Breaker,
+    /// The most one call may take, connecting included.
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for L2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2")
+            .field("breaker", &self.breaker)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl L2 {
+    pub(crate) fn new(
+        connection: ConnectionManager,
+        breaker: Breaker,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            connection,
+            breaker,
+            call_timeout,
+        }
+    }
+
+    /// Runs one call through the breaker and the timeout, and reports how it went.
+    async fn call<T, F>(&self, run: impl FnOnce(ConnectionManager) -> F) -> Result<T, L2Error>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        if !self.breaker.allow(Instant::now()) {
+            return Err(L2Error::Skipped);
+        }
+        let outcome =
+            match tokio::time::timeout(self.call_timeout, run(self.connection.clone())).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(L2Error::Failed(e)),
+                Err(_) => Err(L2Error::TimedOut),
+            };
+        let _: Transition = self.breaker.record(outcome.is_ok(), Instant::now());
+        outcome
+    }
+
+    /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
+    pub(crate) async fn get(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.get(key).cmd("PTTL").arg(key);
+        let (value, pttl): (Option<Vec<u8>>, i64) =
+            self.call(|c| async move { query(c, &pipe).await }).await?;
+        Ok(value.map(|bytes| {
+            // -1: no expiry; -2 (gone between the two commands) is covered by `value`.
+            let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+            (bytes, left)
+        }))
+    }
+
+    /// Stores `key` → `bytes` for `ttl` (at least 1 ms).
+    pub(crate) async fn set(&self, key: &[u8], bytes: &[u8], ttl: Duration) -> Result<(), L2Error> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .arg("PX")
+            .arg(millis)
+            .ignore();
+        self.call(|c| async move { query::<()>(c, &pipe).await })
+            .await
+    }
+
+    /// Stores `key` → `bytes` for `ttl` unless `key` already exists (a loader's fill must
+    /// not overwrite a value another process wrote meanwhile).
+    pub(crate) async fn set_if_absent(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .arg("PX")
+            .arg(millis)
+            .arg("NX")
+            .ignore();
+        self.call(|c| async move { query::<()>(c, &pipe).await })
+            .await
+    }
+
+    /// Deletes `key`.
+    pub(crate) async fn delete(&self, key: &[u8]) -> Result<(), L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(key).ignore();
+        self.call(|c| async move { query::<()>(c, &pipe).await })
+            .await
+    }
+
+    /// Turns on broadcast client tracking for keys under `prefix` on the current connection,
+    /// without reports of this connection's own writes (`NOLOOP`).
+    pub(crate) async fn enable_tracking(&self, prefix: &[u8]) -> Result<(), L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(prefix)
+            .arg("NOLOOP");
+        self.call(|c| async move {
+            let _: Vec<Value> = query(c, &pipe).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) fn breaker_is_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+}

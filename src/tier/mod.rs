@@ -1,0 +1,655 @@
+//! Two tiers: larder in process (L1), Redis shared between processes (L2), kept coherent.
+//!
+//! A read tries L1 (tens of nanoseconds), then Redis (a round trip), then the loader, with
+//! one load per key at a time in this process (single-flight across all three). A value
+//! found in Redis fills L1 for no longer than Redis will keep it; a loaded value is written
+//! to Redis with the tier's L2 TTL, then to L1.
+//!
+//! **Coherence.** When any other client changes or deletes a key under the tier's prefix,
+//! Redis tells this process (RESP3 client tracking) and the key leaves L1, typically within
+//! a millisecond (see the README for measured figures). If the connection drops, L1 is
+//! emptied (invalidations sent meanwhile are lost) and tracking is turned on again once the
+//! connection is back; until then L1 keeps fills only for `untracked_l1_ttl`. See
+//! `coherence.rs` for the protocol.
+//!
+//! **Faults.** Every Redis call is bounded by `connect_timeout + response_timeout`, and a
+//! circuit breaker stops calling a Redis that keeps failing, then probes it back. A failed
+//! or skipped L2 read is a miss (counted in [`TierStats::l2_errors`] or
+//! [`TierStats::l2_skipped`]): the caller still gets L1's value or the loader's. Writes
+//! ([`insert`](TieredCache::insert), [`invalidate`](TieredCache::invalidate)) report a
+//! failed L2 write as [`TierError::Unavailable`], with L1 already cleared of the key so this
+//! process never serves a value Redis may not have.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), larder::tier::TierError> {
+//! use std::time::Duration;
+//! use larder::{tier::TieredCache, Cache};
+//!
+//! let l1 = Cache::<u64, String>::builder().max_entries(10_000).build().unwrap();
+//! let tier = TieredCache::builder(l1, "redis://127.0.0.1:6379")
+//!     .prefix("profile:")
+//!     .l2_ttl(Duration::from_secs(300))
+//!     .build()
+//!     .await?;
+//! let name = tier
+//!     .get_or_load(7, async { Ok::<_, std::io::Error>("Ada".to_string()) })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(name, "Ada");
+//! # Ok(())
+//! # }
+//! ```
+
+mod breaker;
+mod codec;
+mod coherence;
+mod key;
+mod l2;
+mod stats;
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use ahash::RandomState;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+
+pub use codec::{Codec, CodecError, MessagePack};
+pub use key::RedisKey;
+pub use stats::TierStats;
+
+use crate::Cache;
+use breaker::Breaker;
+use coherence::Coherence;
+use l2::{L2Error, L2};
+use stats::Counters;
+
+/// Why building a tier or writing through it failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TierError {
+    /// A setting is out of range, or the Redis URL is malformed; the message says which.
+    Config(String),
+    /// Redis did not take a write (down, timed out, or refused by the open circuit
+    /// breaker). L1 no longer holds the key; Redis may still hold its old value until that
+    /// expires.
+    Unavailable(String),
+    /// The value could not be encoded for Redis. Nothing was written.
+    Codec(CodecError),
+}
+
+impl fmt::Display for TierError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(why) => write!(f, "tier configuration: {why}"),
+            Self::Unavailable(why) => write!(f, "L2 write failed: {why}"),
+            Self::Codec(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TierError {}
+
+impl From<L2Error> for TierError {
+    fn from(e: L2Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// Builds a [`TieredCache`]; see [`TieredCache::builder`] for the defaults.
+#[derive(Debug)]
+#[must_use]
+pub struct TierBuilder<K, V, C = MessagePack, S = RandomState> {
+    l1: Cache<K, V, S>,
+    url: String,
+    prefix: String,
+    l1_ttl: Option<Duration>,
+    l2_ttl: Duration,
+    untracked_l1_ttl: Duration,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    retries: usize,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    codec: C,
+}
+
+impl<K, V, C, S> TierBuilder<K, V, C, S> {
+    /// Prefix of every key the tier writes in Redis, and of the keys it tracks
+    /// (default `"larder:"`). Tiers sharing a prefix share their entries.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    /// TTL of values the tier writes to Redis (default 5 minutes).
+    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+        self.l2_ttl = ttl;
+        self
+    }
+
+    /// Upper bound on an L1 entry's TTL (default: the L2 TTL). An entry filled from Redis
+    /// never outlives its Redis copy whatever this says.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// L1 TTL of values filled while tracking is off (default 1 s): how stale a value may
+    /// get while invalidations cannot arrive.
+    pub fn untracked_l1_ttl(mut self, ttl: Duration) -> Self {
+        self.untracked_l1_ttl = ttl;
+        self
+    }
+
+    /// Time allowed to (re)connect to Redis (default 250 ms).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for one Redis reply (default 100 ms).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Reconnection attempts per lost connection (default 1).
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Opens the circuit breaker after `failures` consecutive failed calls, for `cooldown`
+    /// before one probe (default 5 failures, 1 s).
+    pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Encodes values with `codec` instead of MessagePack.
+    pub fn codec<C2>(self, codec: C2) -> TierBuilder<K, V, C2, S> {
+        TierBuilder {
+            l1: self.l1,
+            url: self.url,
+            prefix: self.prefix,
+            l1_ttl: self.l1_ttl,
+            l2_ttl: self.l2_ttl,
+            untracked_l1_ttl: self.untracked_l1_ttl,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            retries: self.retries,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
+            codec,
+        }
+    }
+}
+
+impl<K, V, C, S> TierBuilder<K, V, C, S>
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Connects (lazily: a Redis that is down now is not an error, the tier starts degraded
+    /// and recovers when it comes up) and turns on tracking if Redis answers in time.
+    /// Must run inside a tokio runtime, which keeps a small task that re-enables tracking
+    /// after reconnections.
+    ///
+    /// # Errors
+    /// [`TierError::Config`] for a malformed URL, a zero timeout or TTL.
+    pub async fn build(self) -> Result<TieredCache<K, V, C, S>, TierError> {
+        for (name, value) in [
+            ("l2_ttl", self.l2_ttl),
+            ("untracked_l1_ttl", self.untracked_l1_ttl),
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(TierError::Config(format!("{name} must be above zero")));
+            }
+        }
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| TierError::Config(format!("redis url {:?}: {e}", self.url)))?;
+        // Invalidation pushes need RESP3.
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|e| TierError::Config(e.to_string()))?;
+        let coherence = Arc::new(Coherence::new());
+        let counters = Arc::new(Counters::default());
+        let wake_tracker = Arc::new(Notify::new());
+        let prefix = self.prefix.into_bytes();
+        let on_push = PushHandler {
+            l1: self.l1.clone(),
+            coherence: coherence.clone(),
+            counters: counters.clone(),
+            wake_tracker: wake_tracker.clone(),
+            prefix: prefix.clone(),
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(self.retries)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500))
+            .set_push_sender(move |push: PushInfo| {
+                on_push.handle(push);
+                Ok::<(), redis::aio::SendError>(())
+            });
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| TierError::Config(e.to_string()))?;
+        let breaker = Breaker::new(self.breaker_threshold, self.breaker_cooldown);
+        let call_timeout = self.connect_timeout + self.response_timeout;
+        let shared = Arc::new(Shared {
+            l1: self.l1,
+            l2: L2::new(connection, breaker, call_timeout),
+            codec: self.codec,
+            prefix,
+            l1_ttl: self.l1_ttl.unwrap_or(self.l2_ttl).min(self.l2_ttl),
+            l2_ttl: self.l2_ttl,
+            untracked_l1_ttl: self.untracked_l1_ttl,
+            coherence,
+            counters,
+            wake_tracker,
+        });
+        // First attempt inline, so a tier built against a live Redis starts tracked.
+        shared.try_enable_tracking().await;
+        tokio::spawn(keep_tracking(Arc::downgrade(&shared)));
+        Ok(TieredCache { shared })
+    }
+}
+
+/// L1 (a [`Cache`]) in front of Redis (L2), coherent across processes. Cloning gives
+/// another handle to the same tier.
+pub struct TieredCache<K, V, C = MessagePack, S = RandomState> {
+    shared: Arc<Shared<K, V, C, S>>,
+}
+
+impl<K, V, S> TieredCache<K, V, MessagePack, S> {
+    /// A builder for a tier with `l1` in front of the Redis at `redis_url`
+    /// (`redis://[user:password@]host:port[/db]`; the tier always speaks RESP3, which
+    /// invalidation pushes need, so Redis 6 or later).
+    ///
+    /// Defaults: prefix `"larder:"`, L2 TTL 5 min, L1 TTL capped at the L2 TTL, untracked
+    /// L1 TTL 1 s, connect timeout 250 ms, response timeout 100 ms, 1 reconnection retry, a
+    /// breaker opening after 5 consecutive failures for 1 s, MessagePack values.
+    pub fn builder(l1: Cache<K, V, S>, redis_url: &str) -> TierBuilder<K, V, MessagePack, S> {
+        TierBuilder {
+            l1,
+            url: redis_url.to_string(),
+            prefix: "larder:".to_string(),
+            l1_ttl: None,
+            l2_ttl: Duration::from_secs(300),
+            untracked_l1_ttl: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(250),
+            response_timeout: Duration::from_millis(100),
+            retries: 1,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            codec: MessagePack,
+        }
+    }
+}
+
+impl<K, V, C, S> Clone for TieredCache<K, V, C, S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K, V, C, S> fmt::Debug for TieredCache<K, V, C, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("stats", &self.shared.counters.snapshot())
+            .field("tracked", &self.shared.coherence.is_tracked())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<K, V, C, S> {
+    l1: Cache<K, V, S>,
+    l2: L2,
+    codec: C,
+    prefix: Vec<u8>,
+    l1_ttl: Duration,
+    l2_ttl: Duration,
+    untracked_l1_ttl: Duration,
+    coherence: Arc<Coherence>,
+    counters: Arc<Counters>,
+    /// Wakes the task that re-enables tracking (after a disconnection, or to let it exit).
+    wake_tracker: Arc<Notify>,
+}
+
+impl<K, V, C, S> Drop for Shared<K, V, C, S> {
+    fn drop(&mut self) {
+        // The tracking task holds only a weak handle: woken, it finds the tier gone and ends.
+        self.wake_tracker.notify_one();
+    }
+}
+
+impl<K, V, C, S> TieredCache<K, V, C, S>
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// The value of `key` from L1 or Redis, without loading. A Redis failure is a miss.
+    pub async fn get(&self, key: &K) -> Option<V> {
+        let shared = &self.shared;
+        if let Some(value) = shared.l1.get(key) {
+            Counters::bump(&shared.counters.l1_hits);
+            return Some(value);
+        }
+        let fill = OnceLock::new();
+        let loaded: Result<V, ()> = shared
+            .l1
+            .try_get_or_insert_async_with_ttl(key.clone(), async {
+                let ticket = *fill.get_or_init(|| shared.coherence.ticket(key));
+                match shared.fill_from_l2(key, ticket).await {
+                    Some(found) => Ok(found),
+                    None => {
+                        Counters::bump(&shared.counters.misses);
+                        Err(())
+                    }
+                }
+            })
+            .await;
+        shared.settle_fill(key, fill.get(), loaded.is_ok());
+        loaded.ok()
+    }
+
+    /// The value of `key` from L1, else Redis, else `load`, which runs once per key at a
+    /// time in this process (other callers wait for it). A loaded value goes to Redis (with
+    /// the L2 TTL) and to L1. A failing load caches nothing and its error is returned; a
+    /// Redis failure is only a miss.
+    ///
+    /// # Errors
+    /// The loader's error.
+    pub async fn get_or_load<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, E> {
+        let shared = &self.shared;
+        if let Some(value) = shared.l1.get(&key) {
+            Counters::bump(&shared.counters.l1_hits);
+            return Ok(value);
+        }
+        let fill = OnceLock::new();
+        let loaded = shared
+            .l1
+            .try_get_or_insert_async_with_ttl(key.clone(), async {
+                let ticket = *fill.get_or_init(|| shared.coherence.ticket(&key));
+                if let Some(found) = shared.fill_from_l2(&key, ticket).await {
+                    return Ok(found);
+                }
+                Counters::bump(&shared.counters.misses);
+                Counters::bump(&shared.counters.loads);
+                let value = load.await?;
+                // Best effort: a Redis that is down costs the next reader a load, not this
+                // one. `NX`: a value another process wrote meanwhile is newer than ours.
+                if let Ok(bytes) = shared.codec.encode(&value) {
+                    let name = shared.redis_key(&key);
+                    let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
+                    let _ = shared.l2_call(set).await;
+                }
+                Ok((value, Some(shared.l1_ttl_for(ticket, None))))
+            })
+            .await;
+        shared.settle_fill(&key, fill.get(), loaded.is_ok());
+        loaded
+    }
+
+    /// Writes `value` through to Redis, then to L1 (write-through), holding `key` against
+    /// concurrent loads in this process. Other processes drop their L1 copies when Redis
+    /// reports the change.
+    ///
+    /// # Errors
+    /// [`TierError::Codec`] if the value cannot be encoded (nothing changes);
+    /// [`TierError::Unavailable`] if Redis did not take it (L1 has dropped the key).
+    pub async fn insert(&self, key: K, value: V) -> Result<(), TierError> {
+        let shared = &self.shared;
+        let bytes = shared.codec.encode(&value).map_err(TierError::Codec)?;
+        let redis_key = shared.redis_key(&key);
+        let written = shared
+            .l1
+            .write_with_async(key.clone(), |_| async {
+                let set = shared.l2.set(&redis_key, &bytes, shared.l2_ttl);
+                shared.l2_call(set).await.map(|()| Some(value))
+            })
+            .await;
+        if let Err(e) = written {
+            // The write may have reached Redis before the reply was lost: drop L1's copy.
+            shared.l1.remove(&key);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` from Redis and L1 (cache-aside invalidation, after a write to the
+    /// source of truth).
+    ///
+    /// # Errors
+    /// [`TierError::Unavailable`] if Redis did not take the delete (L1 has dropped the key).
+    pub async fn invalidate(&self, key: &K) -> Result<(), TierError> {
+        let shared = &self.shared;
+        let redis_key = shared.redis_key(key);
+        let deleted = shared
+            .l1
+            .write_with_async(key.clone(), |_| async {
+                shared
+                    .l2_call(shared.l2.delete(&redis_key))
+                    .await
+                    .map(|()| None)
+            })
+            .await;
+        shared.l1.remove(key);
+        deleted.map_err(TierError::from)
+    }
+
+    /// The tier's counters.
+    pub fn stats(&self) -> TierStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The L1 cache (for its own statistics, or to inspect what it holds).
+    pub fn l1(&self) -> &Cache<K, V, S> {
+        &self.shared.l1
+    }
+
+    /// Whether Redis is tracking this tier's keys for it now (false while reconnecting).
+    pub fn is_tracked(&self) -> bool {
+        self.shared.coherence.is_tracked()
+    }
+
+    /// Whether the circuit breaker is holding calls to Redis back now.
+    pub fn l2_is_shut_off(&self) -> bool {
+        self.shared.l2.breaker_is_open()
+    }
+}
+
+impl<K, V, C, S> Shared<K, V, C, S>
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn redis_key(&self, key: &K) -> Vec<u8> {
+        let mut name = self.prefix.clone();
+        name.extend_from_slice(&key.to_redis_key());
+        name
+    }
+
+    /// Counts a failed Redis call.
+    async fn l2_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
+        let outcome = call.await;
+        match &outcome {
+            Err(L2Error::Skipped) => Counters::bump(&self.counters.l2_skipped),
+            Err(_) => Counters::bump(&self.counters.l2_errors),
+            Ok(_) => {}
+        }
+        outcome
+    }
+
+    /// Reads `key` from Redis for an L1 fill that began at `ticket`: the value and the L1
+    /// TTL it may have.
+    async fn fill_from_l2(
+        &self,
+        key: &K,
+        ticket: coherence::Ticket,
+    ) -> Option<(V, Option<Duration>)> {
+        let (bytes, left) = self
+            .l2_call(self.l2.get(&self.redis_key(key)))
+            .await
+            .ok()??;
+        match self.codec.decode(&bytes) {
+            Ok(value) => {
+                Counters::bump(&self.counters.l2_hits);
+                Some((value, Some(self.l1_ttl_for(ticket, left))))
+            }
+            Err(_) => {
+                Counters::bump(&self.counters.decode_errors);
+                None
+            }
+        }
+    }
+
+    /// The L1 TTL for a fill that started at `ticket`, of a value Redis keeps for `left`.
+    fn l1_ttl_for(&self, ticket: coherence::Ticket, left: Option<Duration>) -> Duration {
+        let cap = if ticket.tracked() {
+            self.l1_ttl
+        } else {
+            self.untracked_l1_ttl
+        };
+        left.map_or(cap, |left| left.min(cap))
+    }
+
+    /// After this caller's fill (it led the single-flight load: `ticket` is set) put a
+    /// value into L1: drops it again if an invalidation or a tracking change since the
+    /// ticket may have made it stale (see `coherence.rs`). Dropping a value that was in fact
+    /// fresh costs one miss.
+    fn settle_fill(&self, key: &K, ticket: Option<&coherence::Ticket>, filled: bool) {
+        if let Some(&ticket) = ticket {
+            if filled && !self.coherence.unchanged_since(ticket) {
+                self.l1.remove(key);
+            }
+        }
+    }
+
+    async fn try_enable_tracking(&self) -> bool {
+        match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
+            Ok(()) => {
+                // Whatever L1 filled while untracked may have missed invalidations.
+                self.l1.clear();
+                self.coherence.regain_tracking();
+                Counters::bump(&self.counters.tracking_enabled);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Re-enables tracking whenever it is lost, for as long as the tier exists.
+async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>)
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Some(shared) = tier.upgrade() else {
+            return;
+        };
+        if shared.coherence.is_tracked() {
+            let wake = shared.wake_tracker.clone();
+            drop(shared);
+            wake.notified().await;
+            continue;
+        }
+        if shared.try_enable_tracking().await {
+            backoff = Duration::from_millis(10);
+            continue;
+        }
+        drop(shared);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Handles what Redis pushes on the tier's connection.
+struct PushHandler<K, V, S> {
+    l1: Cache<K, V, S>,
+    coherence: Arc<Coherence>,
+    counters: Arc<Counters>,
+    wake_tracker: Arc<Notify>,
+    prefix: Vec<u8>,
+}
+
+impl<K, V, S> PushHandler<K, V, S>
+where
+    K: RedisKey + Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    fn handle(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(names)) => {
+                    for name in names {
+                        if let Value::BulkString(name) = name {
+                            self.invalidate(name);
+                        }
+                    }
+                }
+                // `FLUSHALL` / `FLUSHDB`: every key changed.
+                _ => {
+                    self.coherence.invalidate_all();
+                    self.l1.clear();
+                    Counters::bump(&self.counters.l1_resets);
+                }
+            },
+            PushKind::Disconnection => {
+                self.coherence.lose_tracking();
+                self.l1.clear();
+                Counters::bump(&self.counters.l1_resets);
+                self.wake_tracker.notify_one();
+            }
+            _ => {}
+        }
+    }
+
+    fn invalidate(&self, name: &[u8]) {
+        let Some(key) = name
+            .strip_prefix(self.prefix.as_slice())
+            .and_then(K::from_redis_key)
+        else {
+            return;
+        };
+        self.coherence.invalidate(&key);
+        self.l1.remove(&key);
+        Counters::bump(&self.counters.invalidations);
+    }
+}

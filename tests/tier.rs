@@ -1,0 +1,305 @@
+//! The Redis tier against a real `redis-server` (Debian's package), started by each test on a
+//! free loopback port, without persistence, and killed at the end.
+//!
+//! Run: `cargo test --features redis --test tier` (needs `redis-server` on the PATH; `.ci/run`
+//! installs it).
+#![cfg(feature = "redis")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder::tier::TieredCache;
+use larder::Cache;
+
+/// A `redis-server` child process on its own port.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let answered = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if answered.is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A plain client, as another program writing to Redis would be.
+    fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const PREFIX: &str = "t:";
+
+async fn tier(url: &str) -> TieredCache<u64, String> {
+    let l1 = Cache::builder().max_entries(10_000).build().unwrap();
+    TieredCache::builder(l1, url)
+        .prefix(PREFIX)
+        .connect_timeout(Duration::from_millis(100))
+        .response_timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn load(value: &str) -> Result<String, std::io::Error> {
+    Ok(value.to_string())
+}
+
+/// Polls `done` every 100 µs for up to `limit`; returns how long it took.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_l1_then_redis_then_the_loader_once() {
+    let server = Server::start();
+    let (a, b) = (tier(&server.url()).await, tier(&server.url()).await);
+    assert!(a.is_tracked() && b.is_tracked());
+
+    assert_eq!(a.get_or_load(1, load("one")).await.unwrap(), "one");
+    assert_eq!(a.get_or_load(1, load("not loaded")).await.unwrap(), "one");
+    let stats = a.stats();
+    assert_eq!((stats.loads, stats.misses, stats.l1_hits), (1, 1, 1));
+
+    // Another process's tier (its own L1 and connection) finds it in Redis.
+    assert_eq!(b.get_or_load(1, load("not loaded")).await.unwrap(), "one");
+    assert_eq!((b.stats().l2_hits, b.stats().loads), (1, 0));
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg("t:1")
+        .query(&mut server.client())
+        .unwrap();
+    assert!(stored.len() < 8, "MessagePack, not JSON: {stored:?}");
+
+    // 32 concurrent readers of a missing key: one load across L1, Redis and the loader.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let (b, runs) = (b.clone(), runs.clone());
+            tokio::spawn(async move {
+                b.get_or_load(2, async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    load("two").await
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), "two");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(b.get(&3).await, None, "absent everywhere, no loader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_anywhere_drop_every_other_l1_copy_promptly() {
+    let server = Server::start();
+    let (a, b) = (tier(&server.url()).await, tier(&server.url()).await);
+    let mut latencies = Vec::new();
+    for round in 0..100u64 {
+        let key = 1000 + round;
+        let seen = b.stats().invalidations;
+        a.get_or_load(key, load("old")).await.unwrap();
+        // A's write reaches B as an invalidation; a fill racing it would (conservatively)
+        // be dropped again, so let it arrive first.
+        wait_until(Duration::from_secs(1), || b.stats().invalidations > seen).await;
+        assert_eq!(b.get(&key).await.as_deref(), Some("old"));
+        assert!(b.l1().contains_key(&key));
+        // Write-through on A; B's L1 copy must go.
+        a.insert(key, "new".to_string()).await.unwrap();
+        assert_eq!(a.l1().get(&key).as_deref(), Some("new"));
+        latencies.push(wait_until(Duration::from_secs(1), || !b.l1().contains_key(&key)).await);
+        assert_eq!(b.get(&key).await.as_deref(), Some("new"));
+    }
+    latencies.sort();
+    println!(
+        "invalidation latency over {} writes: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies[latencies.len() - 1]
+    );
+
+    // A program writing Redis directly, and a cache-aside delete, drop both L1 copies.
+    let _: () = redis::cmd("SET")
+        .arg("t:1000")
+        .arg("x")
+        .query(&mut server.client())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || {
+        !a.l1().contains_key(&1000) && !b.l1().contains_key(&1000)
+    })
+    .await;
+    b.get_or_load(1001, load("x")).await.unwrap();
+    a.invalidate(&1001).await.unwrap();
+    wait_until(Duration::from_secs(1), || !b.l1().contains_key(&1001)).await;
+    assert!(b.stats().invalidations >= 102, "{:?}", b.stats());
+
+    // FLUSHALL empties every L1.
+    b.get_or_load(7, load("seven")).await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.client()).unwrap();
+    wait_until(Duration::from_secs(1), || b.l1().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l1_entry_never_outlives_its_redis_copy() {
+    let server = Server::start();
+    let tier = tier(&server.url()).await;
+    let bytes = rmp_serde::to_vec_named("short-lived").unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("t:9")
+        .arg(bytes)
+        .arg("PX")
+        .arg(300)
+        .query(&mut server.client())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || tier.stats().invalidations == 1).await;
+    assert_eq!(tier.get(&9).await.as_deref(), Some("short-lived"));
+    assert!(tier.l1().contains_key(&9));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!tier.l1().contains_key(&9), "L1 kept it past Redis's TTL");
+    assert_eq!(tier.get(&9).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_redis_costs_callers_at_most_the_timeout_and_the_tier_recovers() {
+    let mut server = Server::start();
+    let tier = tier(&server.url()).await;
+    // The source of truth behind both tiers.
+    let truth = |key: u64| async move { Ok::<_, std::io::Error>(format!("v{key}")) };
+    tier.get_or_load(1, truth(1)).await.unwrap();
+    assert!(tier.l1().contains_key(&1));
+    server.kill();
+
+    // Every answer stays right (L1 while it may be trusted, else the loader); no call waits
+    // past the call timeout (connect 100 ms + response 100 ms) plus scheduling slack.
+    let mut slowest = Duration::ZERO;
+    for round in 0..200u64 {
+        let key = round % 50;
+        let start = Instant::now();
+        let value = tier.get_or_load(key, truth(key)).await.unwrap();
+        assert_eq!(value, format!("v{key}"));
+        slowest = slowest.max(start.elapsed());
+    }
+    println!("slowest call with Redis down: {slowest:?}");
+    assert!(slowest < Duration::from_millis(400), "{slowest:?}");
+    let stats = tier.stats();
+    assert!(stats.l2_errors >= 3, "{stats:?}");
+    assert!(stats.l2_skipped > 0, "the breaker never opened: {stats:?}");
+    assert!(
+        stats.l1_resets >= 1,
+        "L1 kept entries after the connection dropped"
+    );
+    assert!(!tier.is_tracked());
+    // Writes report the outage, and leave no L1 copy behind.
+    assert!(tier.insert(5, "w".to_string()).await.is_err());
+    assert!(!tier.l1().contains_key(&5));
+
+    server.restart();
+    let recovered = wait_until(Duration::from_secs(10), || tier.is_tracked()).await;
+    println!("tracking back {recovered:?} after the restart");
+    // Redis is used again, and invalidations flow again.
+    wait_until(Duration::from_secs(5), || !tier.l2_is_shut_off()).await;
+    tier.insert(6, "six".to_string()).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("t:6")
+        .query(&mut server.client())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || !tier.l1().contains_key(&6)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_built_while_redis_is_down_starts_degraded() {
+    let mut server = Server::start();
+    server.kill();
+    let tier = tier(&server.url()).await;
+    assert!(!tier.is_tracked());
+    assert_eq!(tier.get_or_load(1, load("loaded")).await.unwrap(), "loaded");
+    server.restart();
+    wait_until(Duration::from_secs(10), || tier.is_tracked()).await;
+}
+
+/// The other process of `coherence_holds_across_processes`: writes through its own tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by coherence_holds_across_processes as a child process"]
+async fn child_writes_through_its_own_tier() {
+    let url = std::env::var("LARDER_TIER_URL").expect("run by the parent test");
+    let tier = tier(&url).await;
+    tier.insert(77, "from-child".to_string()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherence_holds_across_processes() {
+    let server = Server::start();
+    let tier = tier(&server.url()).await;
+    tier.get_or_load(77, load("old")).await.unwrap();
+    assert!(tier.l1().contains_key(&77));
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_writes_through_its_own_tier"])
+        .env("LARDER_TIER_URL", server.url())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until(Duration::from_secs(1), || !tier.l1().contains_key(&77)).await;
+    assert_eq!(tier.get(&77).await.as_deref(), Some("from-child"));
+}
