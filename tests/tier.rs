@@ -57,6 +57,14 @@ impl Server {
         panic!("redis-server on port {} did not come up", self.port);
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the server: connections stay open and
+    /// commands get no reply, the fault timeouts exist for.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -265,6 +273,53 @@ async fn a_dead_redis_costs_callers_at_most_the_timeout_and_the_tier_recovers() 
         .query(&mut server.client())
         .unwrap();
     wait_until(Duration::from_secs(1), || !tier.l1().contains_key(&6)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_costs_callers_at_most_the_timeout() {
+    let server = Server::start();
+    let tier = tier(&server.url()).await;
+    let truth = |key: u64| async move { Ok::<_, std::io::Error>(format!("v{key}")) };
+    server.signal("-STOP");
+    let mut times = Vec::new();
+    for key in 0..20u64 {
+        let start = Instant::now();
+        assert_eq!(
+            tier.get_or_load(key, truth(key)).await.unwrap(),
+            format!("v{key}")
+        );
+        times.push(start.elapsed());
+    }
+    server.signal("-CONT");
+    println!("calls with Redis hung: {times:?}");
+    // Connect 100 ms + response 100 ms bound each Redis call; a miss makes two (the read
+    // and the loader's write), so 400 ms plus slack bounds a call.
+    let slowest = times.iter().max().unwrap();
+    assert!(*slowest < Duration::from_millis(600), "{slowest:?}");
+    let stats = tier.stats();
+    assert!(stats.l2_skipped > 0, "the breaker never opened: {stats:?}");
+    // Once the breaker opens, calls skip Redis and cost next to nothing.
+    assert!(
+        times[10..].iter().all(|t| *t < Duration::from_millis(50)),
+        "{times:?}"
+    );
+    // After the cooldown a probe goes through, succeeds, and Redis serves reads again.
+    let bytes = rmp_serde::to_vec_named("in-redis").unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("t:500")
+        .arg(bytes)
+        .query(&mut server.client())
+        .unwrap();
+    let start = Instant::now();
+    while tier.get(&500).await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            tier.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!tier.l2_is_shut_off());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

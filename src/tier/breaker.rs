@@ -93,9 +93,13 @@ impl Breaker {
         }
     }
 
-    /// Whether calls are currently refused (open, or waiting on a probe).
-    pub(crate) fn is_open(&self) -> bool {
-        !matches!(*lock(&self.state), State::Closed { .. })
+    /// Whether a call made at `now` would be refused (open within its cooldown, or a probe
+    /// in flight).
+    pub(crate) fn is_open(&self, now: Instant) -> bool {
+        match *lock(&self.state) {
+            State::Closed { .. } => false,
+            State::Open { until } | State::Probing { since: until } => now < until,
+        }
     }
 }
 
@@ -124,7 +128,7 @@ mod tests {
         let again = later + COOLDOWN;
         assert!(breaker.allow(again));
         assert_eq!(breaker.record(true, again), Transition::Closed);
-        assert!(breaker.allow(again) && !breaker.is_open());
+        assert!(breaker.allow(again) && !breaker.is_open(again));
     }
 
     #[test]
@@ -139,6 +143,7 @@ mod tests {
             "count was reset"
         );
         assert_eq!(breaker.record(false, t0), Transition::Opened);
+        assert!(breaker.is_open(t0) && !breaker.is_open(t0 + COOLDOWN));
         let probe = t0 + COOLDOWN;
         assert!(breaker.allow(probe));
         // The probe's caller gave up and never reports: another probe later.

@@ -165,6 +165,6 @@ impl L2 {
     }
 
     pub(crate) fn breaker_is_open(&self) -> bool {
-        self.breaker.is_open()
+        self.breaker.is_open(Instant::now())
     }
 }

@@ -478,7 +478,8 @@ where
         self.shared.coherence.is_tracked()
     }
 
-    /// Whether the circuit breaker is holding calls to Redis back now.
+    /// Whether the circuit breaker would hold a call to Redis back now (it is open and its
+    /// cooldown has not run out).
     pub fn l2_is_shut_off(&self) -> bool {
         self.shared.l2.breaker_is_open()
     }
