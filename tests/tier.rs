@@ -358,3 +358,51 @@ async fn coherence_holds_across_processes() {
     wait_until(Duration::from_secs(1), || !tier.l1().contains_key(&77)).await;
     assert_eq!(tier.get(&77).await.as_deref(), Some("from-child"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_value_in_redis_is_a_miss_and_is_replaced() {
+    let server = Server::start();
+    let tier = tier(&server.url()).await;
+    // 0xc1 is never valid MessagePack.
+    let _: () = redis::cmd("SET")
+        .arg("t:11")
+        .arg(&[0xc1u8][..])
+        .query(&mut server.client())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || tier.stats().invalidations == 1).await;
+    assert_eq!(tier.get(&11).await, None);
+    assert_eq!(tier.get_or_load(11, load("fresh")).await.unwrap(), "fresh");
+    assert_eq!(tier.stats().decode_errors, 2);
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg("t:11")
+        .query(&mut server.client())
+        .unwrap();
+    assert_eq!(rmp_serde::from_slice::<String>(&stored).unwrap(), "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tier_settings_are_refused_with_the_setting_named() {
+    let l1 = || {
+        Cache::<u64, String>::builder()
+            .max_entries(10)
+            .build()
+            .unwrap()
+    };
+    let error = TieredCache::builder(l1(), "redis://127.0.0.1:1")
+        .l2_ttl(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("l2_ttl"), "{error}");
+    let error = TieredCache::builder(l1(), "redis://127.0.0.1:1")
+        .response_timeout(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("response_timeout"), "{error}");
+    let error = TieredCache::builder(l1(), "not a url")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not a url"), "{error}");
+}

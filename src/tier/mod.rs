@@ -362,8 +362,8 @@ where
             .try_get_or_insert_async_with_ttl(key.clone(), async {
                 let ticket = *fill.get_or_init(|| shared.coherence.ticket(key));
                 match shared.fill_from_l2(key, ticket).await {
-                    Some(found) => Ok(found),
-                    None => {
+                    L2Read::Hit(found) => Ok(found),
+                    L2Read::Miss | L2Read::Undecodable => {
                         Counters::bump(&shared.counters.misses);
                         Err(())
                     }
@@ -396,18 +396,26 @@ where
             .l1
             .try_get_or_insert_async_with_ttl(key.clone(), async {
                 let ticket = *fill.get_or_init(|| shared.coherence.ticket(&key));
-                if let Some(found) = shared.fill_from_l2(&key, ticket).await {
+                let read = shared.fill_from_l2(&key, ticket).await;
+                if let L2Read::Hit(found) = read {
                     return Ok(found);
                 }
                 Counters::bump(&shared.counters.misses);
                 Counters::bump(&shared.counters.loads);
                 let value = load.await?;
                 // Best effort: a Redis that is down costs the next reader a load, not this
-                // one. `NX`: a value another process wrote meanwhile is newer than ours.
+                // one. `NX`: a value another process wrote meanwhile is newer than ours; but
+                // a value no one here can read is replaced.
                 if let Ok(bytes) = shared.codec.encode(&value) {
                     let name = shared.redis_key(&key);
-                    let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
-                    let _ = shared.l2_call(set).await;
+                    let _ = if matches!(read, L2Read::Undecodable) {
+                        shared
+                            .l2_call(shared.l2.set(&name, &bytes, shared.l2_ttl))
+                            .await
+                    } else {
+                        let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
+                        shared.l2_call(set).await
+                    };
                 }
                 Ok((value, Some(shared.l1_ttl_for(ticket, None))))
             })
@@ -514,23 +522,18 @@ where
 
     /// Reads `key` from Redis for an L1 fill that began at `ticket`: the value and the L1
     /// TTL it may have.
-    async fn fill_from_l2(
-        &self,
-        key: &K,
-        ticket: coherence::Ticket,
-    ) -> Option<(V, Option<Duration>)> {
-        let (bytes, left) = self
-            .l2_call(self.l2.get(&self.redis_key(key)))
-            .await
-            .ok()??;
+    async fn fill_from_l2(&self, key: &K, ticket: coherence::Ticket) -> L2Read<V> {
+        let Ok(Some((bytes, left))) = self.l2_call(self.l2.get(&self.redis_key(key))).await else {
+            return L2Read::Miss;
+        };
         match self.codec.decode(&bytes) {
             Ok(value) => {
                 Counters::bump(&self.counters.l2_hits);
-                Some((value, Some(self.l1_ttl_for(ticket, left))))
+                L2Read::Hit((value, Some(self.l1_ttl_for(ticket, left))))
             }
             Err(_) => {
                 Counters::bump(&self.counters.decode_errors);
-                None
+                L2Read::Undecodable
             }
         }
     }
@@ -569,6 +572,16 @@ where
             Err(_) => false,
         }
     }
+}
+
+/// What an L1 fill found in Redis.
+enum L2Read<V> {
+    /// The value and the L1 TTL it may have.
+    Hit((V, Option<Duration>)),
+    /// Nothing, or Redis failed (counted).
+    Miss,
+    /// Bytes this tier's codec cannot decode (counted).
+    Undecodable,
 }
 
 /// Re-enables tracking whenever it is lost, for as long as the tier exists.
