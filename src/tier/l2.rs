@@ -147,9 +147,12 @@ impl L2 {
     }
 
     /// Turns on broadcast client tracking for keys under `prefix` on the current connection,
-    /// without reports of this connection's own writes (`NOLOOP`).
+    /// without reports of this connection's own writes (`NOLOOP`). Turns it off first: Redis
+    /// refuses a prefix the connection already tracks, which happens when an earlier attempt
+    /// succeeded but its reply was lost to a timeout.
     pub(crate) async fn enable_tracking(&self, prefix: &[u8]) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("TRACKING").arg("OFF");
         pipe.cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
