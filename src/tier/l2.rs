@@ -1,11 +1,14 @@
-//! The Redis side of the tier: one self-reconnecting connection to a single node, every call
-//! bounded by a timeout and gated by the circuit breaker.
+//! The Redis side of the tier: one self-reconnecting connection, to a single node or to a
+//! cluster (whose client routes each key to its slot's master), every call bounded by a
+//! timeout and gated by the circuit breaker.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::{Pipeline, RedisError, RedisResult, Value};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::breaker::{Breaker, Transition};
 
@@ -31,17 +34,38 @@ impl std::fmt::Display for L2Error {
     }
 }
 
-/// One query on a clone of the (cheaply cloned, multiplexed) connection.
+/// A multiplexed connection that reconnects by itself; cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// One query on a clone of the connection. In a cluster every command of `pipe` must name
+/// the same key (one slot).
 async fn query<T: redis::FromRedisValue>(
-    mut connection: ConnectionManager,
+    connection: Connection,
     pipe: &Pipeline,
 ) -> RedisResult<T> {
-    pipe.query_async(&mut connection).await
+    match connection {
+        Connection::Node(mut c) => pipe.query_async(&mut c).await,
+        Connection::Cluster(mut c) => pipe.query_async(&mut c).await,
+    }
+}
+
+/// Runs `cmd` on every node of a cluster, primaries and replicas: a replica promoted by a
+/// failover then already tracks (replicas report keys changed through replication too).
+async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisResult<()> {
+    let everywhere = RoutingInfo::MultiNode((
+        MultipleNodeRoutingInfo::AllNodes,
+        Some(ResponsePolicy::AllSucceeded),
+    ));
+    connection.route_command(cmd, everywhere).await.map(drop)
 }
 
 /// Redis behind a breaker and a timeout.
 pub(crate) struct L2 {
-    connection: ConnectionManager,
+    connection: Connection,
     breaker: Breaker,
     /// The most one call may take, connecting included.
     call_timeout: Duration,
@@ -57,11 +81,7 @@ impl std::fmt::Debug for L2 {
 }
 
 impl L2 {
-    pub(crate) fn new(
-        connection: ConnectionManager,
-        breaker: Breaker,
-        call_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(connection: Connection, breaker: Breaker, call_timeout: Duration) -> Self {
         Self {
             connection,
             breaker,
@@ -70,7 +90,7 @@ impl L2 {
     }
 
     /// Runs one call through the breaker and the timeout, and reports how it went.
-    async fn call<T, F>(&self, run: impl FnOnce(ConnectionManager) -> F) -> Result<T, L2Error>
+    async fn call<T, F>(&self, run: impl FnOnce(Connection) -> F) -> Result<T, L2Error>
     where
         F: Future<Output = RedisResult<T>>,
     {
@@ -151,17 +171,27 @@ impl L2 {
     /// refuses a prefix the connection already tracks, which happens when an earlier attempt
     /// succeeded but its reply was lost to a timeout.
     pub(crate) async fn enable_tracking(&self, prefix: &[u8]) -> Result<(), L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT").arg("TRACKING").arg("OFF");
-        pipe.cmd("CLIENT")
-            .arg("TRACKING")
+        let mut off = redis::cmd("CLIENT");
+        off.arg("TRACKING").arg("OFF");
+        let mut on = redis::cmd("CLIENT");
+        on.arg("TRACKING")
             .arg("ON")
             .arg("BCAST")
             .arg("PREFIX")
             .arg(prefix)
             .arg("NOLOOP");
         self.call(|c| async move {
-            let _: Vec<Value> = query(c, &pipe).await?;
+            match c {
+                Connection::Node(_) => {
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(off).add_command(on);
+                    let _: Vec<Value> = query(c, &pipe).await?;
+                }
+                Connection::Cluster(mut c) => {
+                    on_every_node(&mut c, off).await?;
+                    on_every_node(&mut c, on).await?;
+                }
+            }
             Ok(())
         })
         .await

@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use ahash::RandomState;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
@@ -65,7 +66,7 @@ pub use stats::TierStats;
 use crate::Cache;
 use breaker::Breaker;
 use coherence::Coherence;
-use l2::{L2Error, L2};
+use l2::{Connection, L2Error, L2};
 use stats::Counters;
 
 /// Why building a tier or writing through it failed.
@@ -100,12 +101,19 @@ impl From<L2Error> for TierError {
     }
 }
 
+/// Where the L2 lives.
+#[derive(Debug)]
+enum Target {
+    Node(String),
+    Cluster(Vec<String>),
+}
+
 /// Builds a [`TieredCache`]; see [`TieredCache::builder`] for the defaults.
 #[derive(Debug)]
 #[must_use]
 pub struct TierBuilder<K, V, C = MessagePack, S = RandomState> {
     l1: Cache<K, V, S>,
-    url: String,
+    target: Target,
     prefix: String,
     l1_ttl: Option<Duration>,
     l2_ttl: Duration,
@@ -176,7 +184,7 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     pub fn codec<C2>(self, codec: C2) -> TierBuilder<K, V, C2, S> {
         TierBuilder {
             l1: self.l1,
-            url: self.url,
+            target: self.target,
             prefix: self.prefix,
             l1_ttl: self.l1_ttl,
             l2_ttl: self.l2_ttl,
@@ -198,13 +206,14 @@ where
     C: Codec<V>,
     S: BuildHasher + Send + Sync + 'static,
 {
-    /// Connects (lazily: a Redis that is down now is not an error, the tier starts degraded
-    /// and recovers when it comes up) and turns on tracking if Redis answers in time.
-    /// Must run inside a tokio runtime, which keeps a small task that re-enables tracking
-    /// after reconnections.
+    /// Connects and turns on tracking if Redis answers in time. A single node is connected
+    /// lazily: one that is down now is not an error, the tier starts degraded and recovers
+    /// when it comes up. Must run inside a tokio runtime, which keeps a small task that
+    /// re-enables tracking after reconnections.
     ///
     /// # Errors
-    /// [`TierError::Config`] for a malformed URL, a zero timeout or TTL.
+    /// [`TierError::Config`] for a malformed URL, a zero timeout or TTL;
+    /// [`TierError::Unavailable`] if a cluster does not answer within the timeouts.
     pub async fn build(self) -> Result<TieredCache<K, V, C, S>, TierError> {
         for (name, value) in [
             ("l2_ttl", self.l2_ttl),
@@ -216,18 +225,6 @@ where
                 return Err(TierError::Config(format!("{name} must be above zero")));
             }
         }
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| TierError::Config(format!("redis url {:?}: {e}", self.url)))?;
-        // Invalidation pushes need RESP3.
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .map_err(|e| TierError::Config(e.to_string()))?;
         let coherence = Arc::new(Coherence::new());
         let counters = Arc::new(Counters::default());
         let wake_tracker = Arc::new(Notify::new());
@@ -239,20 +236,53 @@ where
             wake_tracker: wake_tracker.clone(),
             prefix: prefix.clone(),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(self.retries)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500))
-            .set_push_sender(move |push: PushInfo| {
-                on_push.handle(push);
-                Ok::<(), redis::aio::SendError>(())
-            });
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| TierError::Config(e.to_string()))?;
-        let breaker = Breaker::new(self.breaker_threshold, self.breaker_cooldown);
+        let on_push = move |push: PushInfo| {
+            on_push.handle(push);
+            Ok::<(), redis::aio::SendError>(())
+        };
         let call_timeout = self.connect_timeout + self.response_timeout;
+        let connection = match &self.target {
+            Target::Node(url) => {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| TierError::Config(format!("redis url {url:?}: {e}")))?;
+                // Invalidation pushes need RESP3.
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))
+                    .map_err(|e| TierError::Config(e.to_string()))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.response_timeout))
+                    .set_number_of_retries(self.retries)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(500))
+                    .set_push_sender(on_push);
+                let manager = ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| TierError::Config(e.to_string()))?;
+                Connection::Node(manager)
+            }
+            Target::Cluster(nodes) => {
+                let client = ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.response_timeout)
+                    .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
+                    .push_sender(on_push)
+                    .build()
+                    .map_err(|e| TierError::Config(format!("cluster nodes {nodes:?}: {e}")))?;
+                // The cluster client connects eagerly: it must learn the slot map first.
+                let connected = tokio::time::timeout(call_timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| TierError::Unavailable("cluster: connect timed out".into()))?
+                    .map_err(|e| TierError::Unavailable(format!("cluster: {e}")))?;
+                Connection::Cluster(connected)
+            }
+        };
+        let breaker = Breaker::new(self.breaker_threshold, self.breaker_cooldown);
         let shared = Arc::new(Shared {
             l1: self.l1,
             l2: L2::new(connection, breaker, call_timeout),
@@ -287,9 +317,27 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
     /// L1 TTL 1 s, connect timeout 250 ms, response timeout 100 ms, 1 reconnection retry, a
     /// breaker opening after 5 consecutive failures for 1 s, MessagePack values.
     pub fn builder(l1: Cache<K, V, S>, redis_url: &str) -> TierBuilder<K, V, MessagePack, S> {
+        Self::builder_for(l1, Target::Node(redis_url.to_string()))
+    }
+
+    /// A builder for a tier with `l1` in front of a Redis Cluster reached through any of
+    /// `nodes` (URLs as for [`builder`](Self::builder)); the cluster client routes each key
+    /// to its hash slot's primary and follows failovers. Unlike a single node, the cluster
+    /// must answer at [`build`](TierBuilder::build), to hand out its slot map. Tracking is
+    /// turned on at every node, replicas included, so a promoted replica already reports
+    /// changes.
+    pub fn cluster_builder(
+        l1: Cache<K, V, S>,
+        nodes: &[&str],
+    ) -> TierBuilder<K, V, MessagePack, S> {
+        let nodes = nodes.iter().map(|node| node.to_string()).collect();
+        Self::builder_for(l1, Target::Cluster(nodes))
+    }
+
+    fn builder_for(l1: Cache<K, V, S>, target: Target) -> TierBuilder<K, V, MessagePack, S> {
         TierBuilder {
             l1,
-            url: redis_url.to_string(),
+            target,
             prefix: "larder:".to_string(),
             l1_ttl: None,
             l2_ttl: Duration::from_secs(300),

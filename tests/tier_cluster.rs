@@ -1,0 +1,304 @@
+//! The Redis tier against a real Redis Cluster: `redis-server` nodes started by each test on
+//! free loopback ports (no persistence), joined with `redis-cli --cluster create`.
+//!
+//! Run: `cargo test --features redis --test tier_cluster` (needs `redis-server` and
+//! `redis-cli`; `.ci/test` installs them).
+#![cfg(feature = "redis")]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use larder::tier::TieredCache;
+use larder::Cache;
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Node {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn is_master(&self) -> bool {
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut self.client()).unwrap();
+        matches!(&role[0], redis::Value::BulkString(b) if b == b"master")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start(masters: usize, replicas: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "larder-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nodes: Vec<Node> = (0..masters * (1 + replicas))
+            .map(|_| {
+                let port = free_port();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    // Replicas sync at once, and may take over whatever their data's age.
+                    .args(["--repl-diskless-sync-delay", "0"])
+                    .args(["--cluster-replica-validity-factor", "0"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server on the PATH");
+                Node {
+                    port,
+                    child: Some(child),
+                }
+            })
+            .collect();
+        for node in &nodes {
+            wait(Duration::from_secs(10), || {
+                redis::Client::open(node.url())
+                    .and_then(|c| c.get_connection())
+                    .is_ok()
+            });
+        }
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli on the PATH");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes, dir };
+        cluster.wait_healthy();
+        // Replicas hold their master's data before any test kills a master.
+        for node in &cluster.nodes {
+            wait(Duration::from_secs(20), || {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.client())
+                    .unwrap_or_default();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+        }
+        cluster
+    }
+
+    /// Waits until every live node reports the cluster healthy.
+    fn wait_healthy(&self) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            wait(Duration::from_secs(20), || {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.client())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            });
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some() && self.nodes[i].is_master())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+async fn tier(cluster: &Cluster) -> TieredCache<u64, String> {
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let l1 = Cache::builder().max_entries(10_000).build().unwrap();
+    TieredCache::cluster_builder(l1, &urls)
+        .prefix("c:")
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(200))
+        .breaker(3, Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn truth(key: u64) -> Result<String, std::io::Error> {
+    Ok(format!("v{key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_over_every_master_and_tiers_stay_coherent() {
+    let cluster = Cluster::start(3, 1);
+    let (a, b) = (tier(&cluster).await, tier(&cluster).await);
+    assert!(a.is_tracked() && b.is_tracked());
+    for key in 0..300u64 {
+        assert_eq!(
+            a.get_or_load(key, truth(key)).await.unwrap(),
+            format!("v{key}")
+        );
+    }
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    for &m in &masters {
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query(&mut cluster.nodes[m].client())
+            .unwrap();
+        assert!(keys > 50, "master {m} holds {keys} of 300 keys");
+    }
+    // B finds every key in Redis (the cluster client routes each to its slot).
+    for key in 0..300u64 {
+        assert_eq!(b.get(&key).await, Some(format!("v{key}")));
+    }
+    assert_eq!((b.stats().l2_hits, b.stats().loads), (300, 0));
+
+    // A write through A drops B's L1 copy, whichever master holds the key.
+    for key in 0..30u64 {
+        assert!(b.l1().contains_key(&key));
+        a.insert(key, format!("new{key}")).await.unwrap();
+        let start = Instant::now();
+        while b.l1().contains_key(&key) {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "key {key} not dropped"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        assert_eq!(b.get(&key).await, Some(format!("new{key}")));
+    }
+}
+
+/// Kills a master during a read loop: every answer stays right, no call blocks past the
+/// timeouts, and with replicas the tier uses Redis again once a replica takes over.
+async fn lose_a_master(replicas: usize, check_invalidations: bool) {
+    let mut cluster = Cluster::start(3, replicas);
+    let reader = tier(&cluster).await;
+    for key in 0..100u64 {
+        reader.get_or_load(key, truth(key)).await.unwrap();
+    }
+    let victim = cluster.masters()[0];
+    cluster.nodes[victim].kill();
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(4) {
+        for key in 0..100u64 {
+            let call = Instant::now();
+            assert_eq!(
+                reader.get_or_load(key, truth(key)).await.unwrap(),
+                format!("v{key}")
+            );
+            slowest = slowest.max(call.elapsed());
+        }
+    }
+    println!(
+        "replicas {replicas}: slowest call {slowest:?}, {:?}",
+        reader.stats()
+    );
+    // Two Redis calls per miss, each cut at connect + response (400 ms), plus slack.
+    assert!(slowest < Duration::from_millis(1200), "{slowest:?}");
+    if replicas > 0 {
+        cluster.wait_healthy();
+        // Redis answers for every slot again: a fresh key of each slot range is stored.
+        let hits_before = reader.stats().l2_hits;
+        let other = tier(&cluster).await;
+        for key in 1000..1100u64 {
+            other.get_or_load(key, truth(key)).await.unwrap();
+        }
+        for key in 1000..1100u64 {
+            assert_eq!(reader.get(&key).await, Some(format!("v{key}")));
+        }
+        assert!(
+            reader.stats().l2_hits >= hits_before + 100,
+            "{:?}",
+            reader.stats()
+        );
+        // Invalidations flow from every primary, the promoted replica included.
+        for key in (1000..1030u64).filter(|_| check_invalidations) {
+            assert!(reader.l1().contains_key(&key));
+            other.insert(key, format!("new{key}")).await.unwrap();
+            let start = Instant::now();
+            while reader.l1().contains_key(&key) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(1),
+                    "key {key} not dropped"
+                );
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_master_with_replicas_fails_over() {
+    lose_a_master(1, false).await;
+}
+
+/// Known gap, kept as a failing check: after a failover, some keys' changes (those on the
+/// promoted replica, it seems) no longer reach the other tier's L1 (their L1 copies then live
+/// until their TTL). Tracking is turned on at every node the cluster client knows at build
+/// and after each disconnection; which connection misses it is not yet found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: invalidations after a cluster failover (see the README)"]
+async fn invalidations_flow_after_a_failover() {
+    lose_a_master(1, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_master_without_replicas_degrades_to_the_loader() {
+    lose_a_master(0, false).await;
+}
