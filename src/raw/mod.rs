@@ -415,9 +415,10 @@ where
 }
 
 /// Metadata bytes per entry outside the entry node, charged in `max_bytes` mode. Measured
-/// (`benches/memory.rs`, 342k entries): ~78 B. Table slots at about half load 16, slab
-/// record 16, ring link and region 9, wheel node 16, sketch counters and doorkeeper 10,
-/// plus the slack of vectors that grow by doubling.
+/// (`benches/memory.rs`, session 3): 86.7 B per held entry in byte mode with 100-byte values
+/// (heap 0.995 × the budget): table slots, the slab's slot index and weight, ring links and
+/// region, wheel links and the sketch, each sized for the entries the budget allows, plus
+/// the slack of vectors that grow by doubling. Count mode needs no estimate.
 const METADATA_PER_ENTRY: usize = 80;
 
 /// What the allocator adds to each entry node (header and rounding).

@@ -151,7 +151,9 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// the lock that keeps it current).
     pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
         let entry = self.slots(guard).slots[index].load(Ordering::Relaxed, guard);
-        debug_assert!(!entry.is_null(), "slot {index} is empty");
+        // A real check: callers dereference the result, and a stale slot index must fail
+        // loudly rather than dereference null.
+        assert!(!entry.is_null(), "slot {index} is empty");
         entry.with_tag(0)
     }
 
