@@ -125,16 +125,7 @@ impl L2 {
 
     /// Stores `key` → `bytes` for `ttl` (at least 1 ms).
     pub(crate) async fn set(&self, key: &[u8], bytes: &[u8], ttl: Duration) -> Result<(), L2Error> {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(key)
-            .arg(bytes)
-            .arg("PX")
-            .arg(millis)
-            .ignore();
-        self.call(|c| async move { query::<()>(c, &pipe).await })
-            .await
+        self.store(key, bytes, ttl, false).await
     }
 
     /// Stores `key` → `bytes` for `ttl` unless `key` already exists (a loader's fill must
@@ -145,15 +136,24 @@ impl L2 {
         bytes: &[u8],
         ttl: Duration,
     ) -> Result<(), L2Error> {
+        self.store(key, bytes, ttl, true).await
+    }
+
+    async fn store(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        ttl: Duration,
+        only_if_absent: bool,
+    ) -> Result<(), L2Error> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(bytes).arg("PX").arg(millis);
+        if only_if_absent {
+            set.arg("NX");
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(key)
-            .arg(bytes)
-            .arg("PX")
-            .arg(millis)
-            .arg("NX")
-            .ignore();
+        pipe.add_command(set).ignore();
         self.call(|c| async move { query::<()>(c, &pipe).await })
             .await
     }
