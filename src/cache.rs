@@ -384,12 +384,11 @@ where
         V: Clone,
     {
         let load = async { load.await.map(|value| (value, None)) };
-        crate::load::get_or_load_async(self, &self.loads, key, true, load).await
+        self.try_get_or_insert_async_with_ttl(key, load).await
     }
 
     /// [`try_get_or_insert_async_after_miss`](Self::try_get_or_insert_async_after_miss)
     /// whose load also chooses the entry's TTL (`None`: the default TTL).
-    #[cfg(feature = "redis")]
     pub(crate) async fn try_get_or_insert_async_with_ttl<E>(
         &self,
         key: K,
