@@ -288,12 +288,10 @@ async fn losing_a_master_with_replicas_fails_over() {
     lose_a_master(1, false).await;
 }
 
-/// Known gap, kept as a failing check: after a failover, some keys' changes (those on the
-/// promoted replica, it seems) no longer reach the other tier's L1 (their L1 copies then live
-/// until their TTL). Tracking is turned on at every node the cluster client knows at build
-/// and after each disconnection; which connection misses it is not yet found.
+/// After a failover the cluster client has replaced connections (to every node when it falls
+/// back to its seed nodes, and to the replicas when a later slot refresh brings them back);
+/// the new ones must track too, or changes on those nodes never reach the reader's L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: invalidations after a cluster failover (see the README)"]
 async fn invalidations_flow_after_a_failover() {
     lose_a_master(1, true).await;
 }

@@ -63,6 +63,20 @@ async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisRes
     connection.route_command(cmd, everywhere).await.map(drop)
 }
 
+/// Whether a `CLIENT INFO` reply describes a connection in broadcast tracking: its flags
+/// hold `t` (tracking) and `B` (broadcast).
+fn tracks(reply: &Value) -> bool {
+    let text = match reply {
+        Value::VerbatimString { text, .. } => text.as_bytes(),
+        Value::BulkString(bytes) => bytes.as_slice(),
+        Value::SimpleString(text) => text.as_bytes(),
+        _ => return false,
+    };
+    text.split(|&b| b == b' ' || b == b'\n')
+        .find_map(|field| field.strip_prefix(b"flags="))
+        .is_some_and(|flags| flags.contains(&b't') && flags.contains(&b'B'))
+}
+
 /// Redis behind a breaker and a timeout.
 pub(crate) struct L2 {
     connection: Connection,
@@ -97,14 +111,23 @@ impl L2 {
         if !self.breaker.allow(Instant::now()) {
             return Err(L2Error::Skipped);
         }
-        let outcome =
-            match tokio::time::timeout(self.call_timeout, run(self.connection.clone())).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) => Err(L2Error::Failed(e)),
-                Err(_) => Err(L2Error::TimedOut),
-            };
+        let outcome = self.timed(run).await;
         let _: Transition = self.breaker.record(outcome.is_ok(), Instant::now());
         outcome
+    }
+
+    /// Runs one call under the timeout only: for the periodic tracking check, which no
+    /// caller waits on, and whose success (every node answered a `CLIENT INFO`) says
+    /// nothing about the node a caller's key lives on, so it must not close the breaker.
+    async fn timed<T, F>(&self, run: impl FnOnce(Connection) -> F) -> Result<T, L2Error>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.call_timeout, run(self.connection.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(L2Error::Failed(e)),
+            Err(_) => Err(L2Error::TimedOut),
+        }
     }
 
     /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
@@ -197,7 +220,68 @@ impl L2 {
         .await
     }
 
+    /// The nodes (`host:port`) of a cluster client's connections if every one of them tracks
+    /// (broadcast mode), checked with `CLIENT INFO` on each; `None` if one does not. The
+    /// client opens connections by itself (see `watch.rs`), and none tracks until told to.
+    /// A single node's `ConnectionManager` reports each new connection with a
+    /// `Disconnection` push, so there is nothing to check there (no nodes are named).
+    pub(crate) async fn tracked_nodes(&self) -> Result<Option<Vec<String>>, L2Error> {
+        let Connection::Cluster(_) = &self.connection else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut info = redis::cmd("CLIENT");
+        info.arg("INFO");
+        self.timed(|c| async move {
+            let Connection::Cluster(mut c) = c else {
+                unreachable!("checked above");
+            };
+            // No response policy: one reply per node, keyed by its address.
+            let each_node = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+            let Value::Map(replies) = c.route_command(info, each_node).await? else {
+                return Ok(None);
+            };
+            let mut nodes = Vec::with_capacity(replies.len());
+            for (node, reply) in &replies {
+                match node {
+                    Value::BulkString(node) if tracks(reply) => {
+                        nodes.push(String::from_utf8_lossy(node).into_owned());
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            Ok((!nodes.is_empty()).then_some(nodes))
+        })
+        .await
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
     pub(crate) fn breaker_is_open(&self) -> bool {
         self.breaker.is_open(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracking_is_read_from_client_info_flags() {
+        let line = |flags: &str| {
+            format!("id=12 addr=127.0.0.1:48098 fd=9 name= age=5 flags={flags} db=0 resp=3\n")
+        };
+        assert!(tracks(&Value::BulkString(line("tB").into_bytes())));
+        assert!(tracks(&Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: line("tB"),
+        }));
+        assert!(!tracks(&Value::BulkString(line("N").into_bytes())), "new");
+        assert!(
+            !tracks(&Value::BulkString(line("t").into_bytes())),
+            "not bcast"
+        );
+        assert!(!tracks(&Value::Nil));
     }
 }

@@ -46,6 +46,7 @@ mod coherence;
 mod key;
 mod l2;
 mod stats;
+mod watch;
 
 use std::fmt;
 use std::future::Future;
@@ -68,6 +69,7 @@ use breaker::Breaker;
 use coherence::Coherence;
 use l2::{Connection, L2Error, L2};
 use stats::Counters;
+use watch::{OpeningWatch, Openings};
 
 /// Why building a tier or writing through it failed.
 #[derive(Debug)]
@@ -123,6 +125,7 @@ pub struct TierBuilder<K, V, C = MessagePack, S = RandomState> {
     retries: usize,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    tracking_check: Duration,
     codec: C,
 }
 
@@ -180,6 +183,16 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
         self
     }
 
+    /// On a cluster, how often the tier checks that every connection the cluster client
+    /// holds still tracks (default 100 ms). The client opens connections by itself; the
+    /// tier notices each as it opens, and this check catches one that is put in use later
+    /// than expected. Until it does, invalidations from that node can be missed: this bounds
+    /// how long. Unused for a single node.
+    pub fn tracking_check(mut self, interval: Duration) -> Self {
+        self.tracking_check = interval;
+        self
+    }
+
     /// Encodes values with `codec` instead of MessagePack.
     pub fn codec<C2>(self, codec: C2) -> TierBuilder<K, V, C2, S> {
         TierBuilder {
@@ -194,6 +207,7 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
             retries: self.retries,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
+            tracking_check: self.tracking_check,
             codec,
         }
     }
@@ -220,6 +234,7 @@ where
             ("untracked_l1_ttl", self.untracked_l1_ttl),
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
+            ("tracking_check", self.tracking_check),
         ] {
             if value.is_zero() {
                 return Err(TierError::Config(format!("{name} must be above zero")));
@@ -228,17 +243,21 @@ where
         let coherence = Arc::new(Coherence::new());
         let counters = Arc::new(Counters::default());
         let wake_tracker = Arc::new(Notify::new());
+        let openings = Arc::new(Openings::new());
         let prefix = self.prefix.into_bytes();
-        let on_push = PushHandler {
+        let handler = Arc::new(PushHandler {
             l1: self.l1.clone(),
             coherence: coherence.clone(),
             counters: counters.clone(),
             wake_tracker: wake_tracker.clone(),
             prefix: prefix.clone(),
-        };
-        let on_push = move |push: PushInfo| {
-            on_push.handle(push);
-            Ok::<(), redis::aio::SendError>(())
+        });
+        let on_push = {
+            let handler = handler.clone();
+            move |push: PushInfo| {
+                handler.handle(push);
+                Ok::<(), redis::aio::SendError>(())
+            }
         };
         let call_timeout = self.connect_timeout + self.response_timeout;
         let connection = match &self.target {
@@ -272,6 +291,14 @@ where
                     .response_timeout(self.response_timeout)
                     .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
                     .push_sender(on_push)
+                    .async_dns_resolver(OpeningWatch::new(openings.clone(), move |replaces| {
+                        if replaces {
+                            handler.lose_tracking();
+                        } else {
+                            // Check the new connection once it is in place.
+                            handler.wake_tracker.notify_one();
+                        }
+                    }))
                     .build()
                     .map_err(|e| TierError::Config(format!("cluster nodes {nodes:?}: {e}")))?;
                 // The cluster client connects eagerly: it must learn the slot map first.
@@ -294,6 +321,9 @@ where
             coherence,
             counters,
             wake_tracker,
+            openings,
+            call_timeout,
+            tracking_check: self.tracking_check,
         });
         // First attempt inline, so a tier built against a live Redis starts tracked.
         shared.try_enable_tracking().await;
@@ -347,6 +377,7 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
             retries: 1,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
+            tracking_check: Duration::from_millis(100),
             codec: MessagePack,
         }
     }
@@ -381,6 +412,12 @@ struct Shared<K, V, C, S> {
     counters: Arc<Counters>,
     /// Wakes the task that re-enables tracking (after a disconnection, or to let it exit).
     wake_tracker: Arc<Notify>,
+    /// Connections the cluster client began opening (see `watch.rs`).
+    openings: Arc<Openings>,
+    /// The most one Redis call takes: also how long after it began a new connection may be
+    /// put in use (its connect, then a `PING`).
+    call_timeout: Duration,
+    tracking_check: Duration,
 }
 
 impl<K, V, C, S> Drop for Shared<K, V, C, S> {
@@ -608,16 +645,38 @@ where
         }
     }
 
+    /// Turns tracking on on every connection, and checks that it took on all of them and
+    /// that no connection began replacing a tracked one meanwhile (it could be put in use
+    /// untracked).
     async fn try_enable_tracking(&self) -> bool {
-        match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
-            Ok(()) => {
+        let openings = self.openings.replacing();
+        let enabled = match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
+            Ok(()) => self.l2_call(self.l2.tracked_nodes()).await,
+            Err(e) => Err(e),
+        };
+        match enabled {
+            Ok(Some(nodes)) if self.openings.replacing() == openings => {
+                self.openings.set_tracked(nodes);
                 // Whatever L1 filled while untracked may have missed invalidations.
                 self.l1.clear();
                 self.coherence.regain_tracking();
                 Counters::bump(&self.counters.tracking_enabled);
                 true
             }
-            Err(_) => false,
+            _ => false,
+        }
+    }
+
+    /// Whether tracking still holds on every connection; if not, drops it as a
+    /// disconnection would (L1 emptied) so that the tracking task turns it on again.
+    async fn check_tracking(&self) {
+        if let Ok(Some(nodes)) = self.l2_call(self.l2.tracked_nodes()).await {
+            // Nodes that left the client's topology drop out: reaching them again is a new
+            // node, not a replacement.
+            self.openings.set_tracked(nodes);
+        } else if self.coherence.lose_tracking() {
+            self.l1.clear();
+            Counters::bump(&self.counters.l1_resets);
         }
     }
 }
@@ -632,7 +691,8 @@ enum L2Read<V> {
     Undecodable,
 }
 
-/// Re-enables tracking whenever it is lost, for as long as the tier exists.
+/// Re-enables tracking whenever it is lost, and on a cluster checks it every
+/// `tracking_check`, for as long as the tier exists.
 async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>)
 where
     K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
@@ -646,9 +706,38 @@ where
             return;
         };
         if shared.coherence.is_tracked() {
-            let wake = shared.wake_tracker.clone();
+            let (wake, check) = (shared.wake_tracker.clone(), shared.tracking_check);
+            let periodic = shared.l2.is_cluster();
             drop(shared);
-            wake.notified().await;
+            if !periodic {
+                wake.notified().await;
+                continue;
+            }
+            // Woken: tracking was lost (the top of the loop sees it), a connection began
+            // opening, or the tier is gone.
+            let _woken = tokio::time::timeout(check, wake.notified()).await;
+            let Some(mut shared) = tier.upgrade() else {
+                return;
+            };
+            // A new connection is checked once it can be in place.
+            if let Some(left) = shared.openings.settle_left(shared.call_timeout) {
+                drop(shared);
+                tokio::time::sleep(left).await;
+                let Some(again) = tier.upgrade() else {
+                    return;
+                };
+                shared = again;
+            }
+            if shared.coherence.is_tracked() {
+                shared.check_tracking().await;
+            }
+            continue;
+        }
+        // A connection replacing a tracked one may be put in use up to a call timeout after it
+        // began: turning tracking on before would leave it out.
+        if let Some(left) = shared.openings.replacing_settle_left(shared.call_timeout) {
+            drop(shared);
+            tokio::time::sleep(left).await;
             continue;
         }
         if shared.try_enable_tracking().await {
@@ -693,14 +782,21 @@ where
                     Counters::bump(&self.counters.l1_resets);
                 }
             },
-            PushKind::Disconnection => {
-                self.coherence.lose_tracking();
-                self.l1.clear();
-                Counters::bump(&self.counters.l1_resets);
-                self.wake_tracker.notify_one();
-            }
+            PushKind::Disconnection => self.lose_tracking(),
             _ => {}
         }
+    }
+
+    /// Invalidations may no longer arrive (the connection dropped, or the cluster client is
+    /// opening a new one): empty L1 and have tracking turned on again. Already untracked,
+    /// L1 holds only fills with the untracked TTL, which bounds their staleness by design:
+    /// emptying it again (at each attempt to reach a dead node) would only cost loads.
+    fn lose_tracking(&self) {
+        if self.coherence.lose_tracking() {
+            self.l1.clear();
+            Counters::bump(&self.counters.l1_resets);
+        }
+        self.wake_tracker.notify_one();
     }
 
     fn invalidate(&self, name: &[u8]) {
