@@ -406,3 +406,105 @@ async fn bad_tier_settings_are_refused_with_the_setting_named() {
         .unwrap_err();
     assert!(error.to_string().contains("not a url"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_reads_l1_then_redis_for_the_rest() {
+    let server = Server::start();
+    let (a, b) = (tier(&server.url()).await, tier(&server.url()).await);
+    for key in 0..50u64 {
+        a.insert(key, format!("v{key}")).await.unwrap();
+    }
+    // A value B cannot decode is a miss, like for `get`.
+    let _: () = redis::cmd("SET")
+        .arg("t:49")
+        .arg(&[0xc1u8][..])
+        .query(&mut server.client())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || b.stats().invalidations >= 50).await;
+    assert_eq!(b.get(&1).await.as_deref(), Some("v1"));
+    assert_eq!(b.get(&2).await.as_deref(), Some("v2"));
+    let before = b.stats();
+
+    // 0..49 in Redis (1 and 2 also in B's L1), 49 undecodable, 50..60 nowhere; a repeat.
+    let keys: Vec<u64> = (0..60).chain([7]).collect();
+    let values = b.get_many(&keys).await;
+    assert_eq!(values.len(), keys.len());
+    for (key, value) in keys.iter().zip(&values) {
+        let expected = (*key < 49).then(|| format!("v{key}"));
+        assert_eq!(value, &expected, "key {key}");
+    }
+    let after = b.stats();
+    assert_eq!(after.l1_hits - before.l1_hits, 2);
+    assert_eq!(after.l2_hits - before.l2_hits, 48, "{after:?}");
+    assert_eq!(after.misses - before.misses, 11, "{after:?}");
+    assert_eq!(after.decode_errors - before.decode_errors, 1);
+    assert_eq!(after.loads, before.loads, "no loader");
+    for key in 0..49u64 {
+        assert!(b.l1().contains_key(&key), "key {key} not filled");
+    }
+    assert!(b.get_many(&[]).await.is_empty());
+
+    // Entries it filled are tracked like any other.
+    a.insert(3, "new".to_string()).await.unwrap();
+    wait_until(Duration::from_secs(1), || !b.l1().contains_key(&3)).await;
+    assert_eq!(b.get_many(&[3]).await, vec![Some("new".to_string())]);
+}
+
+/// Another client rewrites keys while a tier reads them with `get_many`, round after round:
+/// once a round's invalidations are in, no L1 entry may hold an old version (a fill that
+/// raced an invalidation must have been undone).
+async fn get_many_under_writes(
+    reader: TieredCache<u64, String>,
+    mut writer: impl FnMut(u64, &[u8]),
+) {
+    const KEYS: u64 = 40;
+    const ROUNDS: u64 = 150;
+    let keys: Vec<u64> = (0..KEYS).collect();
+    let mut stale = 0;
+    for version in 1..=ROUNDS {
+        let seen = reader.stats().invalidations;
+        let reading = {
+            let (reader, keys) = (reader.clone(), keys.clone());
+            tokio::spawn(async move { reader.get_many(&keys).await })
+        };
+        for key in 0..KEYS {
+            writer(
+                key,
+                &rmp_serde::to_vec_named(&format!("{key}.{version}")).unwrap(),
+            );
+        }
+        reading.await.unwrap();
+        wait_until(Duration::from_secs(1), || {
+            reader.stats().invalidations >= seen + KEYS
+        })
+        .await;
+        for key in 0..KEYS {
+            if let Some(value) = reader.l1().get(&key) {
+                if value != format!("{key}.{version}") {
+                    stale += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "{ROUNDS} rounds, {stale} stale L1 entries, {:?}",
+        reader.stats()
+    );
+    assert_eq!(stale, 0, "L1 kept values older than the last write");
+    assert!(reader.stats().l2_hits > 0, "get_many never read Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_leaves_no_stale_entry_when_writes_race_it() {
+    let server = Server::start();
+    let reader = tier(&server.url()).await;
+    let mut plain = server.client();
+    get_many_under_writes(reader, |key, bytes| {
+        let _: () = redis::cmd("SET")
+            .arg(format!("t:{key}"))
+            .arg(bytes)
+            .query(&mut plain)
+            .unwrap();
+    })
+    .await;
+}

@@ -2,12 +2,13 @@
 //! cluster (whose client routes each key to its slot's master), every call bounded by a
 //! timeout and gated by the circuit breaker.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, Slot};
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::breaker::{Breaker, Transition};
@@ -51,6 +52,26 @@ async fn query<T: redis::FromRedisValue>(
         Connection::Node(mut c) => pipe.query_async(&mut c).await,
         Connection::Cluster(mut c) => pipe.query_async(&mut c).await,
     }
+}
+
+/// What a read found: the value and how long it has left (`None`: no expiry).
+pub(crate) type Found = Option<(Vec<u8>, Option<Duration>)>;
+
+/// `GET` and `PTTL` for each key, in one pipeline.
+fn reads<'k>(keys: impl Iterator<Item = &'k [u8]>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.get(key).cmd("PTTL").arg(key);
+    }
+    pipe
+}
+
+fn found(value: Option<Vec<u8>>, pttl: i64) -> Found {
+    value.map(|bytes| {
+        // -1: no expiry; -2 (gone between the two commands) is covered by `value`.
+        let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+        (bytes, left)
+    })
 }
 
 /// Runs `cmd` on every node of a cluster, primaries and replicas: a replica promoted by a
@@ -131,19 +152,75 @@ impl L2 {
     }
 
     /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
-    pub(crate) async fn get(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.get(key).cmd("PTTL").arg(key);
+    pub(crate) async fn get(&self, key: &[u8]) -> Result<Found, L2Error> {
+        let pipe = reads(std::iter::once(key));
         let (value, pttl): (Option<Vec<u8>>, i64) =
             self.call(|c| async move { query(c, &pipe).await }).await?;
-        Ok(value.map(|bytes| {
-            // -1: no expiry; -2 (gone between the two commands) is covered by `value`.
-            let left = u64::try_from(pttl).ok().map(Duration::from_millis);
-            (bytes, left)
-        }))
+        Ok(found(value, pttl))
+    }
+
+    /// [`get`](Self::get) for each of `keys`, in one round of requests: one pipeline on a
+    /// single node; on a cluster one pipeline per hash slot (a pipeline, like `MGET`, must
+    /// stay within a slot), all sent at once, each routed to its slot's master. A key whose
+    /// slot's pipeline failed is `None`; the call fails only if every one did.
+    pub(crate) async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Found>>, L2Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Indices into `keys`, one group per pipeline.
+        let groups: Vec<Vec<usize>> = match self.connection {
+            Connection::Node(_) => vec![(0..keys.len()).collect()],
+            Connection::Cluster(_) => {
+                let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+                for (i, key) in keys.iter().enumerate() {
+                    by_slot.entry(Slot::for_key(key)).or_default().push(i);
+                }
+                by_slot.into_values().collect()
+            }
+        };
+        let pipes: Vec<Pipeline> = groups
+            .iter()
+            .map(|group| reads(group.iter().map(|&i| keys[i].as_slice())))
+            .collect();
+        let replies = self
+            .call(|c| async move {
+                let mut queries = tokio::task::JoinSet::new();
+                for (g, pipe) in pipes.into_iter().enumerate() {
+                    let c = c.clone();
+                    queries.spawn(async move { (g, query::<Vec<Value>>(c, &pipe).await) });
+                }
+                let mut replies = vec![None; queries.len()];
+                let mut last_error = None;
+                while let Some(done) = queries.join_next().await {
+                    let (g, reply) = done.map_err(|e| {
+                        RedisError::from(std::io::Error::other(format!("read task: {e}")))
+                    })?;
+                    match reply {
+                        Ok(values) => replies[g] = Some(values),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                match last_error {
+                    Some(e) if replies.iter().all(Option::is_none) => Err(e),
+                    _ => Ok(replies),
+                }
+            })
+            .await?;
+        let mut out = vec![None; keys.len()];
+        for (group, reply) in groups.iter().zip(replies) {
+            let Some(values) = reply else { continue };
+            for (&i, pair) in group.iter().zip(values.chunks(2)) {
+                out[i] = Some(match pair {
+                    [value, pttl] => {
+                        let value = redis::from_redis_value_ref(value).ok().flatten();
+                        let pttl = redis::from_redis_value_ref(pttl).unwrap_or(-2);
+                        found(value, pttl)
+                    }
+                    _ => None,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Stores `key` → `bytes` for `ttl` (at least 1 ms).

@@ -459,6 +459,56 @@ where
         loaded.ok()
     }
 
+    /// The values of `keys` (in the same order) from L1, else Redis, without loading: the
+    /// keys L1 does not hold are read from Redis in one round of requests (one pipeline on
+    /// a single node; on a cluster one per hash slot, sent together, so keys on different
+    /// slots and masters work). Values found fill L1 as [`get`](Self::get)'s do, under the
+    /// same guard against invalidations that race the read. A Redis failure is a miss for
+    /// the keys it concerns.
+    pub async fn get_many(&self, keys: &[K]) -> Vec<Option<V>> {
+        let shared = &self.shared;
+        let mut values: Vec<Option<V>> = keys.iter().map(|key| shared.l1.get(key)).collect();
+        let missed: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
+        Counters::add(&shared.counters.l1_hits, (keys.len() - missed.len()) as u64);
+        if missed.is_empty() {
+            return values;
+        }
+        // Tickets before the read: an invalidation after them voids the fill.
+        let tickets: Vec<_> = missed
+            .iter()
+            .map(|&i| shared.coherence.ticket(&keys[i]))
+            .collect();
+        let names: Vec<Vec<u8>> = missed.iter().map(|&i| shared.redis_key(&keys[i])).collect();
+        let found = match shared.l2_call(shared.l2.get_many(&names)).await {
+            Ok(found) => found,
+            Err(_) => vec![None; names.len()],
+        };
+        if found.iter().any(Option::is_none) && !found.iter().all(Option::is_none) {
+            // Some slots' reads failed while others answered (the call as a whole did not).
+            Counters::bump(&shared.counters.l2_errors);
+        }
+        for ((&i, ticket), found) in missed.iter().zip(tickets).zip(found) {
+            let key = &keys[i];
+            let read = match found {
+                Some(found) => shared.decode(found, ticket),
+                None => L2Read::Miss,
+            };
+            let L2Read::Hit(fill) = read else {
+                Counters::bump(&shared.counters.misses);
+                continue;
+            };
+            // Through the single-flight path, like `get`: a concurrent `insert` of this key
+            // in this process wins, and a value already in L1 is kept.
+            let filled: Result<V, ()> = shared
+                .l1
+                .try_get_or_insert_async_with_ttl(key.clone(), async { Ok(fill) })
+                .await;
+            shared.settle_fill(key, Some(&ticket), filled.is_ok());
+            values[i] = filled.ok();
+        }
+        values
+    }
+
     /// The value of `key` from L1, else Redis, else `load`, which runs once per key at a
     /// time in this process (other callers wait for it). A loaded value goes to Redis (with
     /// the L2 TTL) and to L1. A failing load caches nothing and its error is returned; a
@@ -527,6 +577,10 @@ where
                 shared.l2_call(set).await.map(|()| Some(value))
             })
             .await;
+        // Redis sends no invalidation for this connection's own writes (`NOLOOP`): void the
+        // fills that read the old value before it (a `get_many` reads outside the key's
+        // single flight).
+        shared.coherence.invalidate(&key);
         if let Err(e) = written {
             // The write may have reached Redis before the reply was lost: drop L1's copy.
             shared.l1.remove(&key);
@@ -552,6 +606,8 @@ where
                     .map(|()| None)
             })
             .await;
+        // As in `insert`: no invalidation comes back for our own delete.
+        shared.coherence.invalidate(key);
         shared.l1.remove(key);
         deleted.map_err(TierError::from)
     }
@@ -608,7 +664,15 @@ where
     /// Reads `key` from Redis for an L1 fill that began at `ticket`: the value and the L1
     /// TTL it may have.
     async fn fill_from_l2(&self, key: &K, ticket: coherence::Ticket) -> L2Read<V> {
-        let Ok(Some((bytes, left))) = self.l2_call(self.l2.get(&self.redis_key(key))).await else {
+        match self.l2_call(self.l2.get(&self.redis_key(key))).await {
+            Ok(found) => self.decode(found, ticket),
+            Err(_) => L2Read::Miss,
+        }
+    }
+
+    /// What a read that began at `ticket` found, decoded.
+    fn decode(&self, found: l2::Found, ticket: coherence::Ticket) -> L2Read<V> {
+        let Some((bytes, left)) = found else {
             return L2Read::Miss;
         };
         match self.codec.decode(&bytes) {
