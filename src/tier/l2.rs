@@ -74,6 +74,15 @@ fn found(value: Option<Vec<u8>>, pttl: i64) -> Found {
     })
 }
 
+/// A message for other tiers: the channel, and what to publish on it.
+pub(crate) type Notice = (Vec<u8>, Vec<u8>);
+
+fn announce(pipe: &mut Pipeline, notice: Option<&Notice>) {
+    if let Some((channel, message)) = notice {
+        pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+    }
+}
+
 /// Runs `cmd` on every node of a cluster, primaries and replicas: a replica promoted by a
 /// failover then already tracks (replicas report keys changed through replication too).
 async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisResult<()> {
@@ -223,9 +232,16 @@ impl L2 {
         Ok(out)
     }
 
-    /// Stores `key` → `bytes` for `ttl` (at least 1 ms).
-    pub(crate) async fn set(&self, key: &[u8], bytes: &[u8], ttl: Duration) -> Result<(), L2Error> {
-        self.store(key, bytes, ttl, false).await
+    /// Stores `key` → `bytes` for `ttl` (at least 1 ms), and publishes `notice` in the same
+    /// round trip if given.
+    pub(crate) async fn set(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        ttl: Duration,
+        notice: Option<&Notice>,
+    ) -> Result<(), L2Error> {
+        self.store(key, bytes, ttl, false, notice).await
     }
 
     /// Stores `key` → `bytes` for `ttl` unless `key` already exists (a loader's fill must
@@ -236,7 +252,7 @@ impl L2 {
         bytes: &[u8],
         ttl: Duration,
     ) -> Result<(), L2Error> {
-        self.store(key, bytes, ttl, true).await
+        self.store(key, bytes, ttl, true, None).await
     }
 
     async fn store(
@@ -245,6 +261,7 @@ impl L2 {
         bytes: &[u8],
         ttl: Duration,
         only_if_absent: bool,
+        notice: Option<&Notice>,
     ) -> Result<(), L2Error> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut set = redis::cmd("SET");
@@ -254,16 +271,31 @@ impl L2 {
         }
         let mut pipe = redis::pipe();
         pipe.add_command(set).ignore();
+        announce(&mut pipe, notice);
         self.call(|c| async move { query::<()>(c, &pipe).await })
             .await
     }
 
-    /// Deletes `key`.
-    pub(crate) async fn delete(&self, key: &[u8]) -> Result<(), L2Error> {
+    /// Deletes `key`, and publishes `notice` in the same round trip if given.
+    pub(crate) async fn delete(&self, key: &[u8], notice: Option<&Notice>) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(key).ignore();
+        announce(&mut pipe, notice);
         self.call(|c| async move { query::<()>(c, &pipe).await })
             .await
+    }
+
+    /// Subscribes the connection to `channel` (RESP3: messages arrive as pushes). The
+    /// connection subscribes again by itself after a reconnection.
+    pub(crate) async fn subscribe(&self, channel: &[u8]) -> Result<(), L2Error> {
+        let channel = channel.to_vec();
+        self.call(|c| async move {
+            match c {
+                Connection::Node(mut c) => c.subscribe(channel).await,
+                Connection::Cluster(mut c) => c.subscribe(channel).await,
+            }
+        })
+        .await
     }
 
     /// Turns on broadcast client tracking for keys under `prefix` on the current connection,

@@ -10,7 +10,9 @@
 //! a millisecond (see the README for measured figures). If the connection drops, L1 is
 //! emptied (invalidations sent meanwhile are lost) and tracking is turned on again once the
 //! connection is back; until then L1 keeps fills only for `untracked_l1_ttl`. See
-//! `coherence.rs` for the protocol.
+//! `coherence.rs` for the protocol. Where Redis refuses client tracking, tiers publish their
+//! own writes to each other instead ([`Invalidations::PubSub`], `pubsub.rs`), which covers
+//! only writes made through tiers.
 //!
 //! **Faults.** Every Redis call is bounded by `connect_timeout + response_timeout`, and a
 //! circuit breaker stops calling a Redis that keeps failing, then probes it back. A failed
@@ -45,6 +47,7 @@ mod codec;
 mod coherence;
 mod key;
 mod l2;
+mod pubsub;
 mod stats;
 mod watch;
 
@@ -60,14 +63,18 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
+use crate::sync::{AtomicBool, Ordering};
+
 pub use codec::{Codec, CodecError, MessagePack};
 pub use key::RedisKey;
+pub use pubsub::Invalidations;
 pub use stats::TierStats;
 
 use crate::Cache;
 use breaker::Breaker;
 use coherence::Coherence;
 use l2::{Connection, L2Error, L2};
+use pubsub::Channel;
 use stats::Counters;
 use watch::{OpeningWatch, Openings};
 
@@ -126,6 +133,7 @@ pub struct TierBuilder<K, V, C = MessagePack, S = RandomState> {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     tracking_check: Duration,
+    invalidations: Invalidations,
     codec: C,
 }
 
@@ -193,6 +201,13 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
         self
     }
 
+    /// How the tier learns of other processes' writes (default: client tracking, with
+    /// pub/sub as the fallback if Redis refuses it). See [`Invalidations`].
+    pub fn invalidations(mut self, how: Invalidations) -> Self {
+        self.invalidations = how;
+        self
+    }
+
     /// Encodes values with `codec` instead of MessagePack.
     pub fn codec<C2>(self, codec: C2) -> TierBuilder<K, V, C2, S> {
         TierBuilder {
@@ -208,6 +223,7 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
             tracking_check: self.tracking_check,
+            invalidations: self.invalidations,
             codec,
         }
     }
@@ -245,7 +261,9 @@ where
         let wake_tracker = Arc::new(Notify::new());
         let openings = Arc::new(Openings::new());
         let prefix = self.prefix.into_bytes();
+        let channel = Arc::new(Channel::new(&prefix));
         let handler = Arc::new(PushHandler {
+            channel: channel.clone(),
             l1: self.l1.clone(),
             coherence: coherence.clone(),
             counters: counters.clone(),
@@ -324,6 +342,8 @@ where
             openings,
             call_timeout,
             tracking_check: self.tracking_check,
+            channel,
+            pubsub: AtomicBool::new(self.invalidations == Invalidations::PubSub),
         });
         // First attempt inline, so a tier built against a live Redis starts tracked.
         shared.try_enable_tracking().await;
@@ -378,6 +398,7 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             tracking_check: Duration::from_millis(100),
+            invalidations: Invalidations::Tracking,
             codec: MessagePack,
         }
     }
@@ -418,6 +439,10 @@ struct Shared<K, V, C, S> {
     /// put in use (its connect, then a `PING`).
     call_timeout: Duration,
     tracking_check: Duration,
+    /// The pub/sub fallback's channel (see `pubsub.rs`).
+    channel: Arc<Channel>,
+    /// Whether coherence runs on pub/sub instead of client tracking.
+    pubsub: AtomicBool,
 }
 
 impl<K, V, C, S> Drop for Shared<K, V, C, S> {
@@ -545,7 +570,7 @@ where
                     let name = shared.redis_key(&key);
                     let _ = if matches!(read, L2Read::Undecodable) {
                         shared
-                            .l2_call(shared.l2.set(&name, &bytes, shared.l2_ttl))
+                            .l2_call(shared.l2.set(&name, &bytes, shared.l2_ttl, None))
                             .await
                     } else {
                         let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
@@ -573,7 +598,10 @@ where
         let written = shared
             .l1
             .write_with_async(key.clone(), |_| async {
-                let set = shared.l2.set(&redis_key, &bytes, shared.l2_ttl);
+                let notice = shared.notice(&redis_key);
+                let set = shared
+                    .l2
+                    .set(&redis_key, &bytes, shared.l2_ttl, notice.as_ref());
                 shared.l2_call(set).await.map(|()| Some(value))
             })
             .await;
@@ -601,7 +629,11 @@ where
             .l1
             .write_with_async(key.clone(), |_| async {
                 shared
-                    .l2_call(shared.l2.delete(&redis_key))
+                    .l2_call(
+                        shared
+                            .l2
+                            .delete(&redis_key, shared.notice(&redis_key).as_ref()),
+                    )
                     .await
                     .map(|()| None)
             })
@@ -622,9 +654,20 @@ where
         &self.shared.l1
     }
 
-    /// Whether Redis is tracking this tier's keys for it now (false while reconnecting).
+    /// Whether invalidations can reach this tier now: Redis tracks its keys for it (or,
+    /// with [`Invalidations::PubSub`], it is subscribed); false while reconnecting.
     pub fn is_tracked(&self) -> bool {
         self.shared.coherence.is_tracked()
+    }
+
+    /// How the tier learns of other processes' writes now: [`Invalidations::PubSub`] if it
+    /// was built so, or fell back to it because Redis refused client tracking.
+    pub fn invalidations(&self) -> Invalidations {
+        if self.shared.pubsub.load(Ordering::SeqCst) {
+            Invalidations::PubSub
+        } else {
+            Invalidations::Tracking
+        }
     }
 
     /// Whether the circuit breaker would hold a call to Redis back now (it is open and its
@@ -641,6 +684,13 @@ where
     C: Codec<V>,
     S: BuildHasher + Send + Sync + 'static,
 {
+    /// What to publish with a write of `redis_key`, in pub/sub mode.
+    fn notice(&self, redis_key: &[u8]) -> Option<l2::Notice> {
+        self.pubsub
+            .load(Ordering::SeqCst)
+            .then(|| self.channel.notice(redis_key))
+    }
+
     fn redis_key(&self, key: &K) -> Vec<u8> {
         let mut name = self.prefix.clone();
         name.extend_from_slice(&key.to_redis_key());
@@ -712,11 +762,22 @@ where
     /// Turns tracking on on every connection, and checks that it took on all of them and
     /// that no connection began replacing a tracked one meanwhile (it could be put in use
     /// untracked).
+    ///
+    /// In pub/sub mode, or once Redis refuses tracking, subscribes to the tiers' channel.
     async fn try_enable_tracking(&self) -> bool {
         let openings = self.openings.replacing();
-        let enabled = match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
-            Ok(()) => self.l2_call(self.l2.tracked_nodes()).await,
-            Err(e) => Err(e),
+        let enabled = if self.pubsub.load(Ordering::SeqCst) {
+            self.subscribe().await
+        } else {
+            match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
+                Ok(()) => self.l2_call(self.l2.tracked_nodes()).await,
+                // Redis answered, with a refusal: it will not track for us.
+                Err(L2Error::Failed(e)) if matches!(e.code(), Some("ERR" | "NOPERM")) => {
+                    self.pubsub.store(true, Ordering::SeqCst);
+                    self.subscribe().await
+                }
+                Err(e) => Err(e),
+            }
         };
         match enabled {
             Ok(Some(nodes)) if self.openings.replacing() == openings => {
@@ -729,6 +790,12 @@ where
             }
             _ => false,
         }
+    }
+
+    async fn subscribe(&self) -> Result<Option<Vec<String>>, L2Error> {
+        let subscribe = self.l2.subscribe(self.channel.name());
+        // No node's connection tracks: an opening never replaces a tracked one.
+        self.l2_call(subscribe).await.map(|()| Some(Vec::new()))
     }
 
     /// Whether tracking still holds on every connection; if not, drops it as a
@@ -771,7 +838,8 @@ where
         };
         if shared.coherence.is_tracked() {
             let (wake, check) = (shared.wake_tracker.clone(), shared.tracking_check);
-            let periodic = shared.l2.is_cluster();
+            // Pub/sub needs no check: the client subscribes every connection it opens.
+            let periodic = shared.l2.is_cluster() && !shared.pubsub.load(Ordering::SeqCst);
             drop(shared);
             if !periodic {
                 wake.notified().await;
@@ -816,6 +884,7 @@ where
 
 /// Handles what Redis pushes on the tier's connection.
 struct PushHandler<K, V, S> {
+    channel: Arc<Channel>,
     l1: Cache<K, V, S>,
     coherence: Arc<Coherence>,
     counters: Arc<Counters>,
@@ -846,6 +915,14 @@ where
                     Counters::bump(&self.counters.l1_resets);
                 }
             },
+            // The pub/sub fallback: another tier wrote this key.
+            PushKind::Message => {
+                if let [Value::BulkString(channel), Value::BulkString(message)] = &push.data[..] {
+                    if let Some(name) = self.channel.foreign_key(channel, message) {
+                        self.invalidate(name);
+                    }
+                }
+            }
             PushKind::Disconnection => self.lose_tracking(),
             _ => {}
         }
