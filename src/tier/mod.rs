@@ -374,8 +374,9 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
     /// `nodes` (URLs as for [`builder`](Self::builder)); the cluster client routes each key
     /// to its hash slot's primary and follows failovers. Unlike a single node, the cluster
     /// must answer at [`build`](TierBuilder::build), to hand out its slot map. Tracking is
-    /// turned on at every node, replicas included, so a promoted replica already reports
-    /// changes.
+    /// turned on at every node, replicas included, and on every connection the client opens
+    /// later (after a failover, say): see [`tracking_check`](TierBuilder::tracking_check).
+    /// Needs Redis 6.2 or later (`CLIENT INFO`).
     pub fn cluster_builder(
         l1: Cache<K, V, S>,
         nodes: &[&str],
