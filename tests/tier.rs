@@ -11,22 +11,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder::tier::TieredCache;
+use larder::tier::{Invalidations, TieredCache};
 use larder::Cache;
 
 /// A `redis-server` child process on its own port.
 struct Server {
     port: u16,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra command-line settings.
+    fn start_with(args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut server = Self { port, child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut server = Self {
+            port,
+            child: None,
+            args,
+        };
         server.restart();
         server
     }
@@ -40,6 +51,7 @@ impl Server {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on the PATH (apt-get install redis-server)");
@@ -405,4 +417,206 @@ async fn bad_tier_settings_are_refused_with_the_setting_named() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("not a url"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_reads_l1_then_redis_for_the_rest() {
+    let server = Server::start();
+    let (a, b) = (tier(&server.url()).await, tier(&server.url()).await);
+    for key in 0..50u64 {
+        a.insert(key, format!("v{key}")).await.unwrap();
+    }
+    // A value B cannot decode is a miss, like for `get`.
+    let _: () = redis::cmd("SET")
+        .arg("t:49")
+        .arg(&[0xc1u8][..])
+        .query(&mut server.client())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || b.stats().invalidations >= 50).await;
+    assert_eq!(b.get(&1).await.as_deref(), Some("v1"));
+    assert_eq!(b.get(&2).await.as_deref(), Some("v2"));
+    let before = b.stats();
+
+    // 0..49 in Redis (1 and 2 also in B's L1), 49 undecodable, 50..60 nowhere; a repeat.
+    let keys: Vec<u64> = (0..60).chain([7]).collect();
+    let values = b.get_many(&keys).await;
+    assert_eq!(values.len(), keys.len());
+    for (key, value) in keys.iter().zip(&values) {
+        let expected = (*key < 49).then(|| format!("v{key}"));
+        assert_eq!(value, &expected, "key {key}");
+    }
+    let after = b.stats();
+    assert_eq!(after.l1_hits - before.l1_hits, 2);
+    assert_eq!(after.l2_hits - before.l2_hits, 48, "{after:?}");
+    assert_eq!(after.misses - before.misses, 11, "{after:?}");
+    assert_eq!(after.decode_errors - before.decode_errors, 1);
+    assert_eq!(after.loads, before.loads, "no loader");
+    for key in 0..49u64 {
+        assert!(b.l1().contains_key(&key), "key {key} not filled");
+    }
+    assert!(b.get_many(&[]).await.is_empty());
+
+    // Entries it filled are tracked like any other.
+    a.insert(3, "new".to_string()).await.unwrap();
+    wait_until(Duration::from_secs(1), || !b.l1().contains_key(&3)).await;
+    assert_eq!(b.get_many(&[3]).await, vec![Some("new".to_string())]);
+}
+
+/// Another client rewrites keys while a tier reads them with `get_many`, round after round:
+/// once a round's invalidations are in, no L1 entry may hold an old version (a fill that
+/// raced an invalidation must have been undone).
+async fn get_many_under_writes(
+    reader: TieredCache<u64, String>,
+    mut writer: impl FnMut(u64, &[u8]),
+) {
+    const KEYS: u64 = 40;
+    const ROUNDS: u64 = 150;
+    let keys: Vec<u64> = (0..KEYS).collect();
+    let mut stale = 0;
+    for version in 1..=ROUNDS {
+        let seen = reader.stats().invalidations;
+        let reading = {
+            let (reader, keys) = (reader.clone(), keys.clone());
+            tokio::spawn(async move { reader.get_many(&keys).await })
+        };
+        for key in 0..KEYS {
+            writer(
+                key,
+                &rmp_serde::to_vec_named(&format!("{key}.{version}")).unwrap(),
+            );
+        }
+        reading.await.unwrap();
+        wait_until(Duration::from_secs(1), || {
+            reader.stats().invalidations >= seen + KEYS
+        })
+        .await;
+        for key in 0..KEYS {
+            if let Some(value) = reader.l1().get(&key) {
+                if value != format!("{key}.{version}") {
+                    stale += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "{ROUNDS} rounds, {stale} stale L1 entries, {:?}",
+        reader.stats()
+    );
+    assert_eq!(stale, 0, "L1 kept values older than the last write");
+    assert!(reader.stats().l2_hits > 0, "get_many never read Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_leaves_no_stale_entry_when_writes_race_it() {
+    let server = Server::start();
+    let reader = tier(&server.url()).await;
+    let mut plain = server.client();
+    get_many_under_writes(reader, |key, bytes| {
+        let _: () = redis::cmd("SET")
+            .arg(format!("t:{key}"))
+            .arg(bytes)
+            .query(&mut plain)
+            .unwrap();
+    })
+    .await;
+}
+
+async fn pubsub_tier(url: &str, how: Invalidations) -> TieredCache<u64, String> {
+    let l1 = Cache::builder().max_entries(10_000).build().unwrap();
+    TieredCache::builder(l1, url)
+        .prefix(PREFIX)
+        .connect_timeout(Duration::from_millis(100))
+        .response_timeout(Duration::from_millis(100))
+        .breaker(3, Duration::from_millis(200))
+        .invalidations(how)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Tiers' writes reach each other's L1 through pub/sub: `insert` and `invalidate` drop the
+/// other tier's copy, the writer keeps its own.
+async fn tiers_invalidate_each_other(a: &TieredCache<u64, String>, b: &TieredCache<u64, String>) {
+    for key in 1..=20u64 {
+        a.get_or_load(key, load("old")).await.unwrap();
+        assert_eq!(b.get(&key).await.as_deref(), Some("old"));
+        if key % 2 == 0 {
+            a.insert(key, "new".to_string()).await.unwrap();
+        } else {
+            a.invalidate(&key).await.unwrap();
+        }
+        wait_until(Duration::from_secs(1), || !b.l1().contains_key(&key)).await;
+        let expected = (key % 2 == 0).then(|| "new".to_string());
+        assert_eq!(b.get(&key).await, expected);
+    }
+    assert!(b.stats().invalidations >= 20, "{:?}", b.stats());
+    // A's own messages come back to it and are skipped: its write-through copy stays.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(a.l1().get(&20).as_deref(), Some("new"));
+    assert_eq!(a.stats().invalidations, 0, "{:?}", a.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_coherence_covers_writes_through_tiers() {
+    let mut server = Server::start();
+    let a = pubsub_tier(&server.url(), Invalidations::PubSub).await;
+    let b = pubsub_tier(&server.url(), Invalidations::PubSub).await;
+    assert_eq!(b.invalidations(), Invalidations::PubSub);
+    assert!(a.is_tracked() && b.is_tracked());
+    // Nothing tracks; both tiers listen on the channel.
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.client())
+        .unwrap();
+    let flags = |line: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix("flags="))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        clients.lines().all(|line| !flags(line).contains('t')),
+        "{clients}"
+    );
+    assert_eq!(clients.matches(" sub=1 ").count(), 2, "{clients}");
+
+    tiers_invalidate_each_other(&a, &b).await;
+
+    // The documented limit: a plain SET tells no one.
+    b.get_or_load(100, load("old")).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("t:100")
+        .arg(rmp_serde::to_vec_named("plain").unwrap())
+        .query(&mut server.client())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.l1().get(&100).as_deref(), Some("old"));
+
+    // After a restart both subscribe again, and messages flow again.
+    server.kill();
+    wait_until(Duration::from_secs(1), || {
+        !a.is_tracked() && !b.is_tracked()
+    })
+    .await;
+    server.restart();
+    wait_until(Duration::from_secs(10), || a.is_tracked() && b.is_tracked()).await;
+    wait_until(Duration::from_secs(5), || {
+        !a.l2_is_shut_off() && !b.l2_is_shut_off()
+    })
+    .await;
+    b.get_or_load(7, load("old")).await.unwrap();
+    a.insert(7, "after restart".to_string()).await.unwrap();
+    wait_until(Duration::from_secs(1), || !b.l1().contains_key(&7)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_tracking_gets_the_pubsub_fallback() {
+    // `CLIENT` renamed away: `CLIENT TRACKING` is an unknown command.
+    let server = Server::start_with(&["--rename-command", "CLIENT", ""]);
+    let a = pubsub_tier(&server.url(), Invalidations::Tracking).await;
+    let b = pubsub_tier(&server.url(), Invalidations::Tracking).await;
+    assert_eq!(a.invalidations(), Invalidations::PubSub);
+    assert_eq!(b.invalidations(), Invalidations::PubSub);
+    assert!(a.is_tracked() && b.is_tracked());
+    tiers_invalidate_each_other(&a, &b).await;
 }

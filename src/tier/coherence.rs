@@ -97,10 +97,12 @@ impl Coherence {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The connection dropped: its invalidations can no longer arrive.
-    pub(crate) fn lose_tracking(&self) {
-        self.tracked.store(false, Ordering::SeqCst);
+    /// The connection dropped: its invalidations can no longer arrive. Returns whether
+    /// tracking was on until now (if not, L1 already holds only untracked fills).
+    pub(crate) fn lose_tracking(&self) -> bool {
+        let was = self.tracked.swap(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
+        was
     }
 
     /// Tracking is on again, on a new connection.
@@ -127,8 +129,11 @@ mod tests {
         coherence.invalidate(&"a");
         assert!(!coherence.unchanged_since(ticket), "invalidated key");
         let ticket = coherence.ticket(&"a");
-        coherence.lose_tracking();
+        assert!(coherence.lose_tracking());
         assert!(!coherence.unchanged_since(ticket), "lost tracking");
+        let ticket = coherence.ticket(&"a");
+        assert!(!coherence.lose_tracking(), "already lost");
+        assert!(!coherence.unchanged_since(ticket), "lost again");
         let ticket = coherence.ticket(&"a");
         assert!(!ticket.tracked());
         coherence.regain_tracking();

@@ -2,12 +2,13 @@
 //! cluster (whose client routes each key to its slot's master), every call bounded by a
 //! timeout and gated by the circuit breaker.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, Slot};
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::breaker::{Breaker, Transition};
@@ -53,6 +54,35 @@ async fn query<T: redis::FromRedisValue>(
     }
 }
 
+/// What a read found: the value and how long it has left (`None`: no expiry).
+pub(crate) type Found = Option<(Vec<u8>, Option<Duration>)>;
+
+/// `GET` and `PTTL` for each key, in one pipeline.
+fn reads<'k>(keys: impl Iterator<Item = &'k [u8]>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.get(key).cmd("PTTL").arg(key);
+    }
+    pipe
+}
+
+fn found(value: Option<Vec<u8>>, pttl: i64) -> Found {
+    value.map(|bytes| {
+        // -1: no expiry; -2 (gone between the two commands) is covered by `value`.
+        let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+        (bytes, left)
+    })
+}
+
+/// A message for other tiers: the channel, and what to publish on it.
+pub(crate) type Notice = (Vec<u8>, Vec<u8>);
+
+fn announce(pipe: &mut Pipeline, notice: Option<&Notice>) {
+    if let Some((channel, message)) = notice {
+        pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+    }
+}
+
 /// Runs `cmd` on every node of a cluster, primaries and replicas: a replica promoted by a
 /// failover then already tracks (replicas report keys changed through replication too).
 async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisResult<()> {
@@ -61,6 +91,20 @@ async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisRes
         Some(ResponsePolicy::AllSucceeded),
     ));
     connection.route_command(cmd, everywhere).await.map(drop)
+}
+
+/// Whether a `CLIENT INFO` reply describes a connection in broadcast tracking: its flags
+/// hold `t` (tracking) and `B` (broadcast).
+fn tracks(reply: &Value) -> bool {
+    let text = match reply {
+        Value::VerbatimString { text, .. } => text.as_bytes(),
+        Value::BulkString(bytes) => bytes.as_slice(),
+        Value::SimpleString(text) => text.as_bytes(),
+        _ => return false,
+    };
+    text.split(|&b| b == b' ' || b == b'\n')
+        .find_map(|field| field.strip_prefix(b"flags="))
+        .is_some_and(|flags| flags.contains(&b't') && flags.contains(&b'B'))
 }
 
 /// Redis behind a breaker and a timeout.
@@ -97,35 +141,107 @@ impl L2 {
         if !self.breaker.allow(Instant::now()) {
             return Err(L2Error::Skipped);
         }
-        let outcome =
-            match tokio::time::timeout(self.call_timeout, run(self.connection.clone())).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) => Err(L2Error::Failed(e)),
-                Err(_) => Err(L2Error::TimedOut),
-            };
+        let outcome = self.timed(run).await;
         let _: Transition = self.breaker.record(outcome.is_ok(), Instant::now());
         outcome
     }
 
-    /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
-    pub(crate) async fn get(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.get(key).cmd("PTTL").arg(key);
-        let (value, pttl): (Option<Vec<u8>>, i64) =
-            self.call(|c| async move { query(c, &pipe).await }).await?;
-        Ok(value.map(|bytes| {
-            // -1: no expiry; -2 (gone between the two commands) is covered by `value`.
-            let left = u64::try_from(pttl).ok().map(Duration::from_millis);
-            (bytes, left)
-        }))
+    /// Runs one call under the timeout only: for the periodic tracking check, which no
+    /// caller waits on, and whose success (every node answered a `CLIENT INFO`) says
+    /// nothing about the node a caller's key lives on, so it must not close the breaker.
+    async fn timed<T, F>(&self, run: impl FnOnce(Connection) -> F) -> Result<T, L2Error>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.call_timeout, run(self.connection.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(L2Error::Failed(e)),
+            Err(_) => Err(L2Error::TimedOut),
+        }
     }
 
-    /// Stores `key` → `bytes` for `ttl` (at least 1 ms).
-    pub(crate) async fn set(&self, key: &[u8], bytes: &[u8], ttl: Duration) -> Result<(), L2Error> {
-        self.store(key, bytes, ttl, false).await
+    /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
+    pub(crate) async fn get(&self, key: &[u8]) -> Result<Found, L2Error> {
+        let pipe = reads(std::iter::once(key));
+        let (value, pttl): (Option<Vec<u8>>, i64) =
+            self.call(|c| async move { query(c, &pipe).await }).await?;
+        Ok(found(value, pttl))
+    }
+
+    /// [`get`](Self::get) for each of `keys`, in one round of requests: one pipeline on a
+    /// single node; on a cluster one pipeline per hash slot (a pipeline, like `MGET`, must
+    /// stay within a slot), all sent at once, each routed to its slot's master. A key whose
+    /// slot's pipeline failed is `None`; the call fails only if every one did.
+    pub(crate) async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Found>>, L2Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Indices into `keys`, one group per pipeline.
+        let groups: Vec<Vec<usize>> = match self.connection {
+            Connection::Node(_) => vec![(0..keys.len()).collect()],
+            Connection::Cluster(_) => {
+                let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+                for (i, key) in keys.iter().enumerate() {
+                    by_slot.entry(Slot::for_key(key)).or_default().push(i);
+                }
+                by_slot.into_values().collect()
+            }
+        };
+        let pipes: Vec<Pipeline> = groups
+            .iter()
+            .map(|group| reads(group.iter().map(|&i| keys[i].as_slice())))
+            .collect();
+        let replies = self
+            .call(|c| async move {
+                let mut queries = tokio::task::JoinSet::new();
+                for (g, pipe) in pipes.into_iter().enumerate() {
+                    let c = c.clone();
+                    queries.spawn(async move { (g, query::<Vec<Value>>(c, &pipe).await) });
+                }
+                let mut replies = vec![None; queries.len()];
+                let mut last_error = None;
+                while let Some(done) = queries.join_next().await {
+                    let (g, reply) = done.map_err(|e| {
+                        RedisError::from(std::io::Error::other(format!("read task: {e}")))
+                    })?;
+                    match reply {
+                        Ok(values) => replies[g] = Some(values),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                match last_error {
+                    Some(e) if replies.iter().all(Option::is_none) => Err(e),
+                    _ => Ok(replies),
+                }
+            })
+            .await?;
+        let mut out = vec![None; keys.len()];
+        for (group, reply) in groups.iter().zip(replies) {
+            let Some(values) = reply else { continue };
+            for (&i, pair) in group.iter().zip(values.chunks(2)) {
+                out[i] = Some(match pair {
+                    [value, pttl] => {
+                        let value = redis::from_redis_value_ref(value).ok().flatten();
+                        let pttl = redis::from_redis_value_ref(pttl).unwrap_or(-2);
+                        found(value, pttl)
+                    }
+                    _ => None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores `key` → `bytes` for `ttl` (at least 1 ms), and publishes `notice` in the same
+    /// round trip if given.
+    pub(crate) async fn set(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        ttl: Duration,
+        notice: Option<&Notice>,
+    ) -> Result<(), L2Error> {
+        self.store(key, bytes, ttl, false, notice).await
     }
 
     /// Stores `key` → `bytes` for `ttl` unless `key` already exists (a loader's fill must
@@ -136,7 +252,7 @@ impl L2 {
         bytes: &[u8],
         ttl: Duration,
     ) -> Result<(), L2Error> {
-        self.store(key, bytes, ttl, true).await
+        self.store(key, bytes, ttl, true, None).await
     }
 
     async fn store(
@@ -145,6 +261,7 @@ impl L2 {
         bytes: &[u8],
         ttl: Duration,
         only_if_absent: bool,
+        notice: Option<&Notice>,
     ) -> Result<(), L2Error> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut set = redis::cmd("SET");
@@ -154,16 +271,31 @@ impl L2 {
         }
         let mut pipe = redis::pipe();
         pipe.add_command(set).ignore();
+        announce(&mut pipe, notice);
         self.call(|c| async move { query::<()>(c, &pipe).await })
             .await
     }
 
-    /// Deletes `key`.
-    pub(crate) async fn delete(&self, key: &[u8]) -> Result<(), L2Error> {
+    /// Deletes `key`, and publishes `notice` in the same round trip if given.
+    pub(crate) async fn delete(&self, key: &[u8], notice: Option<&Notice>) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(key).ignore();
+        announce(&mut pipe, notice);
         self.call(|c| async move { query::<()>(c, &pipe).await })
             .await
+    }
+
+    /// Subscribes the connection to `channel` (RESP3: messages arrive as pushes). The
+    /// connection subscribes again by itself after a reconnection.
+    pub(crate) async fn subscribe(&self, channel: &[u8]) -> Result<(), L2Error> {
+        let channel = channel.to_vec();
+        self.call(|c| async move {
+            match c {
+                Connection::Node(mut c) => c.subscribe(channel).await,
+                Connection::Cluster(mut c) => c.subscribe(channel).await,
+            }
+        })
+        .await
     }
 
     /// Turns on broadcast client tracking for keys under `prefix` on the current connection,
@@ -197,7 +329,68 @@ impl L2 {
         .await
     }
 
+    /// The nodes (`host:port`) of a cluster client's connections if every one of them tracks
+    /// (broadcast mode), checked with `CLIENT INFO` on each; `None` if one does not. The
+    /// client opens connections by itself (see `watch.rs`), and none tracks until told to.
+    /// A single node's `ConnectionManager` reports each new connection with a
+    /// `Disconnection` push, so there is nothing to check there (no nodes are named).
+    pub(crate) async fn tracked_nodes(&self) -> Result<Option<Vec<String>>, L2Error> {
+        let Connection::Cluster(_) = &self.connection else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut info = redis::cmd("CLIENT");
+        info.arg("INFO");
+        self.timed(|c| async move {
+            let Connection::Cluster(mut c) = c else {
+                unreachable!("checked above");
+            };
+            // No response policy: one reply per node, keyed by its address.
+            let each_node = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+            let Value::Map(replies) = c.route_command(info, each_node).await? else {
+                return Ok(None);
+            };
+            let mut nodes = Vec::with_capacity(replies.len());
+            for (node, reply) in &replies {
+                match node {
+                    Value::BulkString(node) if tracks(reply) => {
+                        nodes.push(String::from_utf8_lossy(node).into_owned());
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            Ok((!nodes.is_empty()).then_some(nodes))
+        })
+        .await
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
     pub(crate) fn breaker_is_open(&self) -> bool {
         self.breaker.is_open(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracking_is_read_from_client_info_flags() {
+        let line = |flags: &str| {
+            format!("id=12 addr=127.0.0.1:48098 fd=9 name= age=5 flags={flags} db=0 resp=3\n")
+        };
+        assert!(tracks(&Value::BulkString(line("tB").into_bytes())));
+        assert!(tracks(&Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: line("tB"),
+        }));
+        assert!(!tracks(&Value::BulkString(line("N").into_bytes())), "new");
+        assert!(
+            !tracks(&Value::BulkString(line("t").into_bytes())),
+            "not bcast"
+        );
+        assert!(!tracks(&Value::Nil));
     }
 }

@@ -10,7 +10,9 @@
 //! a millisecond (see the README for measured figures). If the connection drops, L1 is
 //! emptied (invalidations sent meanwhile are lost) and tracking is turned on again once the
 //! connection is back; until then L1 keeps fills only for `untracked_l1_ttl`. See
-//! `coherence.rs` for the protocol.
+//! `coherence.rs` for the protocol. Where Redis refuses client tracking, tiers publish their
+//! own writes to each other instead ([`Invalidations::PubSub`], `pubsub.rs`), which covers
+//! only writes made through tiers.
 //!
 //! **Faults.** Every Redis call is bounded by `connect_timeout + response_timeout`, and a
 //! circuit breaker stops calling a Redis that keeps failing, then probes it back. A failed
@@ -45,7 +47,9 @@ mod codec;
 mod coherence;
 mod key;
 mod l2;
+mod pubsub;
 mod stats;
+mod watch;
 
 use std::fmt;
 use std::future::Future;
@@ -59,15 +63,20 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
+use crate::sync::{AtomicBool, Ordering};
+
 pub use codec::{Codec, CodecError, MessagePack};
 pub use key::RedisKey;
+pub use pubsub::Invalidations;
 pub use stats::TierStats;
 
 use crate::Cache;
 use breaker::Breaker;
 use coherence::Coherence;
 use l2::{Connection, L2Error, L2};
+use pubsub::Channel;
 use stats::Counters;
+use watch::{OpeningWatch, Openings};
 
 /// Why building a tier or writing through it failed.
 #[derive(Debug)]
@@ -123,6 +132,8 @@ pub struct TierBuilder<K, V, C = MessagePack, S = RandomState> {
     retries: usize,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    tracking_check: Duration,
+    invalidations: Invalidations,
     codec: C,
 }
 
@@ -180,6 +191,23 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
         self
     }
 
+    /// On a cluster, how often the tier checks that every connection the cluster client
+    /// holds still tracks (default 100 ms). The client opens connections by itself; the
+    /// tier notices each as it opens, and this check catches one that is put in use later
+    /// than expected. Until it does, invalidations from that node can be missed: this bounds
+    /// how long. Unused for a single node.
+    pub fn tracking_check(mut self, interval: Duration) -> Self {
+        self.tracking_check = interval;
+        self
+    }
+
+    /// How the tier learns of other processes' writes (default: client tracking, with
+    /// pub/sub as the fallback if Redis refuses it). See [`Invalidations`].
+    pub fn invalidations(mut self, how: Invalidations) -> Self {
+        self.invalidations = how;
+        self
+    }
+
     /// Encodes values with `codec` instead of MessagePack.
     pub fn codec<C2>(self, codec: C2) -> TierBuilder<K, V, C2, S> {
         TierBuilder {
@@ -194,6 +222,8 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
             retries: self.retries,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
+            tracking_check: self.tracking_check,
+            invalidations: self.invalidations,
             codec,
         }
     }
@@ -220,6 +250,7 @@ where
             ("untracked_l1_ttl", self.untracked_l1_ttl),
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
+            ("tracking_check", self.tracking_check),
         ] {
             if value.is_zero() {
                 return Err(TierError::Config(format!("{name} must be above zero")));
@@ -228,17 +259,23 @@ where
         let coherence = Arc::new(Coherence::new());
         let counters = Arc::new(Counters::default());
         let wake_tracker = Arc::new(Notify::new());
+        let openings = Arc::new(Openings::new());
         let prefix = self.prefix.into_bytes();
-        let on_push = PushHandler {
+        let channel = Arc::new(Channel::new(&prefix));
+        let handler = Arc::new(PushHandler {
+            channel: channel.clone(),
             l1: self.l1.clone(),
             coherence: coherence.clone(),
             counters: counters.clone(),
             wake_tracker: wake_tracker.clone(),
             prefix: prefix.clone(),
-        };
-        let on_push = move |push: PushInfo| {
-            on_push.handle(push);
-            Ok::<(), redis::aio::SendError>(())
+        });
+        let on_push = {
+            let handler = handler.clone();
+            move |push: PushInfo| {
+                handler.handle(push);
+                Ok::<(), redis::aio::SendError>(())
+            }
         };
         let call_timeout = self.connect_timeout + self.response_timeout;
         let connection = match &self.target {
@@ -272,6 +309,14 @@ where
                     .response_timeout(self.response_timeout)
                     .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
                     .push_sender(on_push)
+                    .async_dns_resolver(OpeningWatch::new(openings.clone(), move |replaces| {
+                        if replaces {
+                            handler.lose_tracking();
+                        } else {
+                            // Check the new connection once it is in place.
+                            handler.wake_tracker.notify_one();
+                        }
+                    }))
                     .build()
                     .map_err(|e| TierError::Config(format!("cluster nodes {nodes:?}: {e}")))?;
                 // The cluster client connects eagerly: it must learn the slot map first.
@@ -294,6 +339,11 @@ where
             coherence,
             counters,
             wake_tracker,
+            openings,
+            call_timeout,
+            tracking_check: self.tracking_check,
+            channel,
+            pubsub: AtomicBool::new(self.invalidations == Invalidations::PubSub),
         });
         // First attempt inline, so a tier built against a live Redis starts tracked.
         shared.try_enable_tracking().await;
@@ -324,8 +374,9 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
     /// `nodes` (URLs as for [`builder`](Self::builder)); the cluster client routes each key
     /// to its hash slot's primary and follows failovers. Unlike a single node, the cluster
     /// must answer at [`build`](TierBuilder::build), to hand out its slot map. Tracking is
-    /// turned on at every node, replicas included, so a promoted replica already reports
-    /// changes.
+    /// turned on at every node, replicas included, and on every connection the client opens
+    /// later (after a failover, say): see [`tracking_check`](TierBuilder::tracking_check).
+    /// Needs Redis 6.2 or later (`CLIENT INFO`).
     pub fn cluster_builder(
         l1: Cache<K, V, S>,
         nodes: &[&str],
@@ -347,6 +398,8 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
             retries: 1,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
+            tracking_check: Duration::from_millis(100),
+            invalidations: Invalidations::Tracking,
             codec: MessagePack,
         }
     }
@@ -381,6 +434,16 @@ struct Shared<K, V, C, S> {
     counters: Arc<Counters>,
     /// Wakes the task that re-enables tracking (after a disconnection, or to let it exit).
     wake_tracker: Arc<Notify>,
+    /// Connections the cluster client began opening (see `watch.rs`).
+    openings: Arc<Openings>,
+    /// The most one Redis call takes: also how long after it began a new connection may be
+    /// put in use (its connect, then a `PING`).
+    call_timeout: Duration,
+    tracking_check: Duration,
+    /// The pub/sub fallback's channel (see `pubsub.rs`).
+    channel: Arc<Channel>,
+    /// Whether coherence runs on pub/sub instead of client tracking.
+    pubsub: AtomicBool,
 }
 
 impl<K, V, C, S> Drop for Shared<K, V, C, S> {
@@ -422,6 +485,56 @@ where
         loaded.ok()
     }
 
+    /// The values of `keys` (in the same order) from L1, else Redis, without loading: the
+    /// keys L1 does not hold are read from Redis in one round of requests (one pipeline on
+    /// a single node; on a cluster one per hash slot, sent together, so keys on different
+    /// slots and masters work). Values found fill L1 as [`get`](Self::get)'s do, under the
+    /// same guard against invalidations that race the read. A Redis failure is a miss for
+    /// the keys it concerns.
+    pub async fn get_many(&self, keys: &[K]) -> Vec<Option<V>> {
+        let shared = &self.shared;
+        let mut values: Vec<Option<V>> = keys.iter().map(|key| shared.l1.get(key)).collect();
+        let missed: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
+        Counters::add(&shared.counters.l1_hits, (keys.len() - missed.len()) as u64);
+        if missed.is_empty() {
+            return values;
+        }
+        // Tickets before the read: an invalidation after them voids the fill.
+        let tickets: Vec<_> = missed
+            .iter()
+            .map(|&i| shared.coherence.ticket(&keys[i]))
+            .collect();
+        let names: Vec<Vec<u8>> = missed.iter().map(|&i| shared.redis_key(&keys[i])).collect();
+        let found = match shared.l2_call(shared.l2.get_many(&names)).await {
+            Ok(found) => found,
+            Err(_) => vec![None; names.len()],
+        };
+        if found.iter().any(Option::is_none) && !found.iter().all(Option::is_none) {
+            // Some slots' reads failed while others answered (the call as a whole did not).
+            Counters::bump(&shared.counters.l2_errors);
+        }
+        for ((&i, ticket), found) in missed.iter().zip(tickets).zip(found) {
+            let key = &keys[i];
+            let read = match found {
+                Some(found) => shared.decode(found, ticket),
+                None => L2Read::Miss,
+            };
+            let L2Read::Hit(fill) = read else {
+                Counters::bump(&shared.counters.misses);
+                continue;
+            };
+            // Through the single-flight path, like `get`: a concurrent `insert` of this key
+            // in this process wins, and a value already in L1 is kept.
+            let filled: Result<V, ()> = shared
+                .l1
+                .try_get_or_insert_async_with_ttl(key.clone(), async { Ok(fill) })
+                .await;
+            shared.settle_fill(key, Some(&ticket), filled.is_ok());
+            values[i] = filled.ok();
+        }
+        values
+    }
+
     /// The value of `key` from L1, else Redis, else `load`, which runs once per key at a
     /// time in this process (other callers wait for it). A loaded value goes to Redis (with
     /// the L2 TTL) and to L1. A failing load caches nothing and its error is returned; a
@@ -458,7 +571,7 @@ where
                     let name = shared.redis_key(&key);
                     let _ = if matches!(read, L2Read::Undecodable) {
                         shared
-                            .l2_call(shared.l2.set(&name, &bytes, shared.l2_ttl))
+                            .l2_call(shared.l2.set(&name, &bytes, shared.l2_ttl, None))
                             .await
                     } else {
                         let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
@@ -486,10 +599,17 @@ where
         let written = shared
             .l1
             .write_with_async(key.clone(), |_| async {
-                let set = shared.l2.set(&redis_key, &bytes, shared.l2_ttl);
+                let notice = shared.notice(&redis_key);
+                let set = shared
+                    .l2
+                    .set(&redis_key, &bytes, shared.l2_ttl, notice.as_ref());
                 shared.l2_call(set).await.map(|()| Some(value))
             })
             .await;
+        // Redis sends no invalidation for this connection's own writes (`NOLOOP`): void the
+        // fills that read the old value before it (a `get_many` reads outside the key's
+        // single flight).
+        shared.coherence.invalidate(&key);
         if let Err(e) = written {
             // The write may have reached Redis before the reply was lost: drop L1's copy.
             shared.l1.remove(&key);
@@ -510,11 +630,17 @@ where
             .l1
             .write_with_async(key.clone(), |_| async {
                 shared
-                    .l2_call(shared.l2.delete(&redis_key))
+                    .l2_call(
+                        shared
+                            .l2
+                            .delete(&redis_key, shared.notice(&redis_key).as_ref()),
+                    )
                     .await
                     .map(|()| None)
             })
             .await;
+        // As in `insert`: no invalidation comes back for our own delete.
+        shared.coherence.invalidate(key);
         shared.l1.remove(key);
         deleted.map_err(TierError::from)
     }
@@ -529,9 +655,20 @@ where
         &self.shared.l1
     }
 
-    /// Whether Redis is tracking this tier's keys for it now (false while reconnecting).
+    /// Whether invalidations can reach this tier now: Redis tracks its keys for it (or,
+    /// with [`Invalidations::PubSub`], it is subscribed); false while reconnecting.
     pub fn is_tracked(&self) -> bool {
         self.shared.coherence.is_tracked()
+    }
+
+    /// How the tier learns of other processes' writes now: [`Invalidations::PubSub`] if it
+    /// was built so, or fell back to it because Redis refused client tracking.
+    pub fn invalidations(&self) -> Invalidations {
+        if self.shared.pubsub.load(Ordering::SeqCst) {
+            Invalidations::PubSub
+        } else {
+            Invalidations::Tracking
+        }
     }
 
     /// Whether the circuit breaker would hold a call to Redis back now (it is open and its
@@ -548,6 +685,13 @@ where
     C: Codec<V>,
     S: BuildHasher + Send + Sync + 'static,
 {
+    /// What to publish with a write of `redis_key`, in pub/sub mode.
+    fn notice(&self, redis_key: &[u8]) -> Option<l2::Notice> {
+        self.pubsub
+            .load(Ordering::SeqCst)
+            .then(|| self.channel.notice(redis_key))
+    }
+
     fn redis_key(&self, key: &K) -> Vec<u8> {
         let mut name = self.prefix.clone();
         name.extend_from_slice(&key.to_redis_key());
@@ -571,7 +715,15 @@ where
     /// Reads `key` from Redis for an L1 fill that began at `ticket`: the value and the L1
     /// TTL it may have.
     async fn fill_from_l2(&self, key: &K, ticket: coherence::Ticket) -> L2Read<V> {
-        let Ok(Some((bytes, left))) = self.l2_call(self.l2.get(&self.redis_key(key))).await else {
+        match self.l2_call(self.l2.get(&self.redis_key(key))).await {
+            Ok(found) => self.decode(found, ticket),
+            Err(_) => L2Read::Miss,
+        }
+    }
+
+    /// What a read that began at `ticket` found, decoded.
+    fn decode(&self, found: l2::Found, ticket: coherence::Ticket) -> L2Read<V> {
+        let Some((bytes, left)) = found else {
             return L2Read::Miss;
         };
         match self.codec.decode(&bytes) {
@@ -608,16 +760,55 @@ where
         }
     }
 
+    /// Turns tracking on on every connection, and checks that it took on all of them and
+    /// that no connection began replacing a tracked one meanwhile (it could be put in use
+    /// untracked).
+    ///
+    /// In pub/sub mode, or once Redis refuses tracking, subscribes to the tiers' channel.
     async fn try_enable_tracking(&self) -> bool {
-        match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
-            Ok(()) => {
+        let openings = self.openings.replacing();
+        let enabled = if self.pubsub.load(Ordering::SeqCst) {
+            self.subscribe().await
+        } else {
+            match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
+                Ok(()) => self.l2_call(self.l2.tracked_nodes()).await,
+                // Redis answered, with a refusal: it will not track for us.
+                Err(L2Error::Failed(e)) if matches!(e.code(), Some("ERR" | "NOPERM")) => {
+                    self.pubsub.store(true, Ordering::SeqCst);
+                    self.subscribe().await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match enabled {
+            Ok(Some(nodes)) if self.openings.replacing() == openings => {
+                self.openings.set_tracked(nodes);
                 // Whatever L1 filled while untracked may have missed invalidations.
                 self.l1.clear();
                 self.coherence.regain_tracking();
                 Counters::bump(&self.counters.tracking_enabled);
                 true
             }
-            Err(_) => false,
+            _ => false,
+        }
+    }
+
+    async fn subscribe(&self) -> Result<Option<Vec<String>>, L2Error> {
+        let subscribe = self.l2.subscribe(self.channel.name());
+        // No node's connection tracks: an opening never replaces a tracked one.
+        self.l2_call(subscribe).await.map(|()| Some(Vec::new()))
+    }
+
+    /// Whether tracking still holds on every connection; if not, drops it as a
+    /// disconnection would (L1 emptied) so that the tracking task turns it on again.
+    async fn check_tracking(&self) {
+        if let Ok(Some(nodes)) = self.l2_call(self.l2.tracked_nodes()).await {
+            // Nodes that left the client's topology drop out: reaching them again is a new
+            // node, not a replacement.
+            self.openings.set_tracked(nodes);
+        } else if self.coherence.lose_tracking() {
+            self.l1.clear();
+            Counters::bump(&self.counters.l1_resets);
         }
     }
 }
@@ -632,7 +823,8 @@ enum L2Read<V> {
     Undecodable,
 }
 
-/// Re-enables tracking whenever it is lost, for as long as the tier exists.
+/// Re-enables tracking whenever it is lost, and on a cluster checks it every
+/// `tracking_check`, for as long as the tier exists.
 async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>)
 where
     K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
@@ -646,9 +838,39 @@ where
             return;
         };
         if shared.coherence.is_tracked() {
-            let wake = shared.wake_tracker.clone();
+            let (wake, check) = (shared.wake_tracker.clone(), shared.tracking_check);
+            // Pub/sub needs no check: the client subscribes every connection it opens.
+            let periodic = shared.l2.is_cluster() && !shared.pubsub.load(Ordering::SeqCst);
             drop(shared);
-            wake.notified().await;
+            if !periodic {
+                wake.notified().await;
+                continue;
+            }
+            // Woken: tracking was lost (the top of the loop sees it), a connection began
+            // opening, or the tier is gone.
+            let _woken = tokio::time::timeout(check, wake.notified()).await;
+            let Some(mut shared) = tier.upgrade() else {
+                return;
+            };
+            // A new connection is checked once it can be in place.
+            if let Some(left) = shared.openings.settle_left(shared.call_timeout) {
+                drop(shared);
+                tokio::time::sleep(left).await;
+                let Some(again) = tier.upgrade() else {
+                    return;
+                };
+                shared = again;
+            }
+            if shared.coherence.is_tracked() {
+                shared.check_tracking().await;
+            }
+            continue;
+        }
+        // A connection replacing a tracked one may be put in use up to a call timeout after it
+        // began: turning tracking on before would leave it out.
+        if let Some(left) = shared.openings.replacing_settle_left(shared.call_timeout) {
+            drop(shared);
+            tokio::time::sleep(left).await;
             continue;
         }
         if shared.try_enable_tracking().await {
@@ -663,6 +885,7 @@ where
 
 /// Handles what Redis pushes on the tier's connection.
 struct PushHandler<K, V, S> {
+    channel: Arc<Channel>,
     l1: Cache<K, V, S>,
     coherence: Arc<Coherence>,
     counters: Arc<Counters>,
@@ -693,14 +916,29 @@ where
                     Counters::bump(&self.counters.l1_resets);
                 }
             },
-            PushKind::Disconnection => {
-                self.coherence.lose_tracking();
-                self.l1.clear();
-                Counters::bump(&self.counters.l1_resets);
-                self.wake_tracker.notify_one();
+            // The pub/sub fallback: another tier wrote this key.
+            PushKind::Message => {
+                if let [Value::BulkString(channel), Value::BulkString(message)] = &push.data[..] {
+                    if let Some(name) = self.channel.foreign_key(channel, message) {
+                        self.invalidate(name);
+                    }
+                }
             }
+            PushKind::Disconnection => self.lose_tracking(),
             _ => {}
         }
+    }
+
+    /// Invalidations may no longer arrive (the connection dropped, or the cluster client is
+    /// opening a new one): empty L1 and have tracking turned on again. Already untracked,
+    /// L1 holds only fills with the untracked TTL, which bounds their staleness by design:
+    /// emptying it again (at each attempt to reach a dead node) would only cost loads.
+    fn lose_tracking(&self) {
+        if self.coherence.lose_tracking() {
+            self.l1.clear();
+            Counters::bump(&self.counters.l1_resets);
+        }
+        self.wake_tracker.notify_one();
     }
 
     fn invalidate(&self, name: &[u8]) {

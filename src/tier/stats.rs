@@ -16,7 +16,7 @@ pub struct TierStats {
     /// Loader runs (one per key at a time in this process: single-flight).
     pub loads: u64,
     /// Redis calls that failed or timed out: reads (each then served as a miss), writes,
-    /// and the background attempts to turn tracking back on.
+    /// and the background calls that turn tracking on and check it.
     pub l2_errors: u64,
     /// Redis calls not made because the circuit breaker was open (same kinds).
     pub l2_skipped: u64,
@@ -46,7 +46,11 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        Self::add(counter, 1);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> TierStats {
