@@ -417,6 +417,43 @@ async fn bad_tier_settings_are_refused_with_the_setting_named() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("not a url"), "{error}");
+    // A cluster routes PUBLISH by channel: pub/sub cannot ride with the write it announces.
+    let error = TieredCache::cluster_builder(l1(), &["redis://127.0.0.1:1"])
+        .invalidations(Invalidations::PubSub)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("invalidations"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_reads_the_other_keys_when_one_holds_another_type() {
+    let server = Server::start();
+    let (a, b) = (tier(&server.url()).await, tier(&server.url()).await);
+    for key in 0..10u64 {
+        a.insert(key, format!("v{key}")).await.unwrap();
+    }
+    // A list where a string should be: its GET fails with WRONGTYPE.
+    let _: () = redis::cmd("DEL")
+        .arg("t:9")
+        .query(&mut server.client())
+        .unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("t:9")
+        .arg("x")
+        .query(&mut server.client())
+        .unwrap();
+    let keys: Vec<u64> = (0..10).collect();
+    for _ in 0..6 {
+        let values = b.get_many(&keys).await;
+        for key in 0..9u64 {
+            assert_eq!(values[key as usize], Some(format!("v{key}")), "key {key}");
+        }
+        assert_eq!(values[9], None);
+        b.l1().clear();
+    }
+    assert!(!b.l2_is_shut_off(), "one bad key opened the breaker");
+    assert_eq!(b.get(&1).await, Some("v1".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

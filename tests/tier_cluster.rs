@@ -423,3 +423,32 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_micros(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_stalled_for_a_moment_does_not_empty_l1() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3, 0);
+    let reader = tier(&cluster).await;
+    for key in 0..100u64 {
+        reader.get_or_load(key, truth(key)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resets = reader.stats().l1_resets;
+    // Stalled past the tracking check's timeout, not past the cluster's node timeout: no
+    // connection is lost or replaced, so every L1 entry is still covered by tracking.
+    let master = cluster.masters()[0];
+    let pid = cluster.nodes[master]
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let held = (0..100u64).filter(|k| reader.l1().contains_key(k)).count();
+    assert_eq!(held, 100, "{:?}", reader.stats());
+    assert_eq!(reader.stats().l1_resets, resets);
+    assert!(reader.is_tracked());
+}

@@ -60,6 +60,9 @@ pub(crate) type Found = Option<(Vec<u8>, Option<Duration>)>;
 /// `GET` and `PTTL` for each key, in one pipeline.
 fn reads<'k>(keys: impl Iterator<Item = &'k [u8]>) -> Pipeline {
     let mut pipe = redis::pipe();
+    // One key's server error (another type stored under it) fails that key's reply, not
+    // every key's: `get_many` reads the replies one by one.
+    pipe.ignore_errors();
     for key in keys {
         pipe.get(key).cmd("PTTL").arg(key);
     }
@@ -83,8 +86,9 @@ fn announce(pipe: &mut Pipeline, notice: Option<&Notice>) {
     }
 }
 
-/// Runs `cmd` on every node of a cluster, primaries and replicas: a replica promoted by a
-/// failover then already tracks (replicas report keys changed through replication too).
+/// Runs `cmd` on every node the cluster client holds a connection to: the primaries, and
+/// the replicas once its slot map lists them (right after a cluster is created it may not,
+/// and a promoted replica is then covered by the opening watch and the periodic check).
 async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisResult<()> {
     let everywhere = RoutingInfo::MultiNode((
         MultipleNodeRoutingInfo::AllNodes,
@@ -285,8 +289,8 @@ impl L2 {
             .await
     }
 
-    /// Subscribes the connection to `channel` (RESP3: messages arrive as pushes). The
-    /// connection subscribes again by itself after a reconnection.
+    /// Subscribes the connection to `channel` (RESP3: messages arrive as pushes). After a
+    /// reconnection the tracking task subscribes again (the manager does not by itself).
     pub(crate) async fn subscribe(&self, channel: &[u8]) -> Result<(), L2Error> {
         let channel = channel.to_vec();
         self.call(|c| async move {

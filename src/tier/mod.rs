@@ -202,7 +202,10 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     }
 
     /// How the tier learns of other processes' writes (default: client tracking, with
-    /// pub/sub as the fallback if Redis refuses it). See [`Invalidations`].
+    /// pub/sub as the fallback if a single node refuses it for good). See [`Invalidations`].
+    /// Every tier sharing a prefix must use the same mode: a tracking tier does not publish,
+    /// so a pub/sub tier would not hear its writes. Pub/sub is for a single node only:
+    /// [`build`](Self::build) refuses it for a cluster.
     pub fn invalidations(mut self, how: Invalidations) -> Self {
         self.invalidations = how;
         self
@@ -255,6 +258,15 @@ where
             if value.is_zero() {
                 return Err(TierError::Config(format!("{name} must be above zero")));
             }
+        }
+        // A cluster routes PUBLISH by its channel as if it were a key, so it cannot share a
+        // pipeline with the write it announces; pub/sub is for a single node only.
+        if self.invalidations == Invalidations::PubSub && matches!(self.target, Target::Cluster(_))
+        {
+            return Err(TierError::Config(
+                "invalidations: pub/sub is for a single node; a cluster needs client tracking"
+                    .into(),
+            ));
         }
         let coherence = Arc::new(Coherence::new());
         let counters = Arc::new(Counters::default());
@@ -374,7 +386,7 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
     /// `nodes` (URLs as for [`builder`](Self::builder)); the cluster client routes each key
     /// to its hash slot's primary and follows failovers. Unlike a single node, the cluster
     /// must answer at [`build`](TierBuilder::build), to hand out its slot map. Tracking is
-    /// turned on at every node, replicas included, and on every connection the client opens
+    /// turned on at every node the client is connected to, and on every connection it opens
     /// later (after a failover, say): see [`tracking_check`](TierBuilder::tracking_check).
     /// Needs Redis 6.2 or later (`CLIENT INFO`).
     pub fn cluster_builder(
@@ -772,8 +784,11 @@ where
         } else {
             match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
                 Ok(()) => self.l2_call(self.l2.tracked_nodes()).await,
-                // Redis answered, with a refusal: it will not track for us.
-                Err(L2Error::Failed(e)) if matches!(e.code(), Some("ERR" | "NOPERM")) => {
+                // Redis refused for good (the command is unknown or not allowed): every tier
+                // sharing it hears the same refusal and falls back alike. A transient error
+                // (too many clients, loading) is retried instead: a fleet where some tiers
+                // track and others listen would miss each other's writes.
+                Err(L2Error::Failed(e)) if refuses_tracking(&e) && !self.l2.is_cluster() => {
                     self.pubsub.store(true, Ordering::SeqCst);
                     self.subscribe().await
                 }
@@ -801,16 +816,37 @@ where
 
     /// Whether tracking still holds on every connection; if not, drops it as a
     /// disconnection would (L1 emptied) so that the tracking task turns it on again.
+    ///
+    /// Only a definite answer (a connection that does not track) counts. A check that
+    /// failed or timed out (a node slow for a moment) says nothing: emptying every
+    /// process's L1 for it would send all readers to the loader at once. A lost connection
+    /// is seen anyway, through its `Disconnection` push or its replacement's opening.
     async fn check_tracking(&self) {
-        if let Ok(Some(nodes)) = self.l2_call(self.l2.tracked_nodes()).await {
+        match self.l2_call(self.l2.tracked_nodes()).await {
             // Nodes that left the client's topology drop out: reaching them again is a new
             // node, not a replacement.
-            self.openings.set_tracked(nodes);
-        } else if self.coherence.lose_tracking() {
-            self.l1.clear();
-            Counters::bump(&self.counters.l1_resets);
+            Ok(Some(nodes)) => self.openings.set_tracked(nodes),
+            Ok(None) => {
+                if self.coherence.lose_tracking() {
+                    self.l1.clear();
+                    Counters::bump(&self.counters.l1_resets);
+                }
+            }
+            Err(_) => {}
         }
     }
+}
+
+/// Whether Redis refused `CLIENT TRACKING` for good: the command is unknown (renamed away,
+/// or a proxy that lacks it) or the user may not run it.
+fn refuses_tracking(e: &redis::RedisError) -> bool {
+    // Matched on the text: inside a pipeline (tracking goes OFF then ON in one) the error
+    // carries the failures of each command, with no detail of its own.
+    let text = e.to_string();
+    e.code() == Some("NOPERM")
+        || text.contains("NOPERM")
+        || text.contains("unknown command")
+        || text.contains("unknown subcommand")
 }
 
 /// What an L1 fill found in Redis.

@@ -1,5 +1,7 @@
-//! The fallback for coherence where Redis will not track keys (Redis before 6, a proxy in
-//! front of it, `CLIENT` disabled or not permitted): tiers tell each other.
+//! The fallback for coherence where a single Redis will not track keys (`CLIENT` renamed
+//! away or not permitted, a proxy in front of it that lacks it): tiers tell each other.
+//! Redis before 6 cannot serve the tier at all: it speaks RESP3 only. A cluster cannot use
+//! this mode: it routes `PUBLISH` by channel, so it cannot share the write's pipeline.
 //!
 //! Each write a tier makes to Redis (`insert`, `invalidate`) publishes the key's Redis name
 //! on `<prefix>invalidate`, in the same round trip as the write; every tier subscribes to
