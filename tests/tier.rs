@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use larder::tier::{Invalidations, TieredCache};
 use larder::Cache;
 
+mod tier_common;
+use tier_common::{get_many_under_writes, wait_until};
+
 /// A `redis-server` child process on its own port.
 struct Server {
     port: u16,
@@ -115,16 +118,6 @@ async fn tier(url: &str) -> TieredCache<u64, String> {
 
 async fn load(value: &str) -> Result<String, std::io::Error> {
     Ok(value.to_string())
-}
-
-/// Polls `done` every 100 µs for up to `limit`; returns how long it took.
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(Duration::from_micros(100)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,50 +490,6 @@ async fn get_many_reads_l1_then_redis_for_the_rest() {
     a.insert(3, "new".to_string()).await.unwrap();
     wait_until(Duration::from_secs(1), || !b.l1().contains_key(&3)).await;
     assert_eq!(b.get_many(&[3]).await, vec![Some("new".to_string())]);
-}
-
-/// Another client rewrites keys while a tier reads them with `get_many`, round after round:
-/// once a round's invalidations are in, no L1 entry may hold an old version (a fill that
-/// raced an invalidation must have been undone).
-async fn get_many_under_writes(
-    reader: TieredCache<u64, String>,
-    mut writer: impl FnMut(u64, &[u8]),
-) {
-    const KEYS: u64 = 40;
-    const ROUNDS: u64 = 150;
-    let keys: Vec<u64> = (0..KEYS).collect();
-    let mut stale = 0;
-    for version in 1..=ROUNDS {
-        let seen = reader.stats().invalidations;
-        let reading = {
-            let (reader, keys) = (reader.clone(), keys.clone());
-            tokio::spawn(async move { reader.get_many(&keys).await })
-        };
-        for key in 0..KEYS {
-            writer(
-                key,
-                &rmp_serde::to_vec_named(&format!("{key}.{version}")).unwrap(),
-            );
-        }
-        reading.await.unwrap();
-        wait_until(Duration::from_secs(1), || {
-            reader.stats().invalidations >= seen + KEYS
-        })
-        .await;
-        for key in 0..KEYS {
-            if let Some(value) = reader.l1().get(&key) {
-                if value != format!("{key}.{version}") {
-                    stale += 1;
-                }
-            }
-        }
-    }
-    println!(
-        "{ROUNDS} rounds, {stale} stale L1 entries, {:?}",
-        reader.stats()
-    );
-    assert_eq!(stale, 0, "L1 kept values older than the last write");
-    assert!(reader.stats().l2_hits > 0, "get_many never read Redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
