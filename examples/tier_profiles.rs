@@ -40,6 +40,18 @@ struct Profile {
     email: String,
 }
 
+impl Profile {
+    /// A profile from a row of `version, name, email`.
+    fn from_row(id: u64, row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id,
+            version: row.get(0)?,
+            name: row.get(1)?,
+            email: row.get(2)?,
+        })
+    }
+}
+
 /// Profiles on the wire: version, id, then name and email separated by a NUL.
 #[derive(Debug, Clone, Copy)]
 struct ProfileCodec;
@@ -111,14 +123,7 @@ impl Database {
         self.conn.lock().unwrap().query_row(
             "SELECT version, name, email FROM profiles WHERE id = ?1",
             [id],
-            |row| {
-                Ok(Profile {
-                    id,
-                    version: row.get(0)?,
-                    name: row.get(1)?,
-                    email: row.get(2)?,
-                })
-            },
+            |row| Profile::from_row(id, row),
         )
     }
 
@@ -129,14 +134,7 @@ impl Database {
             "UPDATE profiles SET version = version + 1, name = ?2 WHERE id = ?1 \
              RETURNING version, name, email",
             params![id, name],
-            |row| {
-                Ok(Profile {
-                    id,
-                    version: row.get(0)?,
-                    name: row.get(1)?,
-                    email: row.get(2)?,
-                })
-            },
+            |row| Profile::from_row(id, row),
         )
     }
 }
