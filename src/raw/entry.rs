@@ -2,7 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::sync::{AtomicU32, Guard, Ordering, Owned, Shared};
+use crate::sync::{AtomicU32, Ordering, Owned};
 
 /// Saturation point of an entry's read count: two bits of frequency are enough for CLOCK to
 /// tell "touched once" from "hot", and saturating early means a hot entry stops writing its
@@ -126,20 +126,6 @@ impl<K, V> Entry<K, V> {
 /// freed either way; the panic has been reported by the panic hook and goes no further.
 pub(crate) fn drop_contained<K, V>(entry: Owned<Entry<K, V>>) {
     let _ = catch_unwind(AssertUnwindSafe(move || drop(entry)));
-}
-
-/// Hands an entry that is no longer reachable from the table to the epoch collector, which
-/// drops it (contained, see [`drop_contained`]) once every reader pinned now has unpinned.
-///
-/// # Safety
-/// `entry` must be unreachable for new readers (unlinked or replaced in the table) and be
-/// retired only once. The drop may run on any thread, so `K` and `V` must be `Send` (the
-/// public `Cache` requires `Send + Sync` of both).
-pub(crate) unsafe fn retire_entry<K, V>(guard: &Guard, entry: Shared<'_, Entry<K, V>>) {
-    // SAFETY: the caller guarantees the entry is unreachable and retired once; the collector
-    // runs the closure only after every guard pinned before this call (which may still hold
-    // references to the entry) is dropped, so taking ownership then is exclusive.
-    unsafe { guard.defer_unchecked(move || drop_contained(entry.into_owned())) }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub(crate) mod budget;
 pub(crate) mod entry;
+pub(crate) mod retired;
 pub(crate) mod shard;
 pub(crate) mod slab;
 pub(crate) mod table;

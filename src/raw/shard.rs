@@ -4,7 +4,8 @@ use std::borrow::Borrow;
 
 use crate::policy::{Members, Policy};
 use crate::raw::budget::Budget;
-use crate::raw::entry::{retire_entry, Entry, NEVER};
+use crate::raw::entry::{Entry, NEVER};
+use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
 use crate::raw::table::{Table, TableCounts};
 use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Owned, Shared};
@@ -71,7 +72,7 @@ pub(crate) enum Inserted {
 }
 
 /// Write-side state, only touched under the shard mutex.
-struct State {
+struct State<K, V> {
     counts: TableCounts,
     slab: Slab,
     policy: Policy,
@@ -79,9 +80,10 @@ struct State {
     weight: u64,
     /// Inserts since the shard last asked for a hit-ratio sample.
     inserts_since_sample: u32,
+    retired: Retired<K, V>,
 }
 
-impl std::fmt::Debug for State {
+impl<K, V> std::fmt::Debug for State<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
             .field("weight", &self.weight)
@@ -122,7 +124,7 @@ impl<K: 'static, V: 'static> Members for SlabMembers<'_, K, V> {
 #[derive(Debug)]
 pub(crate) struct Shard<K, V> {
     table: Table<K, V>,
-    state: Mutex<State>,
+    state: Mutex<State<K, V>>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
     weight: AtomicU64,
 }
@@ -151,6 +153,7 @@ where
                 wheel: TimerWheel::new(now),
                 weight: 0,
                 inserts_since_sample: 0,
+                retired: Retired::new(capacity),
             }),
             weight: AtomicU64::new(0),
         }
@@ -248,6 +251,8 @@ where
             let old = unsafe { found.entry.deref() };
             let id = old.id();
             entry.inherit(old);
+            // The write is an access (see `Policy::on_update`).
+            entry.record_access();
             let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
             let was_scheduled = old.expires_at != NEVER;
             // Same slot: the slab keeps pointing at it.
@@ -255,7 +260,7 @@ where
                 .table
                 .replace(&mut state.counts, found.index, entry, guard);
             let old_weight = state.slab.reweigh(id, weight);
-            state.policy.on_update(id, sketch_hash, old_weight, weight);
+            state.policy.on_reweigh(id, old_weight, weight);
             state.weight = state.weight - old_weight + weight;
             out.weight += old_weight;
             let cause = if was_expired {
@@ -263,7 +268,7 @@ where
             } else {
                 RemovalCause::Replaced
             };
-            self.retire(old, cause, guard, out);
+            self.retire(&mut state.retired, old, old_weight, cause, guard, out);
             // TTL-free entries never touch the wheel: no memory traffic for them.
             if was_scheduled || expires_at != NEVER {
                 state.wheel.schedule(id, expires_at);
@@ -368,12 +373,14 @@ where
         let mut state = lock(&self.state);
         let done = self.expire_locked(&mut state, now, max_work, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
+        // Maintenance is also when garbage the shard batched goes to the collector.
+        state.retired.hand_over(guard);
         done
     }
 
     fn expire_locked<'g>(
         &self,
-        state: &mut State,
+        state: &mut State<K, V>,
         now: u64,
         max_work: usize,
         guard: &'g Guard,
@@ -397,6 +404,7 @@ where
     pub(crate) fn clear<'g>(&self, now: u64, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        let retired = &mut state.retired;
         self.table.clear(&mut state.counts, guard, |entry| {
             // SAFETY: unlinked from the table just now, under the lock; retired once, here.
             let departed = unsafe { entry.deref() };
@@ -406,9 +414,11 @@ where
                 RemovalCause::Removed
             };
             out.push(departed, cause);
-            // SAFETY: unreachable from the table, and retired once, here.
-            unsafe { retire_entry(guard, entry) };
+            // SAFETY: unreachable from the table, and retired once, here. The weight is
+            // settled below for the whole shard; 0 keeps the batch to its length limit.
+            unsafe { retired.push(guard, entry, 0) };
         });
+        retired.hand_over(guard);
         out.weight += state.weight;
         state.slab = Slab::new(state.slab.unit_weights());
         state.policy.clear();
@@ -420,7 +430,7 @@ where
     /// Takes `id` (already out of the policy) out of the table, slab and wheel, and retires it.
     fn unlink<'g>(
         &self,
-        state: &mut State,
+        state: &mut State<K, V>,
         id: u32,
         cause: RemovalCause,
         guard: &'g Guard,
@@ -431,22 +441,25 @@ where
         state.weight -= weight;
         out.weight += weight;
         let entry = self.table.remove_at(&mut state.counts, slot, guard);
-        self.retire(entry, cause, guard, out);
+        self.retire(&mut state.retired, entry, weight, cause, guard, out);
     }
 
     fn retire<'g>(
         &self,
+        retired: &mut Retired<K, V>,
         entry: Shared<'g, Entry<K, V>>,
+        weight: u64,
         cause: RemovalCause,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
         // SAFETY: the entry is unreachable from the table (unlinked or replaced by the caller
-        // under the lock), so no new reader can find it; the collector waits for every
-        // pinned reader, including `guard`, which keeps the reference in `out` valid.
+        // under the lock), so no new reader can find it, and it is retired once, here. The
+        // collector frees it only after every reader pinned before the batch is handed over
+        // has unpinned, including `guard`, which keeps the reference in `out` valid.
         unsafe {
             out.push(entry.deref(), cause);
-            retire_entry(guard, entry);
+            retired.push(guard, entry, weight);
         }
     }
 
@@ -484,6 +497,7 @@ where
             + state.slab.heap_bytes()
             + state.policy.heap_bytes()
             + state.wheel.heap_bytes()
+            + state.retired.heap_bytes()
     }
 
     /// See [`Table::displacement`].
