@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::policy::climber::{HillClimber, INITIAL_WINDOW_PER_MILLE};
 use crate::stats::Counters;
-use crate::sync::{AtomicU32, AtomicUsize, Guard, Ordering, Owned};
+use crate::sync::{AtomicU32, AtomicUsize, Guard, Ordering};
 use crate::time::Clock;
 use crate::{RemovalCause, Stats};
 use budget::Budget;
@@ -189,7 +189,7 @@ where
         let hash = self.hash(&key);
         let needs_clock = ttl.or(self.default_ttl).is_some();
         let now = if needs_clock { self.now() } else { 0 };
-        let entry = Owned::new(Entry::new(key, value, hash, self.expiry(ttl, now)));
+        let entry = Entry::new(key, value, hash, self.expiry(ttl, now));
         let mut out = Departures::new(self.listener.is_some());
         // Charge before publishing so concurrent writers see the weight and evict for it.
         let charge = self.budget.charge(weight);

@@ -1,30 +1,63 @@
-//! Entries a shard has unlinked, handed to the epoch collector in batches.
+//! Entries a shard has unlinked: handed to the epoch collector in batches, their memory
+//! recycled for the shard's next writes.
 //!
-//! Deferring each entry on its own fills the writing thread's epoch bag one closure per
-//! write, and every full bag (64 closures) is copied into a fresh 2 KiB heap node. With
-//! glibc that allocation also consolidates the small-chunk bins the freed entries went to.
-//! A shard instead gathers what it unlinks under its lock and defers the whole batch as one
-//! closure: one bag slot per [`BATCH_LEN`] entries.
+//! Every write publishes a new immutable entry (the price of lock-free reads) and retires
+//! the one it replaces or evicts. Done naively that is one heap allocation, one free and one
+//! epoch-bag slot per write. With glibc, the frees go to bins that each full epoch bag's
+//! 2 KiB node allocation then consolidates. Two things here avoid most of that:
 //!
-//! Batching delays reclamation, so it is bounded: a batch is handed over when it holds
-//! [`BATCH_LEN`] entries or a 64th of the shard's capacity in weight, whichever comes first,
-//! and `run_pending_tasks` and `clear` hand over what is pending. In byte mode the entries
-//! waiting in batches therefore weigh at most about 1/64 of the budget, across all shards.
+//! - **Batches.** A shard gathers what it unlinks under its lock and defers the whole batch
+//!   as one closure: one bag slot per [`BATCH_LEN`] entries.
+//! - **Shells.** When the collector runs a batch, it drops each entry's key and value but
+//!   keeps the memory (a *shell*) and hands it back to the shard. The shard builds its next
+//!   entries in those shells instead of allocating.
+//!
+//! Both are bounded. A batch is handed over when it holds [`BATCH_LEN`] entries or a 64th of
+//! the shard's capacity in weight, and `run_pending_tasks` and `clear` hand over what is
+//! pending. In byte mode the entries waiting in batches weigh at most about 1/64 of the
+//! budget. A shard keeps at most [`SPARE_BYTES`] of shells and frees the rest.
 
+use std::mem::MaybeUninit;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crate::raw::entry::{drop_contained, Entry};
-use crate::sync::{Guard, Owned, Shared};
+use crate::sync::{lock, Guard, Mutex, Owned, Shared};
 
 /// Entries per batch.
 pub(crate) const BATCH_LEN: usize = 8;
 
+/// Shell memory a shard keeps for reuse: with `u64` pairs, 512 shells, more than a steady
+/// stream of writes has waiting in the collector at once.
+pub(crate) const SPARE_BYTES: usize = 16 << 10;
+
 /// Entries unreachable from the table whose readers may still be pinned.
 ///
-/// Owns its entries: dropping a batch drops them, so a batch is either handed to the
-/// collector (which drops it once no reader can hold its entries) or dropped with its shard
+/// Owns its entries: dropping a batch drops them. A batch is either run by the collector
+/// (once no reader can hold its entries; see [`Batch::recycle`]) or dropped with its shard
 /// (when no reader can exist).
 struct Batch<K, V>(Vec<NonNull<Entry<K, V>>>);
+
+impl<K, V> Batch<K, V> {
+    /// Drops each entry's key and value, contained as in [`drop_contained`], and returns the
+    /// memory to `returned`.
+    ///
+    /// # Safety
+    /// No reader may still hold any of the batch's entries.
+    unsafe fn recycle(mut self, returned: &Returned<K, V>) {
+        let shells = std::mem::take(&mut self.0);
+        for &entry in &shells {
+            // SAFETY: the batch owns each entry (see `Retired::push`), and no reader holds
+            // one (the caller's contract), so its contents may be dropped; this is the only
+            // drop, as the pointer then goes on as a shell, whose contents are never dropped.
+            let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+                std::ptr::drop_in_place(entry.as_ptr())
+            }));
+        }
+        returned.take_back(Shells(shells));
+    }
+}
 
 impl<K, V> Drop for Batch<K, V> {
     fn drop(&mut self) {
@@ -37,11 +70,50 @@ impl<K, V> Drop for Batch<K, V> {
     }
 }
 
-/// A shard's pending batch of retired entries.
+/// Entry allocations whose contents have been dropped.
+struct Shells<K, V>(Vec<NonNull<Entry<K, V>>>);
+
+// SAFETY: a shell holds no key or value (they were dropped), only memory, which any thread
+// may reuse or free.
+unsafe impl<K, V> Send for Shells<K, V> {}
+
+impl<K, V> Drop for Shells<K, V> {
+    fn drop(&mut self) {
+        for shell in self.0.drain(..) {
+            // SAFETY: a shell is a `Box<Entry>` allocation (from `Owned::new`) whose contents
+            // were dropped: freeing it as a box of uninitialised memory frees the memory
+            // without dropping anything again.
+            drop(unsafe { Box::from_raw(shell.as_ptr().cast::<MaybeUninit<Entry<K, V>>>()) });
+        }
+    }
+}
+
+/// Shells the collector handed back to a shard. Shared with the deferred closures, which
+/// may run after the shard is gone.
+struct Returned<K, V> {
+    shells: Mutex<Shells<K, V>>,
+    max_len: usize,
+}
+
+impl<K, V> Returned<K, V> {
+    /// Keeps as many of `shells` as fit, frees the rest.
+    fn take_back(&self, mut shells: Shells<K, V>) {
+        let mut kept = lock(&self.shells);
+        let room = self.max_len.saturating_sub(kept.0.len());
+        let keep = shells.0.len().min(room);
+        kept.0.extend(shells.0.drain(..keep));
+        // Dropping `shells` frees what did not fit.
+    }
+}
+
+/// A shard's pending batch of retired entries and its spare shells.
 pub(crate) struct Retired<K, V> {
     batch: Batch<K, V>,
     weight: u64,
     max_weight: u64,
+    returned: Arc<Returned<K, V>>,
+    /// Shells taken from `returned` (under the shard lock, like the rest of `Retired`).
+    spare: Shells<K, V>,
 }
 
 impl<K, V> std::fmt::Debug for Retired<K, V> {
@@ -49,21 +121,48 @@ impl<K, V> std::fmt::Debug for Retired<K, V> {
         f.debug_struct("Retired")
             .field("pending", &self.batch.0.len())
             .field("weight", &self.weight)
+            .field("spare", &self.spare.0.len())
             .finish()
     }
 }
 
-// SAFETY: a `Retired` owns its entries (see `Batch`), so sending it sends them, which is
-// sound when keys and values may be sent.
+// SAFETY: a `Retired` owns its batch's entries, so sending it sends them, which is sound
+// when keys and values may be sent; shells hold neither.
 unsafe impl<K: Send, V: Send> Send for Retired<K, V> {}
 
 impl<K, V> Retired<K, V> {
     /// An empty batch for a shard of `capacity` weight.
     pub(crate) fn new(capacity: u64) -> Self {
+        let shell_bytes = std::mem::size_of::<Entry<K, V>>().max(1);
         Self {
             batch: Batch(Vec::new()),
             weight: 0,
             max_weight: (capacity / BATCH_LEN as u64).max(1),
+            returned: Arc::new(Returned {
+                shells: Mutex::new(Shells(Vec::new())),
+                max_len: (SPARE_BYTES / shell_bytes).max(BATCH_LEN),
+            }),
+            spare: Shells(Vec::new()),
+        }
+    }
+
+    /// Moves `entry` to the heap, into a spare shell if there is one.
+    pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Owned<Entry<K, V>> {
+        if self.spare.0.is_empty() {
+            // Take every shell returned since the last time, in one swap.
+            std::mem::swap(&mut self.spare, &mut *lock(&self.returned.shells));
+        }
+        match self.spare.0.pop() {
+            Some(shell) => {
+                // SAFETY: a shell is a `Box<Entry>` allocation with its contents dropped, owned
+                // by this shard alone once popped: writing a whole entry into it makes it a
+                // box again, which `Owned` takes over.
+                unsafe {
+                    shell.as_ptr().write(entry);
+                    Owned::from_raw(shell.as_ptr())
+                }
+            }
+            None => Owned::new(entry),
         }
     }
 
@@ -72,8 +171,8 @@ impl<K, V> Retired<K, V> {
     ///
     /// # Safety
     /// `entry` must be unreachable for new readers (unlinked or replaced in the table) and
-    /// be retired only once. The collector may drop it on any thread, so `K` and `V` must be
-    /// `Send` (the public `Cache` requires `Send + Sync` of both).
+    /// be retired only once. The collector may drop its key and value on any thread, so `K`
+    /// and `V` must be `Send` (the public `Cache` requires `Send + Sync` of both).
     pub(crate) unsafe fn push(
         &mut self,
         guard: &Guard,
@@ -95,15 +194,132 @@ impl<K, V> Retired<K, V> {
         }
         let batch = std::mem::replace(&mut self.batch, Batch(Vec::with_capacity(BATCH_LEN)));
         self.weight = 0;
+        let returned = Arc::clone(&self.returned);
         // SAFETY: every entry in the batch was unreachable for new readers when pushed
-        // (`push`'s contract), so only readers pinned before now can hold one; the collector
-        // runs the closure after all of them have unpinned. `K` and `V` are `Send` (`push`'s
-        // contract), so dropping them on another thread is sound.
-        unsafe { guard.defer_unchecked(move || drop(batch)) };
+        // (`push`'s contract), so only readers pinned before now can hold one, and the
+        // collector runs the closure after all of them have unpinned. `K` and `V` are `Send`
+        // (`push`'s contract), so dropping them on another thread is sound.
+        unsafe { guard.defer_unchecked(move || batch.recycle(&returned)) };
     }
 
-    /// Bytes of the pending batch's buffer.
+    /// Bytes of the pending batch's buffer and of the shard's shells.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.batch.0.capacity() * std::mem::size_of::<NonNull<Entry<K, V>>>()
+        let pointer = std::mem::size_of::<NonNull<Entry<K, V>>>();
+        let shells = self.spare.0.len() + lock(&self.returned.shells).0.len();
+        (self.batch.0.capacity() + self.spare.0.capacity()) * pointer
+            + shells * std::mem::size_of::<Entry<K, V>>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raw::entry::NEVER;
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+
+    /// Counts its drops.
+    struct Counted(&'static AtomicUsize);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, StdOrdering::Relaxed);
+        }
+    }
+
+    /// Places `n` entries, then retires them all. With an unprotected guard the collector
+    /// runs each batch as soon as it is handed over. Returns the entries' addresses.
+    fn place_then_retire(
+        retired: &mut Retired<u64, Counted>,
+        drops: &'static AtomicUsize,
+        n: u64,
+    ) -> Vec<usize> {
+        // SAFETY: no other thread exists and nothing reads the entries: running deferred
+        // closures at once is sound.
+        let guard = unsafe { crossbeam_epoch::unprotected() };
+        let placed: Vec<_> = (0..n)
+            .map(|key| {
+                let entry = retired.place(Entry::new(key, Counted(drops), key, NEVER));
+                entry.into_shared(guard)
+            })
+            .collect();
+        for &shared in &placed {
+            // SAFETY: never published, so unreachable; retired once.
+            unsafe { retired.push(guard, shared, 1) };
+        }
+        retired.hand_over(guard);
+        placed
+            .iter()
+            .map(|shared| shared.as_raw() as usize)
+            .collect()
+    }
+
+    #[test]
+    fn retired_values_are_dropped_once_and_their_memory_reused() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        let mut retired = Retired::new(1_000_000);
+        let mut first = place_then_retire(&mut retired, &DROPS, 20);
+        assert_eq!(
+            DROPS.load(StdOrdering::Relaxed),
+            20,
+            "every retired value dropped"
+        );
+        let mut second = place_then_retire(&mut retired, &DROPS, 20);
+        assert_eq!(DROPS.load(StdOrdering::Relaxed), 40);
+        first.sort_unstable();
+        second.sort_unstable();
+        assert_eq!(first, second, "the second round reused every shell");
+        drop(retired);
+        assert_eq!(
+            DROPS.load(StdOrdering::Relaxed),
+            40,
+            "shells are never dropped again"
+        );
+    }
+
+    #[test]
+    fn spare_shells_are_bounded() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        let mut retired = Retired::new(1_000_000);
+        let n = if cfg!(miri) { 700 } else { 10_000 };
+        place_then_retire(&mut retired, &DROPS, n);
+        let shell = std::mem::size_of::<Entry<u64, Counted>>();
+        let kept = lock(&retired.returned.shells).0.len() + retired.spare.0.len();
+        assert_eq!(
+            kept * shell,
+            SPARE_BYTES,
+            "kept {kept} shells of {shell} bytes"
+        );
+        assert_eq!(DROPS.load(StdOrdering::Relaxed), n as usize);
+    }
+
+    #[test]
+    fn a_batch_is_handed_over_by_length_or_by_weight() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        let drops = &DROPS;
+        // SAFETY: as in `place_then_retire`.
+        let guard = unsafe { crossbeam_epoch::unprotected() };
+        // Capacity 800: a batch may weigh up to 800 / 8 = 100.
+        let mut retired = Retired::new(800);
+        let retire = |retired: &mut Retired<u64, Counted>, weight| {
+            let entry = retired.place(Entry::new(0, Counted(drops), 0, NEVER));
+            // SAFETY: never published, so unreachable; retired once.
+            unsafe { retired.push(guard, entry.into_shared(guard), weight) };
+        };
+        for _ in 0..BATCH_LEN - 1 {
+            retire(&mut retired, 1);
+        }
+        assert_eq!(
+            drops.load(StdOrdering::Relaxed),
+            0,
+            "held until the batch is full"
+        );
+        retire(&mut retired, 1);
+        assert_eq!(drops.load(StdOrdering::Relaxed), BATCH_LEN);
+        retire(&mut retired, 100);
+        assert_eq!(
+            drops.load(StdOrdering::Relaxed),
+            BATCH_LEN + 1,
+            "a heavy entry goes at once"
+        );
     }
 }

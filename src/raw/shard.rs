@@ -8,7 +8,7 @@ use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
 use crate::raw::table::{Table, TableCounts};
-use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Owned, Shared};
+use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Shared};
 use crate::time::wheel::TimerWheel;
 use crate::RemovalCause;
 
@@ -224,7 +224,7 @@ where
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert<'g>(
         &self,
-        mut entry: Owned<Entry<K, V>>,
+        entry: Entry<K, V>,
         weight: u64,
         clock: impl Fn() -> u64,
         budget: &Budget,
@@ -234,6 +234,7 @@ where
     ) -> Inserted {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        let mut entry = state.retired.place(entry);
         state.policy.set_window_per_mille(window_per_mille);
         state.inserts_since_sample += 1;
         // Ask often enough for small caches to adapt, rarely enough to cost nothing.
