@@ -28,13 +28,22 @@ impl Budget {
     }
 
     /// Charges `weight` for an insert about to be published. The charge is released again
-    /// if the insert unwinds (a key's `Eq` may panic mid-probe) unless [`Charge::keep`] is
-    /// called once the entry is in.
+    /// if the insert unwinds before [`Charge::keep`] is called once the entry is in.
     pub(crate) fn charge(&self, weight: u64) -> Charge<'_> {
         self.weight.fetch_add(weight, Ordering::Relaxed);
         Charge {
             budget: self,
             weight,
+        }
+    }
+
+    /// Charges for an entry of weight `old` replaced by one of weight `new`: only the
+    /// difference, so an equal weight costs no atomic write.
+    pub(crate) fn replace(&self, old: u64, new: u64) {
+        if new > old {
+            self.weight.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.release(old - new);
         }
     }
 

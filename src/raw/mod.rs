@@ -191,15 +191,12 @@ where
         let now = if needs_clock { self.now() } else { 0 };
         let entry = Entry::new(key, value, hash, self.expiry(ttl, now));
         let mut out = Departures::new(self.listener.is_some());
-        // Charge before publishing so concurrent writers see the weight and evict for it.
-        let charge = self.budget.charge(weight);
         let shard = self.shard(hash);
         // TTL-free caches read the clock only if the shard's wheel or a replaced entry
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
         let outcome = shard.insert(entry, weight, clock, &self.budget, window, guard, &mut out);
-        charge.keep();
         self.make_room(shard, guard, &mut out);
         if out.sample_due {
             self.sample_hit_ratio();

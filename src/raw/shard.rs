@@ -215,7 +215,10 @@ where
         Some(entry)
     }
 
-    /// Publishes `entry` charged at `weight`, replacing any entry of the same key.
+    /// Publishes `entry` charged at `weight`, replacing any entry of the same key. The weight
+    /// is charged to `budget` before the entry is published, so concurrent writers see it
+    /// and evict for it; a replacement charges only the difference from the old weight, so
+    /// rewriting a key in count mode touches no shared counter.
     /// `clock` is called only if an expiry must be checked. While the cache is over
     /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
     /// that to other shards). Weight that left is released to `budget` here.
@@ -252,18 +255,18 @@ where
             let old = unsafe { found.entry.deref() };
             let id = old.id();
             entry.inherit(old);
-            // The write is an access (see `Policy::on_update`).
+            // The write is an access (see `Policy::on_reweigh`).
             entry.record_access();
             let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
             let was_scheduled = old.expires_at != NEVER;
+            let old_weight = state.slab.reweigh(id, weight);
+            budget.replace(old_weight, weight);
             // Same slot: the slab keeps pointing at it.
             let (old, _) = self
                 .table
                 .replace(&mut state.counts, found.index, entry, guard);
-            let old_weight = state.slab.reweigh(id, weight);
             state.policy.on_reweigh(id, old_weight, weight);
             state.weight = state.weight - old_weight + weight;
-            out.weight += old_weight;
             let cause = if was_expired {
                 RemovalCause::Expired
             } else {
@@ -280,6 +283,7 @@ where
                 Inserted::Updated
             }
         } else {
+            let charge = budget.charge(weight);
             let id = state.slab.insert(weight);
             entry.set_id(id);
             let slab = &mut state.slab;
@@ -289,6 +293,7 @@ where
                     slab.set_slot(moved, slot);
                 });
             slab.set_slot(id, slot);
+            charge.keep();
             state.policy.on_insert(id, sketch_hash, weight);
             state.weight += weight;
             if expires_at != NEVER {
