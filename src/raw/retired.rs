@@ -77,6 +77,14 @@ struct Shells<K, V>(Vec<NonNull<Entry<K, V>>>);
 // may reuse or free.
 unsafe impl<K, V> Send for Shells<K, V> {}
 
+impl<K, V> Shells<K, V> {
+    /// The buffer of a batch whose shells have all been used.
+    fn into_buffer(mut self) -> Vec<NonNull<Entry<K, V>>> {
+        debug_assert!(self.0.is_empty(), "shells would leak");
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl<K, V> Drop for Shells<K, V> {
     fn drop(&mut self) {
         for shell in self.0.drain(..) {
@@ -88,32 +96,39 @@ impl<K, V> Drop for Shells<K, V> {
     }
 }
 
-/// Shells the collector handed back to a shard. Shared with the deferred closures, which
-/// may run after the shard is gone.
+/// Shells the collector handed back to a shard, batch by batch. Shared with the deferred
+/// closures, which may run after the shard is gone.
 struct Returned<K, V> {
-    shells: Mutex<Shells<K, V>>,
-    max_len: usize,
+    batches: Mutex<Vec<Shells<K, V>>>,
+    max_batches: usize,
 }
 
 impl<K, V> Returned<K, V> {
-    /// Keeps as many of `shells` as fit, frees the rest.
-    fn take_back(&self, mut shells: Shells<K, V>) {
-        let mut kept = lock(&self.shells);
-        let room = self.max_len.saturating_sub(kept.0.len());
-        let keep = shells.0.len().min(room);
-        kept.0.extend(shells.0.drain(..keep));
-        // Dropping `shells` frees what did not fit.
+    /// Keeps `shells` if there is room, else frees them.
+    fn take_back(&self, shells: Shells<K, V>) {
+        let mut batches = lock(&self.batches);
+        if batches.len() < self.max_batches {
+            batches.push(shells);
+        }
+        // Otherwise dropping `shells` frees them.
     }
 }
 
 /// A shard's pending batch of retired entries and its spare shells.
+///
+/// A batch's buffer travels: it carries retired entries to the collector, comes back as a
+/// batch of shells, is emptied by [`Retired::place`], and carries the next retired entries.
+/// Steady writes therefore allocate nothing here.
 pub(crate) struct Retired<K, V> {
     batch: Batch<K, V>,
     weight: u64,
     max_weight: u64,
     returned: Arc<Returned<K, V>>,
-    /// Shells taken from `returned` (under the shard lock, like the rest of `Retired`).
+    /// The batch of shells being used up (taken from `returned` under the shard lock, like
+    /// the rest of `Retired`).
     spare: Shells<K, V>,
+    /// An emptied buffer, ready to carry the next batch.
+    buffer: Option<Vec<NonNull<Entry<K, V>>>>,
 }
 
 impl<K, V> std::fmt::Debug for Retired<K, V> {
@@ -139,18 +154,21 @@ impl<K, V> Retired<K, V> {
             weight: 0,
             max_weight: (capacity / BATCH_LEN as u64).max(1),
             returned: Arc::new(Returned {
-                shells: Mutex::new(Shells(Vec::new())),
-                max_len: (SPARE_BYTES / shell_bytes).max(BATCH_LEN),
+                batches: Mutex::new(Vec::new()),
+                max_batches: (SPARE_BYTES / (shell_bytes * BATCH_LEN)).max(1),
             }),
             spare: Shells(Vec::new()),
+            buffer: None,
         }
     }
 
     /// Moves `entry` to the heap, into a spare shell if there is one.
     pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Owned<Entry<K, V>> {
         if self.spare.0.is_empty() {
-            // Take every shell returned since the last time, in one swap.
-            std::mem::swap(&mut self.spare, &mut *lock(&self.returned.shells));
+            if let Some(shells) = lock(&self.returned.batches).pop() {
+                let emptied = std::mem::replace(&mut self.spare, shells);
+                self.buffer = Some(emptied.into_buffer());
+            }
         }
         match self.spare.0.pop() {
             Some(shell) => {
@@ -192,7 +210,11 @@ impl<K, V> Retired<K, V> {
         if self.batch.0.is_empty() {
             return;
         }
-        let batch = std::mem::replace(&mut self.batch, Batch(Vec::with_capacity(BATCH_LEN)));
+        let buffer = self
+            .buffer
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_LEN));
+        let batch = std::mem::replace(&mut self.batch, Batch(buffer));
         self.weight = 0;
         let returned = Arc::clone(&self.returned);
         // SAFETY: every entry in the batch was unreachable for new readers when pushed
@@ -205,9 +227,13 @@ impl<K, V> Retired<K, V> {
     /// Bytes of the pending batch's buffer and of the shard's shells.
     pub(crate) fn heap_bytes(&self) -> usize {
         let pointer = std::mem::size_of::<NonNull<Entry<K, V>>>();
-        let shells = self.spare.0.len() + lock(&self.returned.shells).0.len();
-        (self.batch.0.capacity() + self.spare.0.capacity()) * pointer
-            + shells * std::mem::size_of::<Entry<K, V>>()
+        let returned = lock(&self.returned.batches);
+        let shells = self.spare.0.len() + returned.iter().map(|s| s.0.len()).sum::<usize>();
+        let buffers = self.batch.0.capacity()
+            + self.spare.0.capacity()
+            + self.buffer.as_ref().map_or(0, Vec::capacity)
+            + returned.iter().map(|s| s.0.capacity()).sum::<usize>();
+        buffers * pointer + shells * std::mem::size_of::<Entry<K, V>>()
     }
 }
 
@@ -283,7 +309,8 @@ mod tests {
         let n = if cfg!(miri) { 700 } else { 10_000 };
         place_then_retire(&mut retired, &DROPS, n);
         let shell = std::mem::size_of::<Entry<u64, Counted>>();
-        let kept = lock(&retired.returned.shells).0.len() + retired.spare.0.len();
+        let returned = lock(&retired.returned.batches);
+        let kept = returned.iter().map(|s| s.0.len()).sum::<usize>() + retired.spare.0.len();
         assert_eq!(
             kept * shell,
             SPARE_BYTES,
