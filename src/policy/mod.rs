@@ -114,7 +114,10 @@ impl Policy {
         let window = u128::from(self.capacity) * u128::from(per_mille) / 1000;
         self.window_target = (window as u64).max(1);
         self.main_target = self.capacity.saturating_sub(self.window_target);
-        self.protected_target = self.main_target / 10 * PROTECTED_TENTHS;
+        // Multiply before dividing: `main_target / 10 * 8` gave a main under 10 units no
+        // protected segment at all (a 10-entry cache ran main as plain probation).
+        self.protected_target =
+            (u128::from(self.main_target) * u128::from(PROTECTED_TENTHS) / 10) as u64;
     }
 
     /// The sketch's frequency estimate for a key hash (warm-up picks the hottest).
@@ -445,6 +448,13 @@ mod tests {
         }
         let hot_lost = evicted.iter().filter(|&&id| id < 50).count();
         assert_eq!(hot_lost, 0, "hot ids evicted by a scan: {hot_lost}");
+    }
+
+    #[test]
+    fn a_small_main_still_has_a_protected_segment() {
+        let policy = Policy::new(10, 10, 1);
+        assert_eq!(policy.main_target, 9);
+        assert_eq!(policy.protected_target, 7);
     }
 
     #[test]
