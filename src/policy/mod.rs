@@ -5,7 +5,9 @@
 //! CLOCK victim becomes a *candidate* for *main*. Main is segmented as in Caffeine:
 //! admitted entries start on *probation*, entries read there move to *protected* (80% of
 //! main), and protected overflow returns to probation. If main is full, the candidate duels
-//! probation's CLOCK victim on estimated frequency (TinyLFU) and the loser is evicted.
+//! probation's CLOCK victim on estimated frequency (TinyLFU) and the loser is evicted. A
+//! small ghost (`ghost.rs`) remembers rejected candidates: one that returns soon wins its
+//! next duel.
 //! Reads never touch this code: they bump a lossy counter in the entry, which the CLOCK
 //! hands read, clear and feed into the frequency sketch as they sweep.
 //!
@@ -13,9 +15,11 @@
 
 pub(crate) mod climber;
 pub(crate) mod clock;
+pub(crate) mod ghost;
 pub(crate) mod sketch;
 
 use clock::{Links, Ring};
+use ghost::Ghost;
 use sketch::FrequencySketch;
 
 /// What the policy needs to know about the entries it orders, supplied by the shard.
@@ -58,6 +62,8 @@ pub(crate) struct Eviction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Region {
     Window,
+    /// In the window, and recognised by the ghost when inserted: wins its admission duel.
+    Returning,
     /// Main's probation segment: admitted entries start here and duel victims come from here.
     Main,
     /// Main's protected segment: entries read while on probation.
@@ -73,6 +79,7 @@ pub(crate) struct Policy {
     main: Ring,
     protected: Ring,
     sketch: FrequencySketch,
+    ghost: Ghost,
     capacity: u64,
     window_per_mille: u32,
     window_target: u64,
@@ -93,6 +100,7 @@ impl Policy {
             main: Ring::default(),
             protected: Ring::default(),
             sketch: FrequencySketch::with_capacity(expected_entries),
+            ghost: Ghost::with_capacity(expected_entries),
             capacity,
             window_per_mille: 0,
             window_target: 0,
@@ -114,7 +122,10 @@ impl Policy {
         let window = u128::from(self.capacity) * u128::from(per_mille) / 1000;
         self.window_target = (window as u64).max(1);
         self.main_target = self.capacity.saturating_sub(self.window_target);
-        self.protected_target = self.main_target / 10 * PROTECTED_TENTHS;
+        // Multiply before dividing: `main_target / 10 * 8` gave a main under 10 units no
+        // protected segment at all (a 10-entry cache ran main as plain probation).
+        self.protected_target =
+            (u128::from(self.main_target) * u128::from(PROTECTED_TENTHS) / 10) as u64;
     }
 
     /// The sketch's frequency estimate for a key hash (warm-up picks the hottest).
@@ -139,7 +150,13 @@ impl Policy {
     pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u64) {
         self.sketch.increment(hash);
         self.sketch.ensure_capacity(self.len() + 1);
-        self.set_region(id, Region::Window);
+        self.ghost.ensure_capacity(self.len() + 1);
+        let region = if self.ghost.take(hash) {
+            Region::Returning
+        } else {
+            Region::Window
+        };
+        self.set_region(id, region);
         self.window.push(&mut self.links, id, weight);
     }
 
@@ -208,7 +225,8 @@ impl Policy {
                 rejected: false,
             });
         };
-        if self.admit(members.hash(candidate), members.hash(victim)) {
+        let returning = self.region[candidate as usize] == Region::Returning;
+        if returning || self.admit(members.hash(candidate), members.hash(victim)) {
             self.main
                 .remove(&mut self.links, victim, members.weight(victim));
             self.promote(candidate, candidate_weight);
@@ -217,6 +235,7 @@ impl Policy {
                 rejected: false,
             })
         } else {
+            self.ghost.insert(members.hash(candidate));
             Some(Eviction {
                 id: candidate,
                 rejected: true,
@@ -324,7 +343,7 @@ impl Policy {
     /// A region's ring with the shared links, borrowed together.
     fn ring_and_links(&mut self, region: Region) -> (&mut Ring, &mut Links) {
         let ring = match region {
-            Region::Window => &mut self.window,
+            Region::Window | Region::Returning => &mut self.window,
             Region::Main => &mut self.main,
             Region::Protected => &mut self.protected,
         };
@@ -347,7 +366,7 @@ impl Policy {
 
     fn ring(&self, region: Region) -> &Ring {
         match region {
-            Region::Window => &self.window,
+            Region::Window | Region::Returning => &self.window,
             Region::Main => &self.main,
             Region::Protected => &self.protected,
         }
@@ -359,7 +378,10 @@ impl Policy {
 
     /// Bytes of policy metadata, for memory accounting.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.links.heap_bytes() + self.region.capacity() + self.sketch.heap_bytes()
+        self.links.heap_bytes()
+            + self.region.capacity()
+            + self.sketch.heap_bytes()
+            + self.ghost.heap_bytes()
     }
 }
 
@@ -445,6 +467,13 @@ mod tests {
         }
         let hot_lost = evicted.iter().filter(|&&id| id < 50).count();
         assert_eq!(hot_lost, 0, "hot ids evicted by a scan: {hot_lost}");
+    }
+
+    #[test]
+    fn a_small_main_still_has_a_protected_segment() {
+        let policy = Policy::new(10, 10, 1);
+        assert_eq!(policy.main_target, 9);
+        assert_eq!(policy.protected_target, 7);
     }
 
     #[test]
