@@ -1,6 +1,7 @@
 //! One cached key-value pair as readers see it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
 
 use crate::sync::{AtomicU32, Ordering, Owned};
 
@@ -126,6 +127,19 @@ impl<K, V> Entry<K, V> {
 /// freed either way; the panic has been reported by the panic hook and goes no further.
 pub(crate) fn drop_contained<K, V>(entry: Owned<Entry<K, V>>) {
     let _ = catch_unwind(AssertUnwindSafe(move || drop(entry)));
+}
+
+/// Drops an entry's key and value in place, keeping its memory, with a panic contained as in
+/// [`drop_contained`].
+///
+/// # Safety
+/// `entry` must point to a live entry that nothing else will drop or read again; afterwards
+/// its memory holds no key or value.
+pub(crate) unsafe fn drop_in_place_contained<K, V>(entry: NonNull<Entry<K, V>>) {
+    // SAFETY: the caller's contract: the entry is live and this is its only drop.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        std::ptr::drop_in_place(entry.as_ptr())
+    }));
 }
 
 #[cfg(test)]

@@ -18,11 +18,10 @@
 //! budget. A shard keeps at most [`SPARE_BYTES`] of shells and frees the rest.
 
 use std::mem::MaybeUninit;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::raw::entry::{drop_contained, Entry};
+use crate::raw::entry::{drop_contained, drop_in_place_contained, Entry};
 use crate::sync::{lock, Guard, Mutex, Owned, Shared};
 
 /// Entries per batch.
@@ -40,7 +39,7 @@ pub(crate) const SPARE_BYTES: usize = 16 << 10;
 struct Batch<K, V>(Vec<NonNull<Entry<K, V>>>);
 
 impl<K, V> Batch<K, V> {
-    /// Drops each entry's key and value, contained as in [`drop_contained`], and returns the
+    /// Drops each entry's key and value (see [`drop_in_place_contained`]) and returns the
     /// memory to `returned`.
     ///
     /// # Safety
@@ -49,11 +48,9 @@ impl<K, V> Batch<K, V> {
         let shells = std::mem::take(&mut self.0);
         for &entry in &shells {
             // SAFETY: the batch owns each entry (see `Retired::push`), and no reader holds
-            // one (the caller's contract), so its contents may be dropped; this is the only
-            // drop, as the pointer then goes on as a shell, whose contents are never dropped.
-            let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-                std::ptr::drop_in_place(entry.as_ptr())
-            }));
+            // one (the caller's contract); this is the only drop, as the pointer then goes on
+            // as a shell, whose contents are never dropped.
+            unsafe { drop_in_place_contained(entry) };
         }
         returned.take_back(Shells(shells));
     }
