@@ -93,7 +93,7 @@ pub struct Index {
 
 impl Default for Index {
     fn default() -> Self {
-        let (table, counts) = Table::new();
+        let (table, counts) = Table::new(0);
         Self { table, counts }
     }
 }

@@ -11,12 +11,13 @@ use larder::Cache;
 /// SipHash with fixed keys: a hash function the attacker knows.
 type Known = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
-/// Keys whose hashes under `Known` agree in the low 12 bits, which pick the first slot of a
-/// shard's probe sequence: in any table of up to 4096 slots they form one cluster.
+/// Keys whose hashes under `Known` have the top 12 bits of their low half clear: a shard's
+/// table scales that half to its length to pick the first slot of the probe sequence, so in
+/// any table of up to 4096 slots they form one cluster.
 fn colliding_keys(count: usize) -> Vec<u64> {
     let known = Known::default();
     (0u64..)
-        .filter(|key| known.hash_one(key) & 0xFFF == 0)
+        .filter(|key| (known.hash_one(key) as u32) >> 20 == 0)
         .take(count)
         .collect()
 }

@@ -413,18 +413,27 @@ where
 }
 
 /// Metadata bytes per entry outside the entry node, charged in `max_bytes` mode. Measured
-/// (`benches/memory.rs`, session 3): 86.7 B per held entry in byte mode with 100-byte values
-/// (heap 0.995 × the budget): table slots, the slab's slot index and weight, ring links and
+/// (`benches/memory.rs`, session 6): 66 to 69 B per held entry in byte mode with 100-byte
+/// values: table slots (purged to 60% load), the slab's slot index and weight, ring links and
 /// region, wheel links and the sketch, each sized for the entries the budget allows, plus
 /// the slack of vectors that grow by doubling. Count mode needs no estimate.
-const METADATA_PER_ENTRY: usize = 80;
+const METADATA_PER_ENTRY: usize = 68;
 
-/// What the allocator adds to each entry node (header and rounding).
-const ALLOCATOR_PER_ENTRY: usize = 8;
+/// The heap block malloc takes for `size` bytes: glibc's, with its 8-byte header, rounded up
+/// to 16 bytes and at least 32. Each entry node is its own allocation, so this is what one
+/// really costs (other allocators round by similar amounts).
+const fn malloc_block(size: usize) -> usize {
+    let block = (size + 8).next_multiple_of(16);
+    if block < 32 {
+        32
+    } else {
+        block
+    }
+}
 
 /// Bytes larder charges per entry on top of the weigher's figure in `max_bytes` mode: the
-/// entry node itself (inline key and value included) and its metadata, so the budget tracks
-/// the memory the cache really uses.
+/// entry node's heap block (inline key and value included) and its metadata, so the budget
+/// tracks the memory the cache really uses.
 pub(crate) const fn entry_overhead<K, V>() -> u64 {
-    (std::mem::size_of::<Entry<K, V>>() + METADATA_PER_ENTRY + ALLOCATOR_PER_ENTRY) as u64
+    (malloc_block(std::mem::size_of::<Entry<K, V>>()) + METADATA_PER_ENTRY) as u64
 }

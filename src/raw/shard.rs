@@ -143,7 +143,12 @@ where
         now: u64,
         unit_weights: bool,
     ) -> Self {
-        let (table, counts) = Table::new();
+        // Count mode knows how many entries the shard will hold; byte mode does not.
+        let (table, counts) = Table::new(if unit_weights {
+            usize::try_from(capacity).unwrap_or(usize::MAX)
+        } else {
+            0
+        });
         Self {
             table,
             state: Mutex::new(State {
