@@ -82,6 +82,7 @@ mod error;
 #[cfg(any(fuzzing, feature = "test-util"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod growth;
 mod load;
 pub mod patterns;
 mod policy;

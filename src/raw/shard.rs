@@ -144,18 +144,19 @@ where
         unit_weights: bool,
     ) -> Self {
         // Count mode knows how many entries the shard will hold; byte mode does not.
-        let (table, counts) = Table::new(if unit_weights {
+        let expected = if unit_weights {
             usize::try_from(capacity).unwrap_or(usize::MAX)
         } else {
             0
-        });
+        };
+        let (table, counts) = Table::new(expected);
         Self {
             table,
             state: Mutex::new(State {
                 counts,
-                slab: Slab::new(unit_weights),
+                slab: Slab::new(unit_weights, expected),
                 policy: Policy::new(capacity, expected_entries, seed),
-                wheel: TimerWheel::new(now),
+                wheel: TimerWheel::new(now).expecting(expected),
                 weight: 0,
                 inserts_since_sample: 0,
                 retired: Retired::new(capacity),
@@ -431,9 +432,9 @@ where
         });
         retired.hand_over(guard);
         out.weight += state.weight;
-        state.slab = Slab::new(state.slab.unit_weights());
+        state.slab = state.slab.emptied();
         state.policy.clear();
-        state.wheel = TimerWheel::new(now);
+        state.wheel = TimerWheel::new(now).expecting(state.wheel.expected());
         state.weight = 0;
         self.weight.store(0, Ordering::Relaxed);
     }

@@ -5,6 +5,7 @@
 //! every entry weighs 1, it touches nothing here at all). Only a table rebuild moves slots,
 //! and it reports each move through [`Slab::set_slot`].
 
+use crate::growth;
 use crate::raw::entry::MAX_ID;
 
 /// Slot of a free id, or of an id whose entry is not in the table yet.
@@ -19,22 +20,26 @@ pub(crate) struct Slab {
     weights: Vec<u64>,
     unit_weights: bool,
     free: Vec<u32>,
+    /// Entries the shard is expected to hold (0 when unknown); see [`growth`].
+    expected: usize,
 }
 
 impl Slab {
-    /// An empty slab; `unit_weights` when every entry weighs 1 (count mode).
-    pub(crate) fn new(unit_weights: bool) -> Self {
+    /// An empty slab; `unit_weights` when every entry weighs 1 (count mode), for a shard
+    /// expected to hold `expected` entries (0 when unknown).
+    pub(crate) fn new(unit_weights: bool, expected: usize) -> Self {
         Self {
             slots: Vec::new(),
             weights: Vec::new(),
             unit_weights,
             free: Vec::new(),
+            expected,
         }
     }
 
-    /// Whether every entry weighs 1.
-    pub(crate) fn unit_weights(&self) -> bool {
-        self.unit_weights
+    /// An empty slab with the same settings.
+    pub(crate) fn emptied(&self) -> Self {
+        Self::new(self.unit_weights, self.expected)
     }
 
     /// Takes a free id for an entry of `weight`; its slot is set once the entry is placed.
@@ -53,8 +58,10 @@ impl Slab {
             .ok()
             .filter(|&id| id < MAX_ID)
             .expect("a shard holds fewer than 2^30 entries");
+        growth::reserve(&mut self.slots, id as usize + 1, self.expected);
         self.slots.push(VACANT);
         if !self.unit_weights {
+            growth::reserve(&mut self.weights, id as usize + 1, self.expected);
             self.weights.push(weight);
         }
         id
@@ -122,7 +129,7 @@ mod tests {
 
     #[test]
     fn ids_are_reused_and_slots_follow_moves() {
-        let mut slab = Slab::new(false);
+        let mut slab = Slab::new(false, 0);
         let (a, b) = (slab.insert(10), slab.insert(20));
         slab.set_slot(a, 5);
         slab.set_slot(b, 7);
@@ -138,7 +145,7 @@ mod tests {
 
     #[test]
     fn unit_weights_keep_no_weight_array() {
-        let mut slab = Slab::new(true);
+        let mut slab = Slab::new(true, 0);
         for _ in 0..100 {
             let id = slab.insert(1);
             slab.set_slot(id, id as usize);

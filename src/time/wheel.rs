@@ -80,6 +80,8 @@ pub(crate) struct TimerWheel {
     cursor: [u64; LEVELS],
     /// Number of scheduled ids.
     len: usize,
+    /// Ids the wheel is expected to see (0 when unknown): `nodes` grows onto it.
+    expected: usize,
 }
 
 impl TimerWheel {
@@ -94,7 +96,19 @@ impl TimerWheel {
             time: now,
             cursor,
             len: 0,
+            expected: 0,
         }
+    }
+
+    /// The same wheel, expecting ids below `expected` (see `crate::growth`).
+    pub(crate) fn expecting(mut self, expected: usize) -> Self {
+        self.expected = expected;
+        self
+    }
+
+    /// The ids it expects (see [`TimerWheel::expecting`]).
+    pub(crate) fn expected(&self) -> usize {
+        self.expected
     }
 
     /// Schedules `id` to expire at `expires_at` (ns). If `id` is already scheduled it is moved.
@@ -110,6 +124,7 @@ impl TimerWheel {
         assert!(id < HEAD_BASE, "timer id {id} is reserved");
         let idx = id as usize;
         if idx >= self.nodes.len() {
+            crate::growth::reserve(&mut self.nodes, idx + 1, self.expected);
             self.nodes.resize(idx + 1, Node::looped(NIL));
         }
         if self.nodes[idx].prev == NIL {
