@@ -23,13 +23,24 @@ const UNLINKED: Link = Link {
 #[derive(Debug, Default)]
 pub(crate) struct Links {
     links: Vec<Link>,
+    /// Ids the shard is expected to use (0 when unknown); see `crate::growth`.
+    expected: usize,
 }
 
 impl Links {
+    /// Empty link storage for about `expected` ids (0 when unknown).
+    pub(crate) fn expecting(expected: usize) -> Self {
+        Self {
+            links: Vec::new(),
+            expected,
+        }
+    }
+
     fn ensure(&mut self, id: u32) {
         let needed = id as usize + 1;
         if self.links.len() < needed {
-            self.links.resize(needed.next_power_of_two(), UNLINKED);
+            crate::growth::reserve(&mut self.links, needed, self.expected);
+            self.links.resize(needed, UNLINKED);
         }
     }
 

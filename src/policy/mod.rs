@@ -87,6 +87,8 @@ pub(crate) struct Policy {
     protected_target: u64,
     /// xorshift state for admission jitter; seeded per shard from the cache's random state.
     jitter: u64,
+    /// Ids the shard is expected to use (0 when unknown): per-id arrays grow onto it.
+    expected_ids: usize,
 }
 
 impl Policy {
@@ -107,9 +109,17 @@ impl Policy {
             main_target: 0,
             protected_target: 0,
             jitter: seed | 1,
+            expected_ids: 0,
         };
         policy.set_window_per_mille(climber::INITIAL_WINDOW_PER_MILLE);
         policy
+    }
+
+    /// The same policy, its per-id arrays growing onto `expected` ids (see `crate::growth`).
+    pub(crate) fn expecting(mut self, expected: usize) -> Self {
+        self.expected_ids = expected;
+        self.links = Links::expecting(expected);
+        self
     }
 
     /// Gives the window `per_mille` thousandths of the capacity (at least one unit). The
@@ -178,7 +188,7 @@ impl Policy {
 
     /// Forgets every entry (the cache was cleared); frequency history is kept.
     pub(crate) fn clear(&mut self) {
-        self.links = Links::default();
+        self.links = Links::expecting(self.expected_ids);
         self.window = Ring::default();
         self.main = Ring::default();
         self.protected = Ring::default();
@@ -358,8 +368,8 @@ impl Policy {
     fn set_region(&mut self, id: u32, region: Region) {
         let index = id as usize;
         if self.region.len() <= index {
-            self.region
-                .resize((index + 1).next_power_of_two(), Region::Window);
+            crate::growth::reserve(&mut self.region, index + 1, self.expected_ids);
+            self.region.resize(index + 1, Region::Window);
         }
         self.region[index] = region;
     }

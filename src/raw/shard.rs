@@ -155,7 +155,7 @@ where
             state: Mutex::new(State {
                 counts,
                 slab: Slab::new(unit_weights, expected),
-                policy: Policy::new(capacity, expected_entries, seed),
+                policy: Policy::new(capacity, expected_entries, seed).expecting(expected),
                 wheel: TimerWheel::new(now).expecting(expected),
                 weight: 0,
                 inserts_since_sample: 0,
