@@ -27,6 +27,11 @@ use crate::sync::{lock, Guard, Mutex, Owned, Shared};
 /// Entries per batch.
 pub(crate) const BATCH_LEN: usize = 8;
 
+/// A batch also leaves once it weighs this fraction of the shard's capacity, so in byte
+/// mode the memory of entries waiting in batches stays within about that fraction of the
+/// budget.
+const BATCH_WEIGHT_FRACTION: u64 = 64;
+
 /// Shell memory a shard keeps for reuse: with `u64` pairs, 512 shells, more than a steady
 /// stream of writes has waiting in the collector at once.
 pub(crate) const SPARE_BYTES: usize = 16 << 10;
@@ -149,7 +154,7 @@ impl<K, V> Retired<K, V> {
         Self {
             batch: Batch(Vec::new()),
             weight: 0,
-            max_weight: (capacity / BATCH_LEN as u64).max(1),
+            max_weight: (capacity / BATCH_WEIGHT_FRACTION).max(1),
             returned: Arc::new(Returned {
                 batches: Mutex::new(Vec::new()),
                 max_batches: (SPARE_BYTES / (shell_bytes * BATCH_LEN)).max(1),
