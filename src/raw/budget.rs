@@ -6,9 +6,13 @@ use crate::sync::{AtomicU64, Ordering};
 
 /// How much weight the cache may hold and how much it holds now.
 ///
-/// Writers charge an entry's weight before publishing it and release weight as entries
-/// leave, so `weight` may briefly exceed the sum of the shards, never fall below it:
-/// eviction errs on the side of the budget.
+/// An insert settles what it adds and what leaves its shard on the shared counter once, as
+/// its critical section ends (see [`Pending`]), so in steady state, where an insert evicts
+/// about its own weight, the counter's cache line is read but not written: a shared line
+/// written by every insert was two atomic read-modify-writes per new key, and the line
+/// moving between cores with every write from two threads. While inserts are in flight the
+/// counter may differ from the shards' sum by their weights (the documented overshoot); at
+/// rest it is their sum.
 #[derive(Debug)]
 pub(crate) struct Budget {
     /// The most the cache may hold at rest.
@@ -27,23 +31,12 @@ impl Budget {
         }
     }
 
-    /// Charges `weight` for an insert about to be published. The charge is released again
-    /// if the insert unwinds before [`Charge::keep`] is called once the entry is in.
-    pub(crate) fn charge(&self, weight: u64) -> Charge<'_> {
-        self.weight.fetch_add(weight, Ordering::Relaxed);
-        Charge {
+    /// Starts accounting for one insert's critical section: see [`Pending`].
+    pub(crate) fn pending(&self) -> Pending<'_> {
+        Pending {
             budget: self,
-            weight,
-        }
-    }
-
-    /// Charges for an entry of weight `old` replaced by one of weight `new`: only the
-    /// difference, so an equal weight costs no atomic write.
-    pub(crate) fn replace(&self, old: u64, new: u64) {
-        if new > old {
-            self.weight.fetch_add(new - old, Ordering::Relaxed);
-        } else {
-            self.release(old - new);
+            added: 0,
+            removed: 0,
         }
     }
 
@@ -64,23 +57,71 @@ impl Budget {
     }
 }
 
-/// A charge on the budget that is released when dropped, unless kept.
+/// The weight one insert adds and removes under its shard lock, settled on the shared
+/// counter in one write (none when they cancel) when dropped, which also happens if the
+/// insert unwinds, so the counter never loses track of a published entry.
 #[derive(Debug)]
-#[must_use = "a dropped charge is released"]
-pub(crate) struct Charge<'a> {
+#[must_use = "dropping it settles the weight at once"]
+pub(crate) struct Pending<'a> {
     budget: &'a Budget,
-    weight: u64,
+    added: u64,
+    removed: u64,
 }
 
-impl Charge<'_> {
-    /// The insert went in: the weight now belongs to its entry.
-    pub(crate) fn keep(self) {
-        std::mem::forget(self);
+impl Pending<'_> {
+    /// An entry of `weight` came in (or a replacement's new weight).
+    pub(crate) fn add(&mut self, weight: u64) {
+        self.added += weight;
+    }
+
+    /// An entry of `weight` left (or a replacement's old weight).
+    pub(crate) fn remove(&mut self, weight: u64) {
+        self.removed += weight;
+    }
+
+    /// Whether the cache would hold more than its limit once this is settled.
+    pub(crate) fn is_over(&self) -> bool {
+        let weight = self.budget.weight().saturating_add(self.added);
+        weight > self.budget.limit.saturating_add(self.removed)
     }
 }
 
-impl Drop for Charge<'_> {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.budget.release(self.weight);
+        if self.added > self.removed {
+            let grown = self.added - self.removed;
+            self.budget.weight.fetch_add(grown, Ordering::Relaxed);
+        } else {
+            self.budget.release(self.removed - self.added);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_weight_settles_once_and_counts_for_is_over() {
+        let budget = Budget::new(10, 1);
+        let mut first = budget.pending();
+        first.add(8);
+        assert!(!first.is_over());
+        first.add(4);
+        assert!(first.is_over(), "8 + 4 > 10 before anything is settled");
+        first.remove(3);
+        assert!(!first.is_over());
+        assert_eq!(budget.weight(), 0, "nothing settled yet");
+        drop(first);
+        assert_eq!(budget.weight(), 9);
+        let mut second = budget.pending();
+        second.add(1);
+        second.remove(1);
+        drop(second);
+        assert_eq!(budget.weight(), 9, "cancelled out");
+        let mut third = budget.pending();
+        third.remove(5);
+        drop(third);
+        assert_eq!(budget.weight(), 4);
     }
 }

@@ -221,13 +221,15 @@ where
         Some(entry)
     }
 
-    /// Publishes `entry` charged at `weight`, replacing any entry of the same key. The weight
-    /// is charged to `budget` before the entry is published, so concurrent writers see it
-    /// and evict for it; a replacement charges only the difference from the old weight, so
-    /// rewriting a key in count mode touches no shared counter.
+    /// Publishes `entry` charged at `weight`, replacing any entry of the same key. What the
+    /// insert adds and what leaves the shard (a replaced entry, expired and evicted ones)
+    /// are settled on `budget` in one write as the critical section ends (see
+    /// `budget::Pending`), none when they cancel: a rewrite at the same weight, or a new
+    /// key that evicts one of its weight, touches no shared counter. Until then concurrent
+    /// writers do not see this insert's weight, which is the documented overshoot.
     /// `clock` is called only if an expiry must be checked. While the cache is over
     /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
-    /// that to other shards). Weight that left is released to `budget` here.
+    /// that to other shards).
     ///
     /// `window_per_mille` is the admission window's current share (see `HillClimber`).
     #[allow(clippy::too_many_arguments)]
@@ -243,6 +245,7 @@ where
     ) -> Inserted {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        let mut pending = budget.pending();
         let mut entry = state.retired.place(entry);
         state.policy.set_window_per_mille(window_per_mille);
         state.inserts_since_sample += 1;
@@ -266,7 +269,8 @@ where
             let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
             let was_scheduled = old.expires_at != NEVER;
             let old_weight = state.slab.reweigh(id, weight);
-            budget.replace(old_weight, weight);
+            pending.add(weight);
+            pending.remove(old_weight);
             // Same slot: the slab keeps pointing at it.
             let (old, _) = self
                 .table
@@ -289,7 +293,6 @@ where
                 Inserted::Updated
             }
         } else {
-            let charge = budget.charge(weight);
             let id = state.slab.insert(weight);
             entry.set_id(id);
             let slab = &mut state.slab;
@@ -299,7 +302,7 @@ where
                     slab.set_slot(moved, slot);
                 });
             slab.set_slot(id, slot);
-            charge.keep();
+            pending.add(weight);
             state.policy.on_insert(id, sketch_hash, weight);
             state.weight += weight;
             if expires_at != NEVER {
@@ -311,12 +314,12 @@ where
             self.expire_locked(state, clock(), WHEEL_WORK_PER_WRITE, guard, out);
         }
         loop {
-            budget.release(std::mem::take(&mut out.weight));
+            pending.remove(std::mem::take(&mut out.weight));
             // Steady state: the inserting shard pays for its insert, through the policy's
             // admission duel (its window just grew). Only a shard far below its share (skew)
             // or holding nothing but the new entry (one entry may use the whole budget)
             // leaves the eviction to others.
-            if !budget.is_over() || state.policy.len() <= 1 || state.weight < budget.share / 2 {
+            if !pending.is_over() || state.policy.len() <= 1 || state.weight < budget.share / 2 {
                 break;
             }
             let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
@@ -325,6 +328,8 @@ where
             out.rejected += u64::from(eviction.rejected);
             self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
         }
+        // One write to the shared counter, none when the insert paid for itself.
+        drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
         outcome
     }
