@@ -159,7 +159,8 @@ impl Policy {
     /// Records a newly inserted entry: it counts as an access and joins the window.
     pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u64) {
         self.sketch.increment(hash);
-        self.sketch.ensure_capacity(self.len() + 1);
+        self.sketch
+            .ensure_capacity(self.len() + 1, self.expected_ids);
         self.ghost.ensure_capacity(self.len() + 1);
         let region = if self.ghost.take(hash) {
             Region::Returning

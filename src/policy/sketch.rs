@@ -56,9 +56,7 @@ struct Block([u64; WORDS_PER_BLOCK]);
 pub(crate) struct FrequencySketch {
     /// 16 four-bit counters per word, eight words per block.
     table: Vec<Block>,
-    table_mask: usize,
     door: Vec<Block>,
-    door_mask: usize,
     sized_for: usize,
     sample_size: usize,
     samples: usize,
@@ -68,9 +66,11 @@ impl FrequencySketch {
     /// Sized for about `expected_entries` distinct hot items (at least [`MIN_ENTRIES`]).
     pub(crate) fn with_capacity(expected_entries: usize) -> Self {
         let n = expected_entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
-        let words = n.next_power_of_two();
-        // Whole blocks, at least one. Both counts stay powers of two, so masks can index them.
-        let blocks = words.div_ceil(WORDS_PER_BLOCK);
+        // A word per entry, in whole blocks: any number of them, since a block is picked by
+        // scaling the hash to the count (`scale`). Rounding up to a power of two, as the
+        // sketch once did, gave a shard of 75,000 entries 131,072 words.
+        let words = n.next_multiple_of(WORDS_PER_BLOCK);
+        let blocks = words / WORDS_PER_BLOCK;
         // Divide rather than multiply by the bits: no overflow on a 32-bit usize.
         let door_blocks = words.div_ceil(WORDS_PER_DOOR_BLOCK);
         // Unlike `vec![0u64; n]` this zeroes eagerly (std only uses calloc for small alignments),
@@ -78,9 +78,7 @@ impl FrequencySketch {
         // front. Lazily zeroed aligned memory would need unsafe or a hand-aligned `Vec<u64>`.
         Self {
             table: vec![Block::default(); blocks],
-            table_mask: blocks - 1,
             door: vec![Block::default(); door_blocks],
-            door_mask: door_blocks - 1,
             sized_for: n,
             sample_size: n.saturating_mul(10),
             samples: 0,
@@ -88,12 +86,18 @@ impl FrequencySketch {
     }
 
     /// Grows (and resets) the sketch if `expected_entries` exceeds what it was sized for.
-    /// Growth is at least twofold, so a shard that grows one entry at a time resets its
-    /// sketch O(log n) times, not on every insert.
-    pub(crate) fn ensure_capacity(&mut self, expected_entries: usize) {
+    /// Growth is geometric (see `crate::growth`: twofold, landing on `ceiling`, the entries
+    /// the shard is expected to hold, 0 when unknown), so a shard that grows one entry at a
+    /// time resets its sketch O(log n) times, not on every insert.
+    pub(crate) fn ensure_capacity(&mut self, expected_entries: usize, ceiling: usize) {
         // Clamp first, or a request above MAX_ENTRIES would reset the sketch on every call.
-        if expected_entries.min(MAX_ENTRIES) > self.sized_for {
-            *self = Self::with_capacity(expected_entries.max(self.sized_for.saturating_mul(2)));
+        let needed = expected_entries.min(MAX_ENTRIES);
+        if needed > self.sized_for {
+            *self = Self::with_capacity(crate::growth::grown_capacity(
+                self.sized_for,
+                needed,
+                ceiling,
+            ));
         }
     }
 
@@ -159,9 +163,10 @@ impl FrequencySketch {
     #[inline]
     fn counter_slots(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
         let block_hash = spread(hash, BLOCK_MUL);
-        let block = block_hash as usize & self.table_mask;
-        // Items that share a block agree in the low bits of `block_hash`; the top half of this
-        // product depends on all 64 of them, so their counter positions are still unrelated.
+        let block = scale(block_hash, self.table.len());
+        // Items that share a block agree in the top bits of `block_hash`'s low half; the top
+        // half of this product depends on all 64 bits, so their counter positions are still
+        // unrelated.
         let counter_hash = (block_hash.wrapping_mul(COUNTER_MUL) >> 32) as u32;
         // One byte of `counter_hash` per row: bit 0 picks between the row's two words, bits 1..5
         // the nibble. Giving row i its own words 2i and 2i + 1 (as Caffeine does) keeps the four
@@ -181,7 +186,7 @@ impl FrequencySketch {
     #[inline]
     fn door_probes(&self, hash: u64) -> (usize, [(usize, u64); DOOR_PROBES]) {
         let h = spread(hash, DOOR_MUL);
-        let block = h as usize & self.door_mask;
+        let block = scale(h, self.door.len());
         // The block comes from the low half (low ^ high of the product), the probes from the high
         // half alone: whatever the probes, every block is equally likely, so items that share a
         // block do not tend to share probe bits too.
@@ -213,6 +218,13 @@ impl FrequencySketch {
         }
         present
     }
+}
+
+/// A block index below `len` from the low 32 bits of a spread hash (multiply and shift), so
+/// the block count need not be a power of two.
+#[inline]
+fn scale(hash: u64, len: usize) -> usize {
+    ((u64::from(hash as u32) * len as u64) >> 32) as usize
 }
 
 /// Multiplies by an odd constant and folds the high half down, a bijection of `hash`. The
@@ -342,9 +354,9 @@ mod tests {
         (s.table.len() * WORDS_PER_BLOCK, s.door.len() * BLOCK_BITS)
     }
 
-    /// Doorkeeper bits for a table of `words`: 16 per word, but at least one block.
+    /// Doorkeeper bits for a table of `words`: 16 per word, in whole blocks.
     fn door_bits(words: usize) -> usize {
-        (words * DOOR_BITS_PER_ENTRY).max(BLOCK_BITS)
+        (words * DOOR_BITS_PER_ENTRY).next_multiple_of(BLOCK_BITS)
     }
 
     #[test]
@@ -355,16 +367,20 @@ mod tests {
         assert_eq!(before, (MIN_ENTRIES + MIN_ENTRIES / 4) * 8);
         let h = splitmix64(3);
         s.increment(h);
-        s.ensure_capacity(MIN_ENTRIES);
+        s.ensure_capacity(MIN_ENTRIES, 0);
         assert_eq!((sizes(&s).0, s.frequency(h)), (MIN_ENTRIES, 1));
-        s.ensure_capacity(2000);
+        // Not a power of two: a word per entry, in whole blocks.
+        s.ensure_capacity(2000, 0);
         assert_eq!(
             (sizes(&s), s.sample_size),
-            ((2048, door_bits(2048)), 20_000)
+            ((2000, door_bits(2000)), 20_000)
         );
         assert_eq!(s.frequency(h), 0);
         assert!(s.heap_bytes() > before);
-        assert_eq!(s.heap_bytes(), (2048 + 2048 / 4) * 8);
+        assert_eq!(s.heap_bytes(), 2000 * 8 + door_bits(2000) / 8);
+        // Within a doubling of the shard's expected entries (plus a sixteenth), it lands there.
+        s.ensure_capacity(2001, 3000);
+        assert_eq!(sizes(&s).0, 3192);
     }
 
     #[test]
@@ -425,7 +441,7 @@ mod tests {
         let top = if cfg!(miri) { 5_000 } else { 100_000 };
         for n in 17..top {
             let before = s.sized_for;
-            s.ensure_capacity(n);
+            s.ensure_capacity(n, 0);
             resets += usize::from(s.sized_for != before);
         }
         assert!(resets <= 14, "{resets} resets");
