@@ -261,7 +261,11 @@ impl<K: 'static, V: 'static> Table<K, V> {
         let slots = self.slots(guard);
         let tag = hash_tag(entry.hash);
         let new = entry.with_tag(tag).into_shared(guard);
-        let old = slots.slots[index].swap(new, Ordering::AcqRel, guard);
+        // Only the lock holder writes slots, so a load and a store replace atomically enough
+        // for readers (they see the old pointer or the new), without the full barrier of a
+        // swap: on x86 an `xchg` is a locked instruction, a release store a plain move.
+        let old = slots.slots[index].load(Ordering::Relaxed, guard);
+        slots.slots[index].store(new, Ordering::Release);
         debug_assert!(!old.is_null());
         (old.with_tag(0), new.with_tag(0))
     }
@@ -299,7 +303,9 @@ impl<K: 'static, V: 'static> Table<K, V> {
         } else {
             tombstone
         };
-        let old = slots.slots[index].swap(left, Ordering::AcqRel, guard);
+        // A load and a store, as in `replace`: only the lock holder writes slots.
+        let old = slots.slots[index].load(Ordering::Relaxed, guard);
+        slots.slots[index].store(left, Ordering::Release);
         debug_assert!(!old.is_null(), "slot {index} is empty");
         counts.live -= 1;
         if ends_a_run {
