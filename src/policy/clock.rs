@@ -4,20 +4,41 @@
 //! `Vec<Link>` indexed by id. New ids join just behind the hand, so the hand meets them last:
 //! the hand always points at the oldest id that has not been given a second chance.
 
-/// Marks "no id": an empty ring's hand, an unlinked id's neighbours.
+/// Marks "no id": an empty ring's hand, an unlinked id's successor.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// An id's neighbours in its ring.
+/// Bits of [`Link::prev_tag`] holding an id; the two above hold the id's tag.
+const ID_BITS: u32 = 30;
+const ID_MASK: u32 = (1 << ID_BITS) - 1;
+const _: () = assert!(crate::raw::entry::MAX_ID <= ID_MASK);
+
+/// An id's neighbours in its ring, and the id's own tag.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Link {
-    prev: u32,
     next: u32,
+    /// The predecessor (low [`ID_BITS`] bits) and the tag the policy keeps for this id (top
+    /// two): its region. In the link rather than an array of its own, it costs no memory
+    /// and no cache line of its own.
+    prev_tag: u32,
+}
+
+impl Link {
+    fn prev(self) -> u32 {
+        self.prev_tag & ID_MASK
+    }
+
+    fn set_prev(&mut self, id: u32) {
+        self.prev_tag = (self.prev_tag & !ID_MASK) | id;
+    }
 }
 
 const UNLINKED: Link = Link {
-    prev: NIL,
     next: NIL,
+    prev_tag: ID_MASK,
 };
+
+/// Tags an id can carry (see [`Links::tag`]).
+pub(crate) const TAGS: u8 = 4;
 
 /// The shared link storage of every ring of one policy.
 #[derive(Debug, Default)]
@@ -42,6 +63,21 @@ impl Links {
             crate::growth::reserve(&mut self.links, needed, self.expected);
             self.links.resize(needed, UNLINKED);
         }
+    }
+
+    /// The tag last set for `id` (0 if none was): kept while the id moves between rings.
+    pub(crate) fn tag(&self, id: u32) -> u8 {
+        self.links
+            .get(id as usize)
+            .map_or(0, |link| (link.prev_tag >> ID_BITS) as u8)
+    }
+
+    /// Sets `id`'s tag, below [`TAGS`].
+    pub(crate) fn set_tag(&mut self, id: u32, tag: u8) {
+        debug_assert!(tag < TAGS);
+        self.ensure(id);
+        let link = &mut self.links[id as usize];
+        link.prev_tag = (link.prev_tag & ID_MASK) | (u32::from(tag) << ID_BITS);
     }
 
     /// Whether `id` is in some ring.
@@ -97,14 +133,18 @@ impl Ring {
         links.ensure(id);
         debug_assert!(!links.is_linked(id), "id {id} is already in a ring");
         if self.hand == NIL {
-            links.links[id as usize] = Link { prev: id, next: id };
+            let link = &mut links.links[id as usize];
+            link.set_prev(id);
+            link.next = id;
             self.hand = id;
         } else {
             let next = self.hand;
-            let prev = links.links[next as usize].prev;
-            links.links[id as usize] = Link { prev, next };
+            let prev = links.links[next as usize].prev();
+            let link = &mut links.links[id as usize];
+            link.set_prev(prev);
+            link.next = next;
             links.links[prev as usize].next = id;
-            links.links[next as usize].prev = id;
+            links.links[next as usize].set_prev(id);
         }
         self.len += 1;
         self.weight += weight;
@@ -113,17 +153,21 @@ impl Ring {
     /// Unlinks `id`, which must be in this ring.
     pub(crate) fn remove(&mut self, links: &mut Links, id: u32, weight: u64) {
         debug_assert!(links.is_linked(id), "id {id} is in no ring");
-        let Link { prev, next } = links.links[id as usize];
+        let link = links.links[id as usize];
+        let (prev, next) = (link.prev(), link.next);
         if next == id {
             self.hand = NIL;
         } else {
             links.links[prev as usize].next = next;
-            links.links[next as usize].prev = prev;
+            links.links[next as usize].set_prev(prev);
             if self.hand == id {
                 self.hand = next;
             }
         }
-        links.links[id as usize] = UNLINKED;
+        // Unlinked, with its tag kept.
+        let link = &mut links.links[id as usize];
+        link.next = NIL;
+        link.set_prev(ID_MASK);
         self.len -= 1;
         self.weight -= weight;
     }
@@ -198,6 +242,23 @@ mod tests {
         assert!(ring.is_empty());
         assert_eq!(ring.hand(), None);
         assert_eq!(ring.weight(), 0);
+    }
+
+    #[test]
+    fn tags_survive_moves_between_rings() {
+        let (mut links, mut a, mut b) = (Links::default(), Ring::default(), Ring::default());
+        links.set_tag(5, 3);
+        a.push(&mut links, 5, 1);
+        a.push(&mut links, 6, 1);
+        links.set_tag(6, 2);
+        a.remove(&mut links, 5, 1);
+        assert_eq!((links.tag(5), links.tag(6), links.tag(7)), (3, 2, 0));
+        b.push(&mut links, 5, 1);
+        a.push(&mut links, 7, 1);
+        assert_eq!(order(&a, &links), vec![6, 7]);
+        assert_eq!((links.tag(5), links.tag(6)), (3, 2));
+        links.set_tag(5, 1);
+        assert_eq!(order(&b, &links), vec![5]);
     }
 
     #[test]

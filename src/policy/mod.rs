@@ -58,7 +58,7 @@ pub(crate) struct Eviction {
     pub(crate) rejected: bool,
 }
 
-/// Where an id lives.
+/// Where an id lives, kept as the id's tag in the ring links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Region {
     Window,
@@ -70,11 +70,23 @@ enum Region {
     Protected,
 }
 
+impl Region {
+    const ALL: [Self; clock::TAGS as usize] =
+        [Self::Window, Self::Returning, Self::Main, Self::Protected];
+
+    fn of_tag(tag: u8) -> Self {
+        Self::ALL[usize::from(tag)]
+    }
+
+    fn tag(self) -> u8 {
+        self as u8
+    }
+}
+
 /// The replacement policy of one shard.
 #[derive(Debug)]
 pub(crate) struct Policy {
     links: Links,
-    region: Vec<Region>,
     window: Ring,
     main: Ring,
     protected: Ring,
@@ -97,7 +109,6 @@ impl Policy {
     pub(crate) fn new(capacity: u64, expected_entries: usize, seed: u64) -> Self {
         let mut policy = Self {
             links: Links::default(),
-            region: Vec::new(),
             window: Ring::default(),
             main: Ring::default(),
             protected: Ring::default(),
@@ -183,7 +194,7 @@ impl Policy {
 
     /// Forgets an entry removed for any reason other than [`Policy::evict`].
     pub(crate) fn on_remove(&mut self, id: u32, weight: u64) {
-        let (ring, links) = self.ring_and_links(self.region[id as usize]);
+        let (ring, links) = self.ring_and_links(self.region(id));
         ring.remove(links, id, weight);
     }
 
@@ -236,7 +247,7 @@ impl Policy {
                 rejected: false,
             });
         };
-        let returning = self.region[candidate as usize] == Region::Returning;
+        let returning = self.region(candidate) == Region::Returning;
         if returning || self.admit(members.hash(candidate), members.hash(victim)) {
             self.main
                 .remove(&mut self.links, victim, members.weight(victim));
@@ -367,12 +378,11 @@ impl Policy {
     }
 
     fn set_region(&mut self, id: u32, region: Region) {
-        let index = id as usize;
-        if self.region.len() <= index {
-            crate::growth::reserve(&mut self.region, index + 1, self.expected_ids);
-            self.region.resize(index + 1, Region::Window);
-        }
-        self.region[index] = region;
+        self.links.set_tag(id, region.tag());
+    }
+
+    fn region(&self, id: u32) -> Region {
+        Region::of_tag(self.links.tag(id))
     }
 
     fn ring(&self, region: Region) -> &Ring {
@@ -384,15 +394,12 @@ impl Policy {
     }
 
     fn ring_of(&mut self, id: u32) -> &mut Ring {
-        self.ring_and_links(self.region[id as usize]).0
+        self.ring_and_links(self.region(id)).0
     }
 
     /// Bytes of policy metadata, for memory accounting.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.links.heap_bytes()
-            + self.region.capacity()
-            + self.sketch.heap_bytes()
-            + self.ghost.heap_bytes()
+        self.links.heap_bytes() + self.sketch.heap_bytes() + self.ghost.heap_bytes()
     }
 }
 
@@ -478,6 +485,13 @@ mod tests {
         }
         let hot_lost = evicted.iter().filter(|&&id| id < 50).count();
         assert_eq!(hot_lost, 0, "hot ids evicted by a scan: {hot_lost}");
+    }
+
+    #[test]
+    fn regions_round_trip_through_their_tags() {
+        for region in Region::ALL {
+            assert_eq!(Region::of_tag(region.tag()), region);
+        }
     }
 
     #[test]
