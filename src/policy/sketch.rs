@@ -1,33 +1,41 @@
 //! TinyLFU frequency estimation: a 4-bit count-min sketch fronted by a doorkeeper bloom filter.
 //!
-//! Both structures are blocked: an item's four counters lie in one 64-byte block of the counter
-//! table (as in Caffeine) and its three doorkeeper bits in one 64-byte block of the filter (a
-//! blocked Bloom filter), so an `increment` or `frequency` touches at most two cache lines
-//! instead of up to seven (four independent rows plus three independent probes). Once a sketch
-//! outgrows L2 the insert path is bound by those misses: increment + frequency measured about
-//! 10% faster at 2^20 words and about 20% faster at 2^23 to 2^26. The price is a little
-//! accuracy: items that share a block share their collisions in all four rows, so the rows'
-//! errors are no longer independent; mean estimation error measured 2-10% higher.
+//! Both live in one table of 64-byte blocks, and an item's four counters and its three
+//! doorkeeper bits lie in the same block: six words of counters (four rows of 24) and two
+//! words of doorkeeper. An `increment` or `frequency` therefore touches one cache line, where
+//! four independent rows and three independent probes would touch up to seven, and where a
+//! separate doorkeeper table (the layout before session 7) touched two. Once the sketch
+//! outgrows L2 the insert path is bound by those misses. The price is a little accuracy:
+//! items that share a block share their collisions in all four rows and in the doorkeeper,
+//! so the errors are no longer independent.
 
-/// Spreads the hash before picking a counter block.
+/// Spreads the hash before picking a block.
 const BLOCK_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Re-mixes the block hash into the positions of the four counters within the block.
 const COUNTER_MUL: u64 = 0xC2B2_AE3D_27D4_EB4F;
-/// Spreads the hash before picking a doorkeeper block: a multiplier unrelated to `BLOCK_MUL`,
-/// so items that share a counter block are unlikely to share a doorkeeper block too.
+/// Spreads the hash into the doorkeeper's probe positions: a multiplier unrelated to
+/// `BLOCK_MUL`, so items that share a block are unlikely to share probe bits too.
 const DOOR_MUL: u64 = 0x1656_67B1_9E37_79F9;
 /// Clears the bit that a one-bit right shift moves into the top of each lower nibble.
 const HALVE_MASK: u64 = 0x7777_7777_7777_7777;
 const MAX_COUNT: u64 = 15;
 const DOOR_PROBES: usize = 3;
-/// Doorkeeper bits per table word, so at least per expected entry; must divide `BLOCK_BITS`.
-/// Under heavy churn a period holds up to 10x that many distinct items and the filter fills:
-/// 16 measured about 4x lower estimation error there, for one more byte per entry.
-const DOOR_BITS_PER_ENTRY: usize = 16;
 const WORDS_PER_BLOCK: usize = 8;
-const BLOCK_BITS: usize = WORDS_PER_BLOCK * 64;
-/// Table words covered by one doorkeeper block at `DOOR_BITS_PER_ENTRY`.
-const WORDS_PER_DOOR_BLOCK: usize = BLOCK_BITS / DOOR_BITS_PER_ENTRY;
+/// Words of a block holding counters; the rest hold the doorkeeper.
+const COUNTER_WORDS: usize = 6;
+const DOOR_WORDS: usize = WORDS_PER_BLOCK - COUNTER_WORDS;
+const DOOR_BITS: u64 = (DOOR_WORDS * 64) as u64;
+const ROWS: usize = 4;
+/// Counters of one row within a block: each row has its own, so an item's four counters are
+/// always four different ones.
+const ROW_COUNTERS: u64 = (COUNTER_WORDS * 16 / ROWS) as u64;
+/// Expected entries one block serves: 12 counters and 16 doorkeeper bits, 8 bytes, per
+/// entry. The separate tables before gave each entry 16 counters and 16 bits in 10 bytes.
+/// Over the 113 rows of the real traces (larder against the best of moka held to its
+/// capacity, quick_cache and LRU; 5 runs each, sd of a run's mean 0.02) the mean gap was
+/// +0.044 with the separate tables, +0.043 with one block per 6 entries (10.7 bytes) and
+/// +0.021 with one per 8: 2.7 bytes an entry for about 0.02 points.
+const ENTRIES_PER_BLOCK: usize = 8;
 /// A sketch sized for fewer entries than this is sized for this many: a small cache still
 /// gets a frequency history long enough (ten accesses per entry) and a table wide enough to
 /// rank what it sees. At 16, a 10-entry cache forgot every count after 160 accesses, in a
@@ -36,27 +44,36 @@ const WORDS_PER_DOOR_BLOCK: usize = BLOCK_BITS / DOOR_BITS_PER_ENTRY;
 /// points (5 runs) to +0.072 (8 runs) and rows within 0.5 from 71.2 to 81.0: ps at 15 +1.6,
 /// multi1 at 13 +1.1, sprite at 10 +1.0, web12 at 14 +1.1 (cpp at 61 -2.2). 256 gave +0.067,
 /// 1,024 +0.076 (3 runs). Both halves matter: the longer period alone gave -0.046, the wider
-/// table alone -0.127 (3 runs each). The cost is a fixed 5 KiB per shard.
+/// table alone -0.127 (3 runs each). The cost is a fixed 4 KiB per shard.
 const MIN_ENTRIES: usize = 512;
 /// Keeps block indexes within the 32 well-mixed bits `spread` provides and bounds memory on
 /// absurd input.
 const MAX_ENTRIES: usize = 1 << 30;
 
-const _: () = assert!(BLOCK_BITS % DOOR_BITS_PER_ENTRY == 0);
+const _: () = assert!(COUNTER_WORDS * 16 % ROWS == 0 && ROW_COUNTERS <= 256);
+const _: () = assert!(DOOR_BITS.is_power_of_two());
 const _: () = assert!(std::mem::size_of::<Block>() == 64 && std::mem::align_of::<Block>() == 64);
 
 /// One cache line. The alignment makes every element of a `Vec<Block>` start on a line
-/// boundary, so whatever one item touches within a block costs a single line fill.
+/// boundary, so whatever one item touches costs a single line fill.
 #[derive(Clone, Copy, Default)]
 #[repr(align(64))]
 struct Block([u64; WORDS_PER_BLOCK]);
 
+/// Where one item's counters and doorkeeper bits lie: its block, the (word, bit shift) of its
+/// counter in each row, and the (word, mask) of each doorkeeper probe.
+struct Place {
+    block: usize,
+    counters: [(usize, u32); ROWS],
+    door: [(usize, u64); DOOR_PROBES],
+}
+
 /// Approximate per-item access counts over a sliding window of recent accesses.
 #[derive(Clone)]
 pub(crate) struct FrequencySketch {
-    /// 16 four-bit counters per word, eight words per block.
+    /// Per block, 16 four-bit counters in each of the first [`COUNTER_WORDS`] words, and
+    /// doorkeeper bits in the rest.
     table: Vec<Block>,
-    door: Vec<Block>,
     sized_for: usize,
     sample_size: usize,
     samples: usize,
@@ -66,19 +83,15 @@ impl FrequencySketch {
     /// Sized for about `expected_entries` distinct hot items (at least [`MIN_ENTRIES`]).
     pub(crate) fn with_capacity(expected_entries: usize) -> Self {
         let n = expected_entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
-        // A word per entry, in whole blocks: any number of them, since a block is picked by
-        // scaling the hash to the count (`scale`). Rounding up to a power of two, as the
-        // sketch once did, gave a shard of 75,000 entries 131,072 words.
-        let words = n.next_multiple_of(WORDS_PER_BLOCK);
-        let blocks = words / WORDS_PER_BLOCK;
-        // Divide rather than multiply by the bits: no overflow on a 32-bit usize.
-        let door_blocks = words.div_ceil(WORDS_PER_DOOR_BLOCK);
-        // Unlike `vec![0u64; n]` this zeroes eagerly (std only uses calloc for small alignments),
-        // about 4 ms at 2^20 words: the page faults the old layout took on first touch, moved up
-        // front. Lazily zeroed aligned memory would need unsafe or a hand-aligned `Vec<u64>`.
+        // Any number of blocks, since a block is picked by scaling the hash to the count
+        // (`scale`). Rounding up to a power of two, as the sketch once did, gave a shard of
+        // 75,000 entries 131,072 words.
+        let blocks = n.div_ceil(ENTRIES_PER_BLOCK);
+        // Unlike `vec![0u64; n]` this zeroes eagerly (std only uses calloc for small
+        // alignments): the page faults a lazily zeroed table would take on first touch,
+        // moved up front. Lazily zeroed aligned memory would need unsafe code.
         Self {
             table: vec![Block::default(); blocks],
-            door: vec![Block::default(); door_blocks],
             sized_for: n,
             sample_size: n.saturating_mul(10),
             samples: 0,
@@ -107,12 +120,17 @@ impl FrequencySketch {
     /// the TinyLFU paper: the window is measured in accesses, not in counter increments.
     /// Returns true if this access completed a period and the sketch aged.
     pub(crate) fn increment(&mut self, hash: u64) -> bool {
-        if self.door_insert(hash) {
-            let (block, slots) = self.counter_slots(hash);
-            let words = &mut self.table[block].0;
+        let place = self.place(hash);
+        let words = &mut self.table[place.block].0;
+        let mut seen = true;
+        for (w, mask) in place.door {
+            seen &= words[w] & mask != 0;
+            words[w] |= mask;
+        }
+        if seen {
             // Conservative update (raise only the minimal counters) was measured against this
             // and changed error by under 2%: the doorkeeper already keeps one-hit items out.
-            for (w, shift) in slots {
+            for (w, shift) in place.counters {
                 if (words[w] >> shift) & 0xF < MAX_COUNT {
                     words[w] += 1 << shift;
                 }
@@ -129,14 +147,16 @@ impl FrequencySketch {
     /// Estimated frequency in `0..=16`: the smallest of the four counters, plus one if the
     /// doorkeeper has seen the item in the current period.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let (block, slots) = self.counter_slots(hash);
-        let words = &self.table[block].0;
-        let min = slots
+        let place = self.place(hash);
+        let words = &self.table[place.block].0;
+        let min = place
+            .counters
             .iter()
             .map(|&(w, s)| (words[w] >> s) & 0xF)
             .min()
             .unwrap_or(0);
-        min as u8 + u8::from(self.door_contains(hash))
+        let door = place.door.iter().all(|&(w, mask)| words[w] & mask != 0);
+        min as u8 + u8::from(door)
     }
 
     /// Halves every counter, clears the doorkeeper and halves the sample counter.
@@ -146,77 +166,49 @@ impl FrequencySketch {
     /// keeps the effective window near `sample_size` accesses instead of stretching it.
     pub(crate) fn age(&mut self) {
         for block in &mut self.table {
-            for word in &mut block.0 {
+            let (counters, door) = block.0.split_at_mut(COUNTER_WORDS);
+            for word in counters {
                 *word = (*word >> 1) & HALVE_MASK;
             }
+            door.fill(0);
         }
-        self.door.fill(Block::default());
         self.samples /= 2;
     }
 
-    /// Bytes held by the counter table and the doorkeeper.
+    /// Bytes held by the table.
     pub(crate) fn heap_bytes(&self) -> usize {
-        (self.table.capacity() + self.door.capacity()) * std::mem::size_of::<Block>()
+        self.table.capacity() * std::mem::size_of::<Block>()
     }
 
-    /// The item's counter block, and the (word in block, bit shift) of its counter in each row.
+    /// Where the item with `hash` lies in the table.
     #[inline]
-    fn counter_slots(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
+    fn place(&self, hash: u64) -> Place {
         let block_hash = spread(hash, BLOCK_MUL);
         let block = scale(block_hash, self.table.len());
         // Items that share a block agree in the top bits of `block_hash`'s low half; the top
         // half of this product depends on all 64 bits, so their counter positions are still
-        // unrelated.
+        // unrelated. One byte per row, scaled to the row's counters.
         let counter_hash = (block_hash.wrapping_mul(COUNTER_MUL) >> 32) as u32;
-        // One byte of `counter_hash` per row: bit 0 picks between the row's two words, bits 1..5
-        // the nibble. Giving row i its own words 2i and 2i + 1 (as Caffeine does) keeps the four
-        // counters in four different words with no rejection loop: two rows landing on the same
-        // counter would leave the item with three estimates to take the minimum of, not four.
-        let slots = [0, 1, 2, 3].map(|row: usize| {
-            let h = counter_hash >> (8 * row);
-            (2 * row + (h & 1) as usize, ((h >> 1) & 0xF) << 2)
+        let counters = [0, 1, 2, 3].map(|row: u64| {
+            let byte = u64::from((counter_hash >> (8 * row)) as u8);
+            let counter = row * ROW_COUNTERS + ((byte * ROW_COUNTERS) >> 8);
+            ((counter / 16) as usize, ((counter % 16) * 4) as u32)
         });
-        (block, slots)
-    }
-
-    /// The item's doorkeeper block, and (word in block, bit mask) of each probe.
-    ///
-    /// Double hashing within the block's 512 bits; the odd stride keeps the probes on distinct
-    /// bits.
-    #[inline]
-    fn door_probes(&self, hash: u64) -> (usize, [(usize, u64); DOOR_PROBES]) {
-        let h = spread(hash, DOOR_MUL);
-        let block = scale(h, self.door.len());
-        // The block comes from the low half (low ^ high of the product), the probes from the high
-        // half alone: whatever the probes, every block is equally likely, so items that share a
-        // block do not tend to share probe bits too.
-        let top = h >> 32;
-        let stride = (top >> 9) | 1;
-        let mut bit = top;
-        let probes = [(); DOOR_PROBES].map(|()| {
-            let b = bit % BLOCK_BITS as u64;
+        // Double hashing over the doorkeeper's bits; the odd stride keeps the probes on
+        // distinct bits (the bit count is a power of two).
+        let door_hash = spread(hash, DOOR_MUL) >> 32;
+        let stride = (door_hash >> 16) | 1;
+        let mut bit = door_hash;
+        let door = [(); DOOR_PROBES].map(|()| {
+            let b = bit % DOOR_BITS;
             bit = bit.wrapping_add(stride);
-            ((b >> 6) as usize, 1 << (b & 63))
+            (COUNTER_WORDS + (b / 64) as usize, 1 << (b % 64))
         });
-        (block, probes)
-    }
-
-    fn door_contains(&self, hash: u64) -> bool {
-        let (block, probes) = self.door_probes(hash);
-        let words = &self.door[block].0;
-        probes.iter().all(|&(w, m)| words[w] & m != 0)
-    }
-
-    /// Sets the item's bits; returns whether they were all set already.
-    fn door_insert(&mut self, hash: u64) -> bool {
-        let (block, probes) = self.door_probes(hash);
-        let words = &mut self.door[block].0;
-        let mut present = true;
-        for (w, m) in probes {
-            present &= words[w] & m != 0;
-            words[w] |= m;
+        Place {
+            block,
+            counters,
+            door,
         }
-        present
     }
 }
 
@@ -266,7 +258,10 @@ mod tests {
         assert_eq!(s.frequency(h), 0);
         s.increment(h);
         assert_eq!(s.frequency(h), 1);
-        assert!(s.table.iter().all(|b| b.0 == [0; WORDS_PER_BLOCK]));
+        assert!(s
+            .table
+            .iter()
+            .all(|b| b.0[..COUNTER_WORDS] == [0; COUNTER_WORDS]));
         for expected in 2..=16u8 {
             s.increment(h);
             assert_eq!(s.frequency(h), expected);
@@ -349,38 +344,30 @@ mod tests {
         assert!(heavy.iter().all(|&f| f >= 12), "heavy hitters {heavy:?}");
     }
 
-    /// (table words, doorkeeper bits), the sizes the layout promises.
-    fn sizes(s: &FrequencySketch) -> (usize, usize) {
-        (s.table.len() * WORDS_PER_BLOCK, s.door.len() * BLOCK_BITS)
-    }
-
-    /// Doorkeeper bits for a table of `words`: 16 per word, in whole blocks.
-    fn door_bits(words: usize) -> usize {
-        (words * DOOR_BITS_PER_ENTRY).next_multiple_of(BLOCK_BITS)
+    /// Blocks for `entries`: one per [`ENTRIES_PER_BLOCK`], in whole blocks.
+    fn blocks(entries: usize) -> usize {
+        entries.div_ceil(ENTRIES_PER_BLOCK)
     }
 
     #[test]
     fn ensure_capacity_grows_and_resets_only_when_larger() {
         let mut s = FrequencySketch::with_capacity(10);
-        assert_eq!(sizes(&s), (MIN_ENTRIES, door_bits(MIN_ENTRIES)));
+        assert_eq!(s.table.len(), blocks(MIN_ENTRIES));
         let before = s.heap_bytes();
-        assert_eq!(before, (MIN_ENTRIES + MIN_ENTRIES / 4) * 8);
+        assert_eq!(before, blocks(MIN_ENTRIES) * 64);
         let h = splitmix64(3);
         s.increment(h);
         s.ensure_capacity(MIN_ENTRIES, 0);
-        assert_eq!((sizes(&s).0, s.frequency(h)), (MIN_ENTRIES, 1));
-        // Not a power of two: a word per entry, in whole blocks.
+        assert_eq!((s.table.len(), s.frequency(h)), (blocks(MIN_ENTRIES), 1));
+        // Not a power of two: a block per eight entries, in whole blocks.
         s.ensure_capacity(2000, 0);
-        assert_eq!(
-            (sizes(&s), s.sample_size),
-            ((2000, door_bits(2000)), 20_000)
-        );
+        assert_eq!((s.table.len(), s.sample_size), (blocks(2000), 20_000));
         assert_eq!(s.frequency(h), 0);
         assert!(s.heap_bytes() > before);
-        assert_eq!(s.heap_bytes(), 2000 * 8 + door_bits(2000) / 8);
+        assert_eq!(s.heap_bytes(), blocks(2000) * 64);
         // Within a doubling of the shard's expected entries (plus a sixteenth), it lands there.
         s.ensure_capacity(2001, 3000);
-        assert_eq!(sizes(&s).0, 3192);
+        assert_eq!((s.sized_for, s.table.len()), (3187, blocks(3187)));
     }
 
     #[test]
@@ -388,13 +375,12 @@ mod tests {
         for cap in [1, 16, 100, 4096, 1 << 16] {
             let s = FrequencySketch::with_capacity(cap);
             assert_eq!(s.table.as_ptr() as usize % 64, 0);
-            assert_eq!(s.door.as_ptr() as usize % 64, 0);
         }
     }
 
     #[test]
-    fn an_item_touches_four_words_of_one_counter_block_and_one_door_block() {
-        let nonzero = |blocks: &[Block]| -> Vec<usize> {
+    fn an_item_touches_four_counters_and_three_door_bits_of_one_block() {
+        let nonzero: fn(&[Block]) -> Vec<usize> = |blocks| {
             (0..blocks.len())
                 .filter(|&i| blocks[i].0 != [0; WORDS_PER_BLOCK])
                 .collect()
@@ -404,18 +390,20 @@ mod tests {
             let h = splitmix64(i);
             s.increment(h);
             s.increment(h);
-            let door = nonzero(&s.door);
-            assert_eq!(door.len(), 1);
-            let bits: u32 = s.door[door[0]].0.iter().map(|w| w.count_ones()).sum();
+            let touched = nonzero(&s.table);
+            assert_eq!(touched.len(), 1);
+            let (counters, door) = s.table[touched[0]].0.split_at(COUNTER_WORDS);
+            let bits: u32 = door.iter().map(|w| w.count_ones()).sum();
             assert_eq!(bits, DOOR_PROBES as u32);
-            let table = nonzero(&s.table);
-            assert_eq!(table.len(), 1);
-            // Four distinct words, each holding a single counter at 1.
-            let words = s.table[table[0]].0;
-            assert_eq!(words.iter().filter(|&&w| w != 0).count(), 4);
-            assert!(words
-                .iter()
-                .all(|&w| w == 0 || (w.count_ones() == 1 && w.trailing_zeros() % 4 == 0)));
+            // Four distinct counters, one in each row, each at 1.
+            let nibbles: Vec<u64> = (0..COUNTER_WORDS as u64 * 16)
+                .filter(|&c| (counters[(c / 16) as usize] >> (c % 16 * 4)) & 0xF != 0)
+                .collect();
+            assert_eq!(nibbles.len(), ROWS, "counters {nibbles:?}");
+            for (row, &c) in nibbles.iter().enumerate() {
+                assert_eq!(c / ROW_COUNTERS, row as u64);
+                assert_eq!((counters[(c / 16) as usize] >> (c % 16 * 4)) & 0xF, 1);
+            }
             assert_eq!(s.frequency(h), 2);
         }
     }
@@ -430,8 +418,14 @@ mod tests {
             s.increment(h);
             s.increment(h);
         }
-        assert!(s.table.iter().all(|b| b.0 != [0; WORDS_PER_BLOCK]));
-        assert!(s.door.iter().all(|b| b.0 != [0; WORDS_PER_BLOCK]));
+        assert!(s
+            .table
+            .iter()
+            .all(|b| b.0[..COUNTER_WORDS] != [0; COUNTER_WORDS]));
+        assert!(s
+            .table
+            .iter()
+            .all(|b| b.0[COUNTER_WORDS..] != [0; DOOR_WORDS]));
     }
 
     #[test]
