@@ -413,13 +413,13 @@ where
 }
 
 /// Metadata bytes per entry outside the entry node, charged in `max_bytes` mode. Measured
-/// (`benches/memory.rs`, session 7): 64.6 B per held entry in byte mode with 100-byte
+/// (`benches/memory.rs`, session 7): 63.9 B per held entry in byte mode with 100-byte
 /// values (66 to 69 B in session 6, before the sketch shrank to 8 B per entry and the
 /// region moved into the ring links): table slots (purged to 60% load), the slab's slot
 /// index and weight, ring links, wheel links and the sketch, each sized for the entries the
 /// budget allows, plus the slack of vectors that grow by doubling. Count mode needs no
 /// estimate.
-const METADATA_PER_ENTRY: usize = 65;
+const METADATA_PER_ENTRY: usize = 64;
 
 /// The heap block malloc takes for `size` bytes: glibc's, with its 8-byte header, rounded up
 /// to 16 bytes and at least 32. Each entry node is its own allocation, so this is what one
