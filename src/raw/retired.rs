@@ -172,7 +172,13 @@ impl<K, V> Retired<K, V> {
                 self.buffer = Some(emptied.into_buffer());
             }
         }
-        match self.spare.0.pop() {
+        let shell = self.spare.0.pop();
+        // The next insert writes the next shell, which has sat unused since its entry was
+        // retired: start fetching it now so that write does not wait for memory.
+        if let Some(next) = self.spare.0.last() {
+            crate::sync::prefetch(next.as_ptr());
+        }
+        match shell {
             Some(shell) => {
                 // SAFETY: a shell is a `Box<Entry>` allocation with its contents dropped, owned
                 // by this shard alone once popped: writing a whole entry into it makes it a

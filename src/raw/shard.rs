@@ -243,6 +243,8 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> Inserted {
+        // The probe below needs this slot: let its miss overlap with taking the lock.
+        self.table.prefetch_home(u64::from(entry.hash), guard);
         let mut state = lock(&self.state);
         let state = &mut *state;
         let mut pending = budget.pending();

@@ -211,6 +211,14 @@ impl<K: 'static, V: 'static> Table<K, V> {
         None
     }
 
+    /// Starts fetching the slot a probe for `hash` begins at (see [`crate::sync::prefetch`]),
+    /// so a writer's probe under its lock need not wait for it.
+    #[inline]
+    pub(crate) fn prefetch_home(&self, hash: u64, guard: &Guard) {
+        let slots = self.slots(guard);
+        crate::sync::prefetch(&slots.slots[slots.home(short_hash(hash))]);
+    }
+
     /// The entry in slot `index`, which must hold one (an index the slab recorded, under
     /// the lock that keeps it current).
     pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
