@@ -14,8 +14,10 @@ pub(crate) fn settle(done: impl Fn() -> bool) {
     }
 }
 
-/// A two-worker tokio runtime with timers, for the async tests.
+/// A two-worker tokio runtime with timers, for the async tests (none of which runs in the
+/// `larder_lean` builds of Miri and the sanitizers, which have no tokio; see Cargo.toml).
 #[allow(dead_code)] // Not every test file that includes `common` is async.
+#[cfg(not(larder_lean))]
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
