@@ -146,12 +146,13 @@ where
 
     fn insert_inner(&self, key: K, value: V, ttl: Option<u64>) -> Result<(), InsertError<K, V>> {
         let guard = crate::sync::pin();
-        let departed = self.insert_pinned(key, value, ttl, &guard)?;
-        self.raw.finish(departed);
+        let mut out = self.raw.departures();
+        self.insert_pinned(key, value, ttl, &guard, &mut out)?;
+        self.raw.finish(out);
         Ok(())
     }
 
-    /// Inserts without settling what left the cache: the caller passes the result to
+    /// Inserts without settling what left the cache: the caller passes `out` to
     /// `raw().finish` once it holds no lock of its own, since the listener runs there.
     pub(crate) fn insert_pinned<'g>(
         &self,
@@ -159,7 +160,8 @@ where
         value: V,
         ttl: Option<u64>,
         guard: &'g Guard,
-    ) -> Result<Departures<'g, K, V>, InsertError<K, V>> {
+        out: &mut Departures<'g, K, V>,
+    ) -> Result<(), InsertError<K, V>> {
         let weight = self.raw.weigh(&key, &value);
         let budget = self.raw.budget();
         if weight > budget {
@@ -169,7 +171,8 @@ where
                 kind: InsertErrorKind::TooHeavy { weight, budget },
             });
         }
-        Ok(self.raw.insert(key, value, weight, ttl, guard))
+        self.raw.insert(key, value, weight, ttl, guard, out);
+        Ok(())
     }
 
     /// The live value of `key` without counting a read (no statistics, no frequency).
@@ -189,7 +192,8 @@ where
         V: Clone,
     {
         let guard = crate::sync::pin();
-        let (removed, out) = self.raw.remove(key, &guard);
+        let mut out = self.raw.departures();
+        let removed = self.raw.remove(key, &guard, &mut out);
         // Settle first: a panicking `clone` must not leave the removal half accounted. The
         // entry stays readable while `guard` is pinned.
         self.raw.finish(out);

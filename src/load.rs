@@ -264,11 +264,12 @@ fn finish_write<K, V, S>(
         // Remove under the loads lock, as `publish` inserts: a newcomer then finds the
         // registration or the key gone. The listener runs after the lock is released.
         let guard = crate::sync::pin();
-        let departed = {
+        let mut departed = cache.raw().departures();
+        {
             let mut table = lock(registration.loads.shard(registration.hash));
             registration.unregister(&mut table);
-            cache.raw().remove(key, &guard).1
-        };
+            cache.raw().remove(key, &guard, &mut departed);
+        }
         // Waiters look again: the key is gone, so one of them loads it.
         registration.end(Outcome::Abandoned);
         cache.raw().finish(departed);
@@ -403,16 +404,16 @@ where
     // Unregister and publish to the cache under the shard's lock: a newcomer then finds
     // either the registration or the cached value, so loads of one key never run twice.
     // The listener runs after the lock is released (`finish`), so it may use this cache.
-    let departed = {
+    let mut departed = cache.raw().departures();
+    {
         let mut table = lock(registration.loads.shard(registration.hash));
         let key = registration.unregister(&mut table);
-        match cache.insert_pinned(key, value, ttl, &guard) {
-            Ok(departed) => departed,
+        if let Err(refused) = cache.insert_pinned(key, value, ttl, &guard, &mut departed) {
             // Too heavy to cache: still handed to this caller and its waiters, and an older
             // cached value of the key (a write replacing it) must not stay behind.
-            Err(refused) => cache.raw().remove(&refused.key, &guard).1,
+            cache.raw().remove(&refused.key, &guard, &mut departed);
         }
-    };
+    }
     registration.end(Outcome::Done(for_waiters));
     cache.raw().finish(departed);
     for_caller

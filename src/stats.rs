@@ -75,6 +75,9 @@ pub(crate) struct Stripe {
     pub(crate) loads_joined: AtomicU64,
 }
 
+/// Picks one counter of a stripe.
+pub(crate) type Pick = fn(&Stripe) -> &AtomicU64;
+
 /// Stripes owned by one live thread each: the owner adds with a plain load and store (no
 /// locked instruction), which is exact because no one else writes there.
 const OWNED_STRIPES: usize = 64;
@@ -127,18 +130,34 @@ impl Counters {
     /// Adds `n` (often zero, then nothing happens) to the counter `pick` selects, in this
     /// thread's stripe.
     #[inline]
-    pub(crate) fn add(&self, pick: impl FnOnce(&Stripe) -> &AtomicU64, n: u64) {
-        if n == 0 {
+    pub(crate) fn add(&self, pick: Pick, n: u64) {
+        self.add_each([(pick, n)]);
+    }
+
+    /// Adds each `(counter, n)` pair's `n` to the counter in this thread's stripe, looking
+    /// the stripe up once for all of them (a write settles up to six counters at once).
+    #[inline]
+    pub(crate) fn add_each<const N: usize>(&self, adds: [(Pick, u64); N]) {
+        if adds.iter().all(|&(_, n)| n == 0) {
             return;
         }
         // During thread teardown the stripe number may be gone: count in a shared stripe.
         let number = STRIPE.try_with(|stripe| stripe.0).unwrap_or(usize::MAX);
         if number < OWNED_STRIPES {
-            let counter = pick(&self.stripes[number]);
-            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+            let stripe = &self.stripes[number];
+            for (pick, n) in adds {
+                if n != 0 {
+                    let counter = pick(stripe);
+                    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+                }
+            }
         } else {
-            let shared = OWNED_STRIPES + number % SHARED_STRIPES;
-            pick(&self.stripes[shared]).fetch_add(n, Relaxed);
+            let stripe = &self.stripes[OWNED_STRIPES + number % SHARED_STRIPES];
+            for (pick, n) in adds {
+                if n != 0 {
+                    pick(stripe).fetch_add(n, Relaxed);
+                }
+            }
         }
     }
 

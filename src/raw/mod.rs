@@ -175,9 +175,16 @@ where
         }
     }
 
+    /// An empty record for one write call, to fill through the raw write methods and settle
+    /// with [`RawCache::finish`].
+    #[inline]
+    pub(crate) fn departures<'g>(&self) -> Departures<'g, K, V> {
+        Departures::new(self.listener.is_some())
+    }
+
     /// Inserts an already weighed entry and brings the cache back within budget. What left
-    /// the cache is returned, readable while `guard` is pinned, for the caller to settle with
-    /// [`RawCache::finish`] once it holds no lock of its own (the listener runs there).
+    /// the cache goes to `out`, readable while `guard` is pinned, for the caller to settle
+    /// with [`RawCache::finish`] once it holds no lock of its own (the listener runs there).
     pub(crate) fn insert<'g>(
         &self,
         key: K,
@@ -185,27 +192,25 @@ where
         weight: u64,
         ttl: Option<u64>,
         guard: &'g Guard,
-    ) -> Departures<'g, K, V> {
+        out: &mut Departures<'g, K, V>,
+    ) {
         let hash = self.hash(&key);
         let needs_clock = ttl.or(self.default_ttl).is_some();
         let now = if needs_clock { self.now() } else { 0 };
         let entry = Entry::new(key, value, hash, self.expiry(ttl, now));
-        let mut out = Departures::new(self.listener.is_some());
         let shard = self.shard(hash);
         // TTL-free caches read the clock only if the shard's wheel or a replaced entry
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
-        let outcome = shard.insert(entry, weight, clock, &self.budget, window, guard, &mut out);
-        self.make_room(shard, guard, &mut out);
+        match shard.insert(entry, weight, clock, &self.budget, window, guard, out) {
+            Inserted::New => out.inserted += 1,
+            Inserted::Updated => out.updated += 1,
+        }
+        self.make_room(shard, guard, out);
         if out.sample_due {
             self.sample_hit_ratio();
         }
-        match outcome {
-            Inserted::New => self.counters.add(|s| &s.inserts, 1),
-            Inserted::Updated => self.counters.add(|s| &s.updates, 1),
-        }
-        out
     }
 
     /// Ends the hit-ratio sample if it holds enough accesses, and moves the window. Whoever
@@ -268,22 +273,20 @@ where
         heaviest
     }
 
-    /// Removes `key`, returning its live entry (readable while `guard` is pinned).
+    /// Removes `key`, returning its live entry (readable while `guard` is pinned); what left
+    /// goes to `out`, as for [`RawCache::insert`].
     pub(crate) fn remove<'g, Q>(
         &self,
         key: &Q,
         guard: &'g Guard,
-    ) -> (Option<&'g Entry<K, V>>, Departures<'g, K, V>)
+        out: &mut Departures<'g, K, V>,
+    ) -> Option<&'g Entry<K, V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let mut out = Departures::new(self.listener.is_some());
-        let removed = self
-            .shard(hash)
-            .remove(hash, key, self.now(), guard, &mut out);
-        (removed, out)
+        self.shard(hash).remove(hash, key, self.now(), guard, out)
     }
 
     /// Expires what is due in every shard, within `max_work` wheel steps per shard.
@@ -292,7 +295,7 @@ where
         let now = self.now();
         let mut done = true;
         for shard in self.shards.iter() {
-            let mut out = Departures::new(self.listener.is_some());
+            let mut out = self.departures();
             done &= shard.expire(now, max_work, &guard, &mut out);
             self.finish(out);
         }
@@ -304,7 +307,7 @@ where
         let guard = crate::sync::pin();
         let now = self.now();
         for shard in self.shards.iter() {
-            let mut out = Departures::new(self.listener.is_some());
+            let mut out = self.departures();
             shard.clear(now, &guard, &mut out);
             self.finish(out);
         }
@@ -314,12 +317,25 @@ where
     /// Settles what left the cache: global weight, statistics, then the listener (outside
     /// every lock). A panicking listener does not stop the others; the first panic is
     /// re-raised once all have run, with the cache already consistent.
+    #[inline]
     pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
         self.settle_weight(&mut out);
-        self.counters.add(|s| &s.evictions, out.evicted);
-        self.counters.add(|s| &s.admission_rejections, out.rejected);
-        self.counters.add(|s| &s.expirations, out.expired);
-        self.counters.add(|s| &s.removals, out.removed);
+        self.counters.add_each([
+            (|s| &s.inserts, out.inserted),
+            (|s| &s.updates, out.updated),
+            (|s| &s.evictions, out.evicted),
+            (|s| &s.admission_rejections, out.rejected),
+            (|s| &s.expirations, out.expired),
+            (|s| &s.removals, out.removed),
+        ]);
+        if !out.list.is_empty() {
+            self.notify(out);
+        }
+    }
+
+    /// Runs the listener over what left (see [`RawCache::finish`]).
+    #[cold]
+    fn notify(&self, out: Departures<'_, K, V>) {
         let Some(listener) = &self.listener else {
             return;
         };

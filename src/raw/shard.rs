@@ -16,14 +16,21 @@ use crate::RemovalCause;
 /// while keeping the critical section short. `run_pending_tasks` drains the rest.
 pub(crate) const WHEEL_WORK_PER_WRITE: usize = 64;
 
-/// Entries that left a shard during one call, kept until the caller has released the lock so
-/// statistics and the eviction listener run outside it. Each entry is already retired: it
-/// stays readable only as long as the guard `'g` is pinned.
+/// What one write call did: the entries that left a shard, and whether it added or
+/// replaced a key. Kept until the caller has released every lock, so statistics and the
+/// eviction listener run outside them (`RawCache::finish`), and filled in place through
+/// `&mut` from the public method down, never moved between the layers of a write. Each
+/// entry in `list` is already retired: it stays readable only as long as the guard `'g` is
+/// pinned.
 #[derive(Debug)]
 pub(crate) struct Departures<'g, K, V> {
     /// Filled only when someone listens; counting is always on.
     pub(crate) list: Vec<(&'g Entry<K, V>, RemovalCause)>,
     keep: bool,
+    /// Keys the call added (`Inserted::New`) and live values it replaced
+    /// (`Inserted::Updated`).
+    pub(crate) inserted: u64,
+    pub(crate) updated: u64,
     pub(crate) evicted: u64,
     pub(crate) rejected: u64,
     pub(crate) expired: u64,
@@ -39,6 +46,8 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
         Self {
             list: Vec::new(),
             keep,
+            inserted: 0,
+            updated: 0,
             evicted: 0,
             rejected: 0,
             expired: 0,
