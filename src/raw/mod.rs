@@ -185,6 +185,7 @@ where
     /// Inserts an already weighed entry and brings the cache back within budget. What left
     /// the cache goes to `out`, readable while `guard` is pinned, for the caller to settle
     /// with [`RawCache::finish`] once it holds no lock of its own (the listener runs there).
+    #[inline]
     pub(crate) fn insert<'g>(
         &self,
         key: K,

@@ -242,6 +242,7 @@ where
     ///
     /// `window_per_mille` is the admission window's current share (see `HillClimber`).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn insert<'g>(
         &self,
         entry: Entry<K, V>,
