@@ -184,6 +184,7 @@ impl<K, V> Retired<K, V> {
     }
 
     /// Moves `entry` to the heap, into a spare shell if there is one.
+    #[inline]
     pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Owned<Entry<K, V>> {
         if self.spare.0.is_empty() {
             if let Some(shells) = lock(&self.returned.batches).pop() {
@@ -218,6 +219,7 @@ impl<K, V> Retired<K, V> {
     /// `entry` must be unreachable for new readers (unlinked or replaced in the table) and
     /// be retired only once. The collector may drop its key and value on any thread, so `K`
     /// and `V` must be `Send` (the public `Cache` requires `Send + Sync` of both).
+    #[inline]
     pub(crate) unsafe fn push(
         &mut self,
         guard: &Guard,
