@@ -2,6 +2,8 @@
 
 use std::borrow::Borrow;
 
+use crossbeam_utils::CachePadded;
+
 use crate::policy::{Members, Policy};
 use crate::raw::budget::Budget;
 use crate::raw::entry::{Entry, NEVER};
@@ -132,7 +134,11 @@ impl<K: 'static, V: 'static> Members for SlabMembers<'_, K, V> {
 /// One shard of a cache.
 #[derive(Debug)]
 pub(crate) struct Shard<K, V> {
-    table: Table<K, V>,
+    /// On cache lines of its own: every read loads the slot array's pointer from here, and
+    /// the mutex and the state beside it are written by every write. Sharing a line (the
+    /// table sat at offset 0, the mutex at 16), each write to a shard cost the next read of
+    /// it on another core a coherence miss.
+    table: CachePadded<Table<K, V>>,
     state: Mutex<State<K, V>>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
     weight: AtomicU64,
@@ -160,7 +166,7 @@ where
         };
         let (table, counts) = Table::new(expected);
         Self {
-            table,
+            table: CachePadded::new(table),
             state: Mutex::new(State {
                 counts,
                 slab: Slab::new(unit_weights, expected),
