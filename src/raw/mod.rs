@@ -240,7 +240,21 @@ where
     /// Evicts until the global weight is within budget, when the inserting shard could not
     /// pay for its insert itself (it is far below its share, or holds only the new entry):
     /// from the shards most over their share, and from `home` only as a last resort.
+    #[inline]
     fn make_room<'g>(&self, home: &Shard<K, V>, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
+        // Inline for the common case, where the home shard paid and there is nothing to do.
+        if self.budget.is_over() {
+            self.make_room_elsewhere(home, guard, out);
+        }
+    }
+
+    #[cold]
+    fn make_room_elsewhere<'g>(
+        &self,
+        home: &Shard<K, V>,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) {
         while self.budget.is_over() {
             let evicted = match self.heaviest_other(home) {
                 Some(victim) => victim.evict_one(guard, out) || home.evict_one(guard, out),

@@ -479,6 +479,7 @@ where
         self.retire(&mut state.retired, entry, weight, cause, guard, out);
     }
 
+    #[inline]
     fn retire<'g>(
         &self,
         retired: &mut Retired<K, V>,
