@@ -10,7 +10,7 @@ use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
 use crate::raw::table::{Table, TableCounts};
-use crate::sync::{lock, AtomicU64, Guard, Mutex, Ordering, Shared};
+use crate::sync::{lock_shard as lock, AtomicU64, Guard, Ordering, ShardMutex as Mutex, Shared};
 use crate::time::wheel::TimerWheel;
 use crate::RemovalCause;
 
