@@ -79,8 +79,15 @@ impl Pending<'_> {
         self.removed += weight;
     }
 
-    /// Whether the cache would hold more than its limit once this is settled.
+    /// Whether the cache would hold more than its limit once this is settled. Never while
+    /// this adds no net weight (a rewrite at the same weight, a new key that has evicted one
+    /// of its own): whatever else holds the cache over its limit then is other inserts in
+    /// flight, each of which evicts for itself, and the shared counter is not even read.
+    #[inline]
     pub(crate) fn is_over(&self) -> bool {
+        if self.added <= self.removed {
+            return false;
+        }
         let weight = self.budget.weight().saturating_add(self.added);
         weight > self.budget.limit.saturating_add(self.removed)
     }
@@ -123,5 +130,16 @@ mod tests {
         third.remove(5);
         drop(third);
         assert_eq!(budget.weight(), 4);
+        // Another insert in flight holds the cache over its limit; one adding nothing net
+        // leaves that to it.
+        let mut in_flight = budget.pending();
+        in_flight.add(8);
+        drop(in_flight);
+        let mut rewrite = budget.pending();
+        rewrite.add(2);
+        rewrite.remove(2);
+        assert!(!rewrite.is_over(), "12 > 10, but not through this one");
+        rewrite.add(1);
+        assert!(rewrite.is_over());
     }
 }
