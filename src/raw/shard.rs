@@ -10,7 +10,7 @@ use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
 use crate::raw::table::{Table, TableCounts};
-use crate::sync::{lock_shard as lock, AtomicU64, Guard, Ordering, ShardMutex as Mutex, Shared};
+use crate::sync::{lock_shard, AtomicU64, Guard, Ordering, ShardMutex, Shared};
 use crate::time::wheel::TimerWheel;
 use crate::RemovalCause;
 
@@ -139,7 +139,7 @@ pub(crate) struct Shard<K, V> {
     /// table sat at offset 0, the mutex at 16), each write to a shard cost the next read of
     /// it on another core a coherence miss.
     table: CachePadded<Table<K, V>>,
-    state: Mutex<State<K, V>>,
+    state: ShardMutex<State<K, V>>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
     weight: AtomicU64,
 }
@@ -167,7 +167,7 @@ where
         let (table, counts) = Table::new(expected);
         Self {
             table: CachePadded::new(table),
-            state: Mutex::new(State {
+            state: ShardMutex::new(State {
                 counts,
                 slab: Slab::new(unit_weights, expected),
                 policy: Policy::new(capacity, expected_entries, seed).expecting(expected),
@@ -261,7 +261,7 @@ where
     ) -> Inserted {
         // The probe below needs this slot: let its miss overlap with taking the lock.
         self.table.prefetch_home(u64::from(entry.hash), guard);
-        let mut state = lock(&self.state);
+        let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let mut pending = budget.pending();
         let mut entry = state.retired.place(entry);
@@ -365,7 +365,7 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let mut state = lock(&self.state);
+        let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let found = self.table.find(hash, key, guard)?;
         // SAFETY: found under the lock; only the lock holder retires entries.
@@ -385,7 +385,7 @@ where
 
     /// Evicts one entry chosen by the policy. Returns false if the shard is empty.
     pub(crate) fn evict_one<'g>(&self, guard: &'g Guard, out: &mut Departures<'g, K, V>) -> bool {
-        let mut state = lock(&self.state);
+        let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
             return false;
@@ -405,7 +405,7 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> bool {
-        let mut state = lock(&self.state);
+        let mut state = lock_shard(&self.state);
         let done = self.expire_locked(&mut state, now, max_work, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
         // Maintenance is also when garbage the shard batched goes to the collector.
@@ -437,7 +437,7 @@ where
 
     /// Removes every entry.
     pub(crate) fn clear<'g>(&self, now: u64, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
-        let mut state = lock(&self.state);
+        let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let retired = &mut state.retired;
         self.table.clear(&mut state.counts, guard, |entry| {
@@ -507,7 +507,7 @@ where
         guard: &'g Guard,
         out: &mut Vec<(u8, &'g Entry<K, V>)>,
     ) {
-        let state = lock(&self.state);
+        let state = lock_shard(&self.state);
         self.table.for_each(guard, |shared| {
             // SAFETY: reachable from the table. Once the lock is released it may be retired,
             // but only through the epoch collector, which frees it after `guard` (pinned
@@ -523,12 +523,12 @@ where
 
     /// Number of live entries (including expired ones the wheel has not reached).
     pub(crate) fn len(&self) -> usize {
-        lock(&self.state).counts.live()
+        lock_shard(&self.state).counts.live()
     }
 
     /// Bytes of shard metadata outside the entries themselves.
     pub(crate) fn metadata_bytes(&self, guard: &Guard) -> usize {
-        let state = lock(&self.state);
+        let state = lock_shard(&self.state);
         self.table.slot_bytes(guard)
             + state.slab.heap_bytes()
             + state.policy.heap_bytes()
@@ -545,7 +545,7 @@ where
     /// Checks the shard's internal invariants; panics with a description if one fails.
     #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn validate(&self, guard: &Guard) {
-        let state = lock(&self.state);
+        let state = lock_shard(&self.state);
         let mut in_table = 0usize;
         let mut table_weight = 0u64;
         self.table.for_each(guard, |shared| {
