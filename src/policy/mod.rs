@@ -302,10 +302,7 @@ impl Policy {
     fn feed_reads(&mut self, id: u32, members: &impl Members) -> u8 {
         let reads = members.take_access(id);
         if reads != 0 {
-            let hash = members.hash(id);
-            for _ in 0..reads {
-                self.sketch.increment(hash);
-            }
+            self.sketch.increment_by(members.hash(id), reads);
         }
         reads
     }

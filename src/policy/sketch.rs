@@ -120,6 +120,19 @@ impl FrequencySketch {
     /// the TinyLFU paper: the window is measured in accesses, not in counter increments.
     /// Returns true if this access completed a period and the sketch aged.
     pub(crate) fn increment(&mut self, hash: u64) -> bool {
+        self.increment_by(hash, 1)
+    }
+
+    /// Records `accesses` accesses of one item: what as many calls of [`increment`] do, with
+    /// the item's place computed once (the CLOCK hands feed an entry's reads, up to three, in
+    /// one go), except that a period ending among them ages the sketch after all of them
+    /// rather than between two. Returns true if the sketch aged.
+    ///
+    /// [`increment`]: FrequencySketch::increment
+    pub(crate) fn increment_by(&mut self, hash: u64, accesses: u8) -> bool {
+        if accesses == 0 {
+            return false;
+        }
         let place = self.place(hash);
         let words = &mut self.table[place.block].0;
         let mut seen = true;
@@ -127,16 +140,18 @@ impl FrequencySketch {
             seen &= words[w] & mask != 0;
             words[w] |= mask;
         }
-        if seen {
+        // An item the doorkeeper has not seen spends its first access setting the doorkeeper.
+        let raise = u64::from(accesses) - u64::from(!seen);
+        if raise != 0 {
             // Conservative update (raise only the minimal counters) was measured against this
             // and changed error by under 2%: the doorkeeper already keeps one-hit items out.
             for (w, shift) in place.counters {
-                if (words[w] >> shift) & 0xF < MAX_COUNT {
-                    words[w] += 1 << shift;
-                }
+                let count = (words[w] >> shift) & 0xF;
+                let raised = (count + raise).min(MAX_COUNT);
+                words[w] += (raised - count) << shift;
             }
         }
-        self.samples += 1;
+        self.samples += usize::from(accesses);
         if self.samples >= self.sample_size {
             self.age();
             return true;
@@ -249,6 +264,27 @@ mod tests {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    #[test]
+    fn increments_at_once_count_as_many_increments() {
+        let mut one_by_one = FrequencySketch::with_capacity(1024);
+        let mut at_once = one_by_one.clone();
+        for i in 0..3_000u64 {
+            let h = splitmix64(i % 700);
+            let accesses = (i % 4) as u8;
+            for _ in 0..accesses {
+                one_by_one.increment(h);
+            }
+            at_once.increment_by(h, accesses);
+        }
+        // 4,500 accesses: fewer than a period (10,240), so the two never age apart.
+        assert_eq!(one_by_one.samples, at_once.samples);
+        assert!(one_by_one
+            .table
+            .iter()
+            .zip(&at_once.table)
+            .all(|(a, b)| a.0 == b.0));
     }
 
     #[test]
