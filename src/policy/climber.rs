@@ -4,7 +4,8 @@
 //! favours recency (bursts and shifting hot sets). Which wins depends on the workload, so
 //! after each sample of accesses the climber compares the hit ratio with the previous
 //! sample's: if it improved by more than a tolerance, the window keeps moving the same way;
-//! if not, it turns back.
+//! if not, it turns back (at the floor or the ceiling of the window, a change within the
+//! tolerance holds it there instead).
 //! The step decays so the window settles, and restarts when the hit ratio jumps (the
 //! workload changed).
 
@@ -47,6 +48,18 @@ const RESTART_THRESHOLD: f64 = 0.05;
 /// ghost, 28.5% with both (3-4 runs each; ARC's published figure is 23.84%).
 const TOLERANCE: f64 = 0.02;
 
+// At the floor or the ceiling, a change within the tolerance holds the window where it is
+// rather than turning it back. Elsewhere the window rocks around where it is; at a bound
+// that rocking was an excursion into a worse window every few samples: the first step up
+// from 1% on LIRS loop at 506 entries cost 3 points for a sample, then the window came back
+// down, and went up again two samples later. Holding keeps the window at its bound until a
+// sample is worse by the tolerance (the workload changed) or better (the climber keeps
+// going). Over the 113 rows of the real traces (larder vs the best of moka held to its
+// capacity, quick_cache and LRU, 5 runs each against one peer run), the mean gap went from
+// +0.015 to +0.059 points and the rows within 0.5 points from 80.2 to 81.4; loop at 253 and
+// 506 entries from 23.51% and 48.61% to 24.00% and 49.19% (OPT 24.97%, 49.95%), scan at
+// 1,001 from 46.05% to 46.86%. Holding everywhere instead (no rocking at all) gave -0.03.
+
 /// The climber's state.
 #[derive(Debug, Clone)]
 pub(crate) struct HillClimber {
@@ -71,6 +84,13 @@ impl HillClimber {
     pub(crate) fn adjust(&mut self, hit_ratio: f64) -> u32 {
         if let Some(previous) = self.previous {
             let change = hit_ratio - previous;
+            let at_bound =
+                self.window <= MIN_WINDOW_PER_MILLE || self.window >= MAX_WINDOW_PER_MILLE;
+            if at_bound && change.abs() < TOLERANCE {
+                self.previous = Some(hit_ratio);
+                self.step *= STEP_DECAY;
+                return self.window.round() as u32;
+            }
             let direction = if change >= TOLERANCE {
                 self.step.signum()
             } else {
@@ -126,6 +146,22 @@ mod tests {
             let window = climber.adjust(0.5 + noise);
             assert!(window <= 100, "wandered to {window}");
         }
+    }
+
+    #[test]
+    fn a_flat_workload_holds_the_window_at_its_floor() {
+        let mut climber = HillClimber::default();
+        // The first sample steps up; a worse second sample turns it back, and a better third
+        // one takes it down to the floor.
+        climber.adjust(0.50);
+        climber.adjust(0.45);
+        assert_eq!(climber.adjust(0.50), INITIAL_WINDOW_PER_MILLE);
+        for round in 0..50 {
+            let noise = if round % 2 == 0 { 0.005 } else { -0.005 };
+            assert_eq!(climber.adjust(0.50 + noise), INITIAL_WINDOW_PER_MILLE);
+        }
+        // A sample worse by the tolerance moves it again.
+        assert!(climber.adjust(0.40) > INITIAL_WINDOW_PER_MILLE);
     }
 
     #[test]
