@@ -69,9 +69,11 @@ pub(crate) struct RawCache<K, V, S> {
 #[derive(Debug, Default)]
 struct Sampler {
     climber: HillClimber,
-    /// Hits and misses at the start of the sample.
+    /// Hits, misses, new keys and new keys the ghost recognised at the start of the sample.
     hits: u64,
     misses: u64,
+    inserts: u64,
+    returning: u64,
 }
 
 impl<K, V, S> RawCache<K, V, S>
@@ -220,9 +222,17 @@ where
         if hits + misses < self.sample_size {
             return;
         }
+        let returning = self.counters.sum(|s| &s.returning);
+        let inserts = stats.inserts.saturating_sub(sampler.inserts);
+        let returning_share =
+            returning.saturating_sub(sampler.returning) as f64 / inserts.max(1) as f64;
         sampler.hits = stats.hits;
         sampler.misses = stats.misses;
-        let window = sampler.climber.adjust(hits as f64 / (hits + misses) as f64);
+        sampler.inserts = stats.inserts;
+        sampler.returning = returning;
+        let window = sampler
+            .climber
+            .adjust(hits as f64 / (hits + misses) as f64, returning_share);
         self.window_per_mille.store(window, Ordering::Relaxed);
     }
 
@@ -318,6 +328,7 @@ where
         self.settle_weight(&mut out);
         self.counters.add(|s| &s.evictions, out.evicted);
         self.counters.add(|s| &s.admission_rejections, out.rejected);
+        self.counters.add(|s| &s.returning, out.returning);
         self.counters.add(|s| &s.expirations, out.expired);
         self.counters.add(|s| &s.removals, out.removed);
         let Some(listener) = &self.listener else {
