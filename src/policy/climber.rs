@@ -48,17 +48,18 @@ const RESTART_THRESHOLD: f64 = 0.05;
 /// ghost, 28.5% with both (3-4 runs each; ARC's published figure is 23.84%).
 const TOLERANCE: f64 = 0.02;
 
-// At the floor or the ceiling, a change within the tolerance holds the window where it is
-// rather than turning it back. Elsewhere the window rocks around where it is; at a bound
-// that rocking was an excursion into a worse window every few samples: the first step up
-// from 1% on LIRS loop at 506 entries cost 3 points for a sample, then the window came back
-// down, and went up again two samples later. Holding keeps the window at its bound until a
-// sample is worse by the tolerance (the workload changed) or better (the climber keeps
-// going). Over the 113 rows of the real traces (larder vs the best of moka held to its
-// capacity, quick_cache and LRU, 5 runs each against one peer run), the mean gap went from
-// +0.015 to +0.059 points and the rows within 0.5 points from 80.2 to 81.4; loop at 253 and
-// 506 entries from 23.51% and 48.61% to 24.00% and 49.19% (OPT 24.97%, 49.95%), scan at
-// 1,001 from 46.05% to 46.86%. Holding everywhere instead (no rocking at all) gave -0.03.
+// Holding at the bounds (in `climb`): at the floor or the ceiling, a change within the
+// tolerance holds the window where it is rather than turning it back. Elsewhere the window
+// rocks around where it is; at a bound that rocking was an excursion into a worse window
+// every few samples: the first step up from 1% on LIRS loop at 506 entries cost 3 points
+// for a sample, then the window came back down, and went up again two samples later.
+// Holding keeps the window at its bound until a sample is worse by the tolerance (the
+// workload changed) or better (the climber keeps going). Over the 113 rows of the real
+// traces (larder vs the best of moka held to its capacity, quick_cache and LRU, 5 runs each
+// against one peer run), the mean gap went from +0.015 to +0.059 points and the rows within
+// 0.5 points from 80.2 to 81.4; loop at 253 and 506 entries from 23.51% and 48.61% to
+// 24.00% and 49.19% (OPT 24.97%, 49.95%), scan at 1,001 from 46.05% to 46.86%. Holding
+// everywhere instead (no rocking at all) gave -0.03.
 
 /// The window is at least this many times the share of new keys the ghost recognised (the
 /// share in per mille gives the floor in per mille, 5% of new keys returning gives a 25%
@@ -71,9 +72,10 @@ const TOLERANCE: f64 = 0.02;
 /// 1,001 (95%) 3.4%, web07 at 205 (20%) 2.3%. Over the 113 rows of the real traces (larder
 /// vs the best of moka held to its capacity, quick_cache and LRU), the mean gap went from
 /// +0.050 (5 runs) to +0.093 (8 runs; sprite at 71 entries +1.6, at 708 +0.9, web07 at 205
-/// +0.8, orm-busy at 382 +0.6; orm-night at 4,323 -0.9, 2_pools at 99 -0.6). An experimental build of the same rule gave +0.108 in 5
-/// runs with a factor of 5; factors of 3 and 7 gave +0.085 and +0.089 (2 runs each), 10
-/// gave -0.015 (cpp at 61 entries lost 4.7 points) and 20 -0.22.
+/// +0.8, orm-busy at 382 +0.6; orm-night at 4,323 -0.9, 2_pools at 99 -0.6). An
+/// experimental build of the same rule gave +0.108 in 5 runs with a factor of 5; factors of
+/// 3 and 7 gave +0.085 and +0.089 (2 runs each), 10 gave -0.015 (cpp at 61 entries lost 4.7
+/// points) and 20 -0.22.
 const RETURNING_FACTOR: f64 = 5.0;
 
 /// The climber's own window is lifted to this share of that floor, so that it climbs on
@@ -81,8 +83,9 @@ const RETURNING_FACTOR: f64 = 5.0;
 /// the hint overstates. Over the same 113 rows: +0.093 (8 runs) with the floor under the
 /// returned window alone, +0.135 (5 runs; +0.127 in 5 runs of an experimental build) with
 /// this lift of a half (orm-night at 86 entries +1.4, web12 at 69 +1.2, scan at 1,001 +0.9,
-/// orm-night at 432 +0.8; orm-night at 4,323 -0.9, multi1 at 26 -0.6, 2_pools at 99 -0.5). Lifting it to the whole floor gave +0.100 and +0.127 in two sets of 5
-/// runs, with orm-night at 4,323 -3.0 and fewer rows within half a point (81.0 vs 82.5).
+/// orm-night at 432 +0.8; orm-night at 4,323 -0.9, multi1 at 26 -0.6, 2_pools at 99 -0.5).
+/// Lifting it to the whole floor gave +0.100 and +0.127 in two sets of 5 runs, with
+/// orm-night at 4,323 -3.0 and fewer rows within half a point (81.0 vs 82.5).
 const RETURNING_LIFT: f64 = 0.5;
 
 /// The climber's state.
