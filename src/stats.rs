@@ -73,6 +73,9 @@ pub(crate) struct Stripe {
     pub(crate) expirations: AtomicU64,
     pub(crate) loads: AtomicU64,
     pub(crate) loads_joined: AtomicU64,
+    /// New keys the ghost recognised (see `Policy::on_insert`); for the window's climber,
+    /// not reported in [`Stats`].
+    pub(crate) returning: AtomicU64,
 }
 
 /// Picks one counter of a stripe.
@@ -170,11 +173,7 @@ impl Counters {
     /// with) has its number visible here, so figures at rest still add up exactly.
     pub(crate) fn snapshot(&self) -> Stats {
         let mut stats = Stats::default();
-        let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
-        let in_use = self.stripes[..owned_in_use]
-            .iter()
-            .chain(&self.stripes[OWNED_STRIPES..]);
-        for stripe in in_use {
+        for stripe in self.in_use() {
             stats.hits += stripe.hits.load(Relaxed);
             stats.misses += stripe.misses.load(Relaxed);
             stats.inserts += stripe.inserts.load(Relaxed);
@@ -187,5 +186,18 @@ impl Counters {
             stats.loads_joined += stripe.loads_joined.load(Relaxed);
         }
         stats
+    }
+
+    /// The sum of one counter over the stripes in use (see [`Counters::snapshot`]).
+    pub(crate) fn sum(&self, pick: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        self.in_use().map(|stripe| pick(stripe).load(Relaxed)).sum()
+    }
+
+    /// The owned stripes some thread has had, and the shared ones.
+    fn in_use(&self) -> impl Iterator<Item = &CachePadded<Stripe>> {
+        let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
+        self.stripes[..owned_in_use]
+            .iter()
+            .chain(&self.stripes[OWNED_STRIPES..])
     }
 }

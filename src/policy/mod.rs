@@ -167,19 +167,22 @@ impl Policy {
         self.main.is_empty() && self.protected.is_empty()
     }
 
-    /// Records a newly inserted entry: it counts as an access and joins the window.
-    pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u64) {
+    /// Records a newly inserted entry: it counts as an access and joins the window. Returns
+    /// whether the ghost recognised it (it lost a duel recently).
+    pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u64) -> bool {
         self.sketch.increment(hash);
         self.sketch
             .ensure_capacity(self.len() + 1, self.expected_ids);
         self.ghost.ensure_capacity(self.len() + 1);
-        let region = if self.ghost.take(hash) {
+        let returning = self.ghost.take(hash);
+        let region = if returning {
             Region::Returning
         } else {
             Region::Window
         };
         self.set_region(id, region);
         self.window.push(&mut self.links, id, weight);
+        returning
     }
 
     /// Records that a write changed an entry's weight. (The write also counts as an access,

@@ -69,9 +69,11 @@ pub(crate) struct RawCache<K, V, S> {
 #[derive(Debug, Default)]
 struct Sampler {
     climber: HillClimber,
-    /// Hits and misses at the start of the sample.
+    /// Hits, misses, new keys and new keys the ghost recognised at the start of the sample.
     hits: u64,
     misses: u64,
+    inserts: u64,
+    returning: u64,
 }
 
 impl<K, V, S> RawCache<K, V, S>
@@ -226,9 +228,17 @@ where
         if hits + misses < self.sample_size {
             return;
         }
+        let returning = self.counters.sum(|s| &s.returning);
+        let inserts = stats.inserts.saturating_sub(sampler.inserts);
+        let returning_share =
+            returning.saturating_sub(sampler.returning) as f64 / inserts.max(1) as f64;
         sampler.hits = stats.hits;
         sampler.misses = stats.misses;
-        let window = sampler.climber.adjust(hits as f64 / (hits + misses) as f64);
+        sampler.inserts = stats.inserts;
+        sampler.returning = returning;
+        let window = sampler
+            .climber
+            .adjust(hits as f64 / (hits + misses) as f64, returning_share);
         self.window_per_mille.store(window, Ordering::Relaxed);
     }
 
@@ -340,6 +350,7 @@ where
             (|s| &s.updates, out.updated),
             (|s| &s.evictions, out.evicted),
             (|s| &s.admission_rejections, out.rejected),
+            (|s| &s.returning, out.returning),
             (|s| &s.expirations, out.expired),
             (|s| &s.removals, out.removed),
         ]);

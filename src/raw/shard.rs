@@ -35,6 +35,8 @@ pub(crate) struct Departures<'g, K, V> {
     pub(crate) updated: u64,
     pub(crate) evicted: u64,
     pub(crate) rejected: u64,
+    /// New keys the ghost recognised (a hint for the window's climber).
+    pub(crate) returning: u64,
     pub(crate) expired: u64,
     pub(crate) removed: u64,
     /// Weight that left the shards, to take off the global total.
@@ -52,6 +54,7 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
             updated: 0,
             evicted: 0,
             rejected: 0,
+            returning: 0,
             expired: 0,
             removed: 0,
             weight: 0,
@@ -321,7 +324,9 @@ where
                 });
             slab.set_slot(id, slot);
             pending.add(weight);
-            state.policy.on_insert(id, sketch_hash, weight);
+            if state.policy.on_insert(id, sketch_hash, weight) {
+                out.returning += 1;
+            }
             state.weight += weight;
             if expires_at != NEVER {
                 state.wheel.schedule(id, expires_at);
