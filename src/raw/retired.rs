@@ -32,9 +32,13 @@ pub(crate) const BATCH_LEN: usize = 8;
 /// budget.
 const BATCH_WEIGHT_FRACTION: u64 = 64;
 
-/// Shell memory a shard keeps for reuse: with `u64` pairs, 512 shells, more than a steady
-/// stream of writes has waiting in the collector at once.
-pub(crate) const SPARE_BYTES: usize = 16 << 10;
+/// Shell memory a shard keeps for reuse: with `u64` pairs, 2,048 shells. One writing thread
+/// gets its shells back steadily, but with two the epoch advances in bursts and so do the
+/// returns: at 16 KiB the throughput benchmark's insert-only run on 2 threads overflowed
+/// the spare, freed the excess and allocated afresh, and glibc's `malloc`, `free` and
+/// `malloc_consolidate` (triggered by the collector's own 2 KiB bag allocations among the
+/// freed shells) took 1–26% of its time (perf, several runs); at 64 KiB, 0.9–1.1%.
+pub(crate) const SPARE_BYTES: usize = 64 << 10;
 
 /// The list a batch's entries travel in, boxed so that it and the shard's handle on
 /// [`Returned`] are two words together: the epoch collector stores a deferred closure of up
