@@ -140,7 +140,7 @@ impl Counters {
     }
 
     /// Adds each `(counter, n)` pair's `n` to the counter in this thread's stripe, looking
-    /// the stripe up once for all of them (a write settles up to six counters at once). In
+    /// the stripe up once for all of them (a write settles up to seven counters at once). In
     /// an owned stripe every counter is added to, zeros included: a plain load and store to
     /// a line only this thread writes costs less than a branch per counter.
     #[inline]
