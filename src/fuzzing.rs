@@ -6,7 +6,7 @@
 
 use crate::policy::sketch::FrequencySketch;
 use crate::raw::entry::{Entry, NEVER};
-use crate::raw::table::{Table, TableCounts};
+use crate::raw::table::{EntryMemory, Table, TableCounts};
 use crate::sync::{pin, Owned};
 use crate::time::wheel::TrackedWheel;
 
@@ -93,7 +93,7 @@ pub struct Index {
 
 impl Default for Index {
     fn default() -> Self {
-        let (table, counts) = Table::new(0);
+        let (table, counts) = Table::new(0, EntryMemory::Boxed);
         Self { table, counts }
     }
 }
@@ -112,12 +112,15 @@ impl Index {
     /// value. The caller must use the same hash for a key every time.
     pub fn insert(&mut self, key: u64, value: u64, hash: u64) -> Option<u64> {
         let guard = pin();
-        let entry = Owned::new(Entry::new(key, value, hash, NEVER));
+        let entry = Owned::new(Entry::new(key, value, hash, NEVER)).into_shared(&guard);
         match self.table.find(hash, &key, &guard) {
             Some(found) => {
-                let (old, _) = self
-                    .table
-                    .replace(&mut self.counts, found.index, entry, &guard);
+                // SAFETY: a whole, unpublished entry of the same key, boxed as the index's
+                // table expects.
+                let (old, _) = unsafe {
+                    self.table
+                        .replace(&mut self.counts, found.index, entry, &guard)
+                };
                 // SAFETY: `old` was just swapped out of the table, so it is unreachable for
                 // new readers; `defer_destroy` waits for pinned ones. Read before retiring.
                 unsafe {
@@ -127,8 +130,11 @@ impl Index {
                 }
             }
             None => {
-                self.table
-                    .insert(&mut self.counts, entry, &guard, |_, _| {});
+                // SAFETY: a whole, unpublished entry, boxed as the index's table expects.
+                unsafe {
+                    self.table
+                        .insert(&mut self.counts, entry, &guard, |_, _| {})
+                };
                 None
             }
         }

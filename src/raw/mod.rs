@@ -1,5 +1,6 @@
 //! The engine under the public API: shard choice, the global byte budget, TTL arithmetic.
 
+pub(crate) mod arena;
 pub(crate) mod budget;
 pub(crate) mod entry;
 pub(crate) mod retired;
@@ -463,21 +464,10 @@ where
 /// estimate.
 const METADATA_PER_ENTRY: usize = 64;
 
-/// The heap block malloc takes for `size` bytes: glibc's, with its 8-byte header, rounded up
-/// to 16 bytes and at least 32. Each entry node is its own allocation, so this is what one
-/// really costs (other allocators round by similar amounts).
-const fn malloc_block(size: usize) -> usize {
-    let block = (size + 8).next_multiple_of(16);
-    if block < 32 {
-        32
-    } else {
-        block
-    }
-}
-
 /// Bytes larder charges per entry on top of the weigher's figure in `max_bytes` mode: the
-/// entry node's heap block (inline key and value included) and its metadata, so the budget
-/// tracks the memory the cache really uses.
+/// entry's cell (inline key and value included; cells are carved from chunks, so an entry
+/// costs its size and no allocator header or rounding, see `raw::arena`) and its metadata,
+/// so the budget tracks the memory the cache really uses.
 pub(crate) const fn entry_overhead<K, V>() -> u64 {
-    (malloc_block(std::mem::size_of::<Entry<K, V>>()) + METADATA_PER_ENTRY) as u64
+    (std::mem::size_of::<Entry<K, V>>() + METADATA_PER_ENTRY) as u64
 }

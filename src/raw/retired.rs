@@ -1,28 +1,29 @@
-//! Entries a shard has unlinked: handed to the epoch collector in batches, their memory
+//! Entries a shard has unlinked: handed to the epoch collector in batches, their cells
 //! recycled for the shard's next writes.
 //!
 //! Every write publishes a new immutable entry (the price of lock-free reads) and retires
 //! the one it replaces or evicts. Done naively that is one heap allocation, one free and one
-//! epoch-bag slot per write. With glibc, the frees go to bins that each full epoch bag's
-//! 2 KiB node allocation then consolidates. Two things here avoid most of that:
+//! epoch-bag slot per write. Two things here avoid that:
 //!
 //! - **Batches.** A shard gathers what it unlinks under its lock and defers the whole batch
 //!   as one closure: one bag slot per [`BATCH_LEN`] entries.
 //! - **Shells.** When the collector runs a batch, it drops each entry's key and value but
-//!   keeps the memory (a *shell*) and hands it back to the shard. The shard builds its next
-//!   entries in those shells instead of allocating.
+//!   keeps the cell (a *shell*) and hands it back to the shard. The shard builds its next
+//!   entries in those shells, and takes a fresh cell from its chunks (see
+//!   [`crate::raw::arena`]) only when none is back.
 //!
-//! Both are bounded. A batch is handed over when it holds [`BATCH_LEN`] entries or a 64th of
-//! the shard's capacity in weight, and `run_pending_tasks` and `clear` hand over what is
-//! pending. In byte mode the entries waiting in batches weigh at most about 1/64 of the
-//! budget. A shard keeps at most [`SPARE_BYTES`] of shells and frees the rest.
+//! A batch is handed over when it holds [`BATCH_LEN`] entries or a 64th of the shard's
+//! capacity in weight, and `run_pending_tasks` and `clear` hand over what is pending. In byte
+//! mode the entries waiting in batches weigh at most about 1/64 of the budget.
 
-use std::mem::{ManuallyDrop, MaybeUninit};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::raw::entry::{drop_contained, drop_in_place_contained, Entry};
-use crate::sync::{lock, Guard, Mutex, Owned, Shared};
+use crate::raw::arena::{Chunks, Fresh};
+use crate::raw::entry::{drop_in_place_contained, Entry};
+use crate::sync::{lock, Guard, Mutex, Shared};
 
 /// Entries per batch.
 pub(crate) const BATCH_LEN: usize = 8;
@@ -31,14 +32,6 @@ pub(crate) const BATCH_LEN: usize = 8;
 /// mode the memory of entries waiting in batches stays within about that fraction of the
 /// budget.
 const BATCH_WEIGHT_FRACTION: u64 = 64;
-
-/// Shell memory a shard keeps for reuse: with `u64` pairs, 2,048 shells. One writing thread
-/// gets its shells back steadily, but with two the epoch advances in bursts and so do the
-/// returns: at 16 KiB the throughput benchmark's insert-only run on 2 threads overflowed
-/// the spare, freed the excess and allocated afresh, and glibc's `malloc`, `free` and
-/// `malloc_consolidate` (triggered by the collector's own 2 KiB bag allocations among the
-/// freed shells) took 1–26% of its time (perf, several runs); at 64 KiB, 0.9–1.1%.
-pub(crate) const SPARE_BYTES: usize = 64 << 10;
 
 /// The list a batch's entries travel in, boxed so that it and the shard's handle on
 /// [`Returned`] are two words together: the epoch collector stores a deferred closure of up
@@ -84,62 +77,74 @@ impl<K, V> Batch<K, V> {
 impl<K, V> Drop for Batch<K, V> {
     fn drop(&mut self) {
         for entry in self.0.drain(..) {
-            // SAFETY: each pointer came from an `Owned` entry that was then published and
-            // unlinked (see `Retired::push`); the batch is its only owner, and it is dropped
-            // only when no reader can reach the entry (see the type's documentation).
-            drop_contained(unsafe { Owned::from_raw(entry.as_ptr()) });
+            // SAFETY: each entry was published and then unlinked (see `Retired::push`); the
+            // batch is its only owner, and it is dropped only when no reader can reach the
+            // entry (see the type's documentation). The cell stays with the shard's chunks,
+            // which outlive the batch (it holds them through `Returned`).
+            unsafe { drop_in_place_contained(entry) };
         }
     }
 }
 
-/// Entry allocations whose contents have been dropped.
+/// Cells whose entries have been dropped, ready for new entries. Dropping `Shells` frees
+/// nothing: the cells belong to the shard's chunks.
 struct Shells<K, V>(Buffer<K, V>);
 
 // SAFETY: a shell holds no key or value (they were dropped), only memory, which any thread
-// may reuse or free.
+// may reuse.
 unsafe impl<K, V> Send for Shells<K, V> {}
 
-impl<K, V> Shells<K, V> {
-    /// The buffer of a batch whose shells have all been used.
-    fn into_buffer(self) -> Buffer<K, V> {
-        debug_assert!(self.0.is_empty(), "shells would leak");
-        let this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the buffer is moved out of it
-        // exactly once; it holds no shells for `Shells`' drop to free.
-        unsafe { std::ptr::read(&this.0) }
-    }
-}
-
-impl<K, V> Drop for Shells<K, V> {
-    fn drop(&mut self) {
-        for shell in self.0.drain(..) {
-            // SAFETY: a shell is a `Box<Entry>` allocation (from `Owned::new`) whose contents
-            // were dropped: freeing it as a box of uninitialised memory frees the memory
-            // without dropping anything again.
-            drop(unsafe { Box::from_raw(shell.as_ptr().cast::<MaybeUninit<Entry<K, V>>>()) });
-        }
-    }
-}
-
-/// Shells the collector handed back to a shard, batch by batch. Shared with the deferred
-/// closures, which may run after the shard is gone.
+/// What a shard shares with the batches it handed to the collector, which may run after the
+/// shard is gone: the shells they hand back, and the chunks every cell lies in.
 struct Returned<K, V> {
     batches: Mutex<Vec<Shells<K, V>>>,
-    max_batches: usize,
+    chunks: Chunks<Entry<K, V>>,
 }
 
 impl<K, V> Returned<K, V> {
-    /// Keeps `shells` if there is room, else frees them.
     fn take_back(&self, shells: Shells<K, V>) {
-        let mut batches = lock(&self.batches);
-        if batches.len() < self.max_batches {
-            batches.push(shells);
-        }
-        // Otherwise dropping `shells` frees them.
+        lock(&self.batches).push(shells);
     }
 }
 
-/// A shard's pending batch of retired entries and its spare shells.
+/// An entry built in a cell of the shard's chunks and not yet published.
+///
+/// Owns the entry: dropped (a panic in the user's `Eq` or `Hash` before publication), it
+/// drops the key and value and leaves the cell unused until the chunks are freed.
+pub(crate) struct Placed<K, V>(NonNull<Entry<K, V>>);
+
+impl<K, V> Placed<K, V> {
+    /// Gives up ownership, for the table to publish: the entry is then retired like any
+    /// other (see [`Retired::push`]).
+    pub(crate) fn into_shared<'g>(self) -> Shared<'g, Entry<K, V>> {
+        let this = ManuallyDrop::new(self);
+        Shared::from(this.0.as_ptr().cast_const())
+    }
+}
+
+impl<K, V> Deref for Placed<K, V> {
+    type Target = Entry<K, V>;
+    fn deref(&self) -> &Entry<K, V> {
+        // SAFETY: `place` wrote a whole entry into the cell, and `Placed` is its only owner.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl<K, V> DerefMut for Placed<K, V> {
+    fn deref_mut(&mut self) -> &mut Entry<K, V> {
+        // SAFETY: as in `deref`; `&mut self` makes the access unique.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl<K, V> Drop for Placed<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: the entry was never published, so this is its only owner and only drop.
+        unsafe { drop_in_place_contained(self.0) };
+    }
+}
+
+/// A shard's pending batch of retired entries, its spare shells and its fresh cells.
 ///
 /// A batch's buffer travels: it carries retired entries to the collector, comes back as a
 /// batch of shells, is emptied by [`Retired::place`], and carries the next retired entries.
@@ -154,6 +159,8 @@ pub(crate) struct Retired<K, V> {
     spare: Shells<K, V>,
     /// An emptied buffer, ready to carry the next batch.
     buffer: Option<Buffer<K, V>>,
+    /// Cells never used yet, for when no shell is back.
+    fresh: Fresh<Entry<K, V>>,
 }
 
 impl<K, V> std::fmt::Debug for Retired<K, V> {
@@ -162,58 +169,56 @@ impl<K, V> std::fmt::Debug for Retired<K, V> {
             .field("pending", &self.batch.0.len())
             .field("weight", &self.weight)
             .field("spare", &self.spare.0.len())
+            .field("fresh", &self.fresh)
             .finish()
     }
 }
 
 // SAFETY: a `Retired` owns its batch's entries, so sending it sends them, which is sound
-// when keys and values may be sent; shells hold neither.
+// when keys and values may be sent; shells and fresh cells hold neither.
 unsafe impl<K: Send, V: Send> Send for Retired<K, V> {}
 
 impl<K, V> Retired<K, V> {
     /// An empty batch for a shard of `capacity` weight.
     pub(crate) fn new(capacity: u64) -> Self {
-        let shell_bytes = std::mem::size_of::<Entry<K, V>>().max(1);
         Self {
             batch: Batch(Box::default()),
             weight: 0,
             max_weight: (capacity / BATCH_WEIGHT_FRACTION).max(1),
             returned: Arc::new(Returned {
                 batches: Mutex::new(Vec::new()),
-                max_batches: (SPARE_BYTES / (shell_bytes * BATCH_LEN)).max(1),
+                chunks: Chunks::new(),
             }),
             spare: Shells(Box::default()),
             buffer: None,
+            fresh: Fresh::new(),
         }
     }
 
-    /// Moves `entry` to the heap, into a spare shell if there is one.
+    /// Builds `entry` in a spare shell, or in a fresh cell if no shell is back.
     #[inline]
-    pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Owned<Entry<K, V>> {
+    pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Placed<K, V> {
         if self.spare.0.is_empty() {
             if let Some(shells) = lock(&self.returned.batches).pop() {
                 let emptied = std::mem::replace(&mut self.spare, shells);
-                self.buffer = Some(emptied.into_buffer());
+                debug_assert!(emptied.0.is_empty());
+                self.buffer = Some(emptied.0);
             }
         }
-        let shell = self.spare.0.pop();
+        let cell = match self.spare.0.pop() {
+            Some(shell) => shell,
+            None => self.fresh.cell(&self.returned.chunks),
+        };
         // The next insert writes the next shell, which has sat unused since its entry was
         // retired: start fetching it now so that write does not wait for memory.
         if let Some(next) = self.spare.0.last() {
             crate::sync::prefetch(next.as_ptr());
         }
-        match shell {
-            Some(shell) => {
-                // SAFETY: a shell is a `Box<Entry>` allocation with its contents dropped, owned
-                // by this shard alone once popped: writing a whole entry into it makes it a
-                // box again, which `Owned` takes over.
-                unsafe {
-                    shell.as_ptr().write(entry);
-                    Owned::from_raw(shell.as_ptr())
-                }
-            }
-            None => Owned::new(entry),
-        }
+        // SAFETY: the cell lies in the shard's chunks, holds no value (a shell's was dropped,
+        // a fresh cell never had one) and is this shard's alone once taken: writing a whole
+        // entry makes it one, which `Placed` owns.
+        unsafe { cell.as_ptr().write(entry) };
+        Placed(cell)
     }
 
     /// Takes ownership of `entry`, charged at `weight`, and hands the batch to the collector
@@ -257,11 +262,14 @@ impl<K, V> Retired<K, V> {
         unsafe { guard.defer_unchecked(move || batch.recycle(&returned)) };
     }
 
-    /// Bytes of the pending batch's buffer and of the shard's shells.
+    /// Bytes of the pending batch's buffer and of the shard's unused cells (shells and fresh
+    /// ones; cells holding entries, live or retired, are the entries' own).
     pub(crate) fn heap_bytes(&self) -> usize {
         let pointer = std::mem::size_of::<NonNull<Entry<K, V>>>();
         let returned = lock(&self.returned.batches);
-        let shells = self.spare.0.len() + returned.iter().map(|s| s.0.len()).sum::<usize>();
+        let shells = self.spare.0.len()
+            + returned.iter().map(|s| s.0.len()).sum::<usize>()
+            + self.fresh.len();
         let boxes = 2 + usize::from(self.buffer.is_some()) + returned.len();
         let buffers = self.batch.0.capacity()
             + self.spare.0.capacity()
@@ -301,7 +309,7 @@ mod tests {
         let placed: Vec<_> = (0..n)
             .map(|key| {
                 let entry = retired.place(Entry::new(key, Counted(drops), key, NEVER));
-                entry.into_shared(guard)
+                entry.into_shared()
             })
             .collect();
         for &shared in &placed {
@@ -339,25 +347,44 @@ mod tests {
     }
 
     #[test]
-    fn spare_shells_are_bounded() {
+    fn fresh_cells_are_taken_only_when_no_shell_is_back() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         let mut retired = Retired::new(1_000_000);
-        let shell = std::mem::size_of::<Entry<u64, Counted>>();
-        // A quarter more than the spare holds (fewer under Miri, where each costs more).
-        let n = if cfg!(miri) {
-            (SPARE_BYTES / shell * 5 / 4) as u64
-        } else {
-            10_000
-        };
+        let cell = std::mem::size_of::<Entry<u64, Counted>>();
+        let n = if cfg!(miri) { 300 } else { 10_000 };
         place_then_retire(&mut retired, &DROPS, n);
-        let returned = lock(&retired.returned.batches);
-        let kept = returned.iter().map(|s| s.0.len()).sum::<usize>() + retired.spare.0.len();
+        let chunk_bytes = retired.returned.chunks.bytes();
+        assert!(chunk_bytes >= n as usize * cell);
+        for _ in 0..3 {
+            place_then_retire(&mut retired, &DROPS, n);
+        }
         assert_eq!(
-            kept * shell,
-            SPARE_BYTES,
-            "kept {kept} shells of {shell} bytes"
+            retired.returned.chunks.bytes(),
+            chunk_bytes,
+            "rounds after the first reuse the first round's cells"
         );
-        assert_eq!(DROPS.load(StdOrdering::Relaxed), n as usize);
+        assert_eq!(DROPS.load(StdOrdering::Relaxed), 4 * n as usize);
+        let unused = retired.spare.0.len()
+            + lock(&retired.returned.batches)
+                .iter()
+                .map(|shells| shells.0.len())
+                .sum::<usize>()
+            + retired.fresh.len();
+        assert_eq!(unused * cell, chunk_bytes, "every cell is back, none lost");
+    }
+
+    #[test]
+    fn an_entry_dropped_before_publication_drops_its_value_once() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        let mut retired = Retired::new(1_000);
+        drop(retired.place(Entry::new(1, Counted(&DROPS), 1, NEVER)));
+        assert_eq!(DROPS.load(StdOrdering::Relaxed), 1);
+        drop(retired);
+        assert_eq!(
+            DROPS.load(StdOrdering::Relaxed),
+            1,
+            "the cell drops nothing"
+        );
     }
 
     #[test]
@@ -371,7 +398,7 @@ mod tests {
         let retire = |retired: &mut Retired<u64, Counted>, weight| {
             let entry = retired.place(Entry::new(0, Counted(drops), 0, NEVER));
             // SAFETY: never published, so unreachable; retired once.
-            unsafe { retired.push(guard, entry.into_shared(guard), weight) };
+            unsafe { retired.push(guard, entry.into_shared(), weight) };
         };
         for _ in 0..BATCH_LEN - 1 {
             retire(&mut retired, 1);

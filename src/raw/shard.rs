@@ -9,7 +9,7 @@ use crate::raw::budget::Budget;
 use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
-use crate::raw::table::{Table, TableCounts};
+use crate::raw::table::{EntryMemory, Table, TableCounts};
 use crate::sync::{lock_shard, AtomicU64, Guard, Ordering, ShardMutex, Shared};
 use crate::time::wheel::TimerWheel;
 use crate::RemovalCause;
@@ -141,6 +141,9 @@ pub(crate) struct Shard<K, V> {
     /// the mutex and the state beside it are written by every write. Sharing a line (the
     /// table sat at offset 0, the mutex at 16), each write to a shard cost the next read of
     /// it on another core a coherence miss.
+    ///
+    /// Declared before `state`, so it drops first: its entries lie in cells of the chunks
+    /// that `state`'s `Retired` holds, and dropping them needs that memory.
     table: CachePadded<Table<K, V>>,
     state: ShardMutex<State<K, V>>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
@@ -167,7 +170,7 @@ where
         } else {
             0
         };
-        let (table, counts) = Table::new(expected);
+        let (table, counts) = Table::new(expected, EntryMemory::Cells);
         Self {
             table: CachePadded::new(table),
             state: ShardMutex::new(State {
@@ -293,9 +296,12 @@ where
             pending.add(weight);
             pending.remove(old_weight);
             // Same slot: the slab keeps pointing at it.
-            let (old, _) = self
-                .table
-                .replace(&mut state.counts, found.index, entry, guard);
+            // SAFETY: a whole entry of the same key, built in a cell of this shard's chunks
+            // (which outlive the table), never published.
+            let (old, _) = unsafe {
+                self.table
+                    .replace(&mut state.counts, found.index, entry.into_shared(), guard)
+            };
             state.policy.on_reweigh(id, old_weight, weight);
             state.weight = state.weight - old_weight + weight;
             let cause = if was_expired {
@@ -317,11 +323,18 @@ where
             let id = state.slab.insert(weight);
             entry.set_id(id);
             let slab = &mut state.slab;
-            let (slot, _) = self
-                .table
-                .insert(&mut state.counts, entry, guard, |moved, slot| {
-                    slab.set_slot(moved, slot);
-                });
+            // SAFETY: a whole entry, built in a cell of this shard's chunks (which outlive
+            // the table), never published; its key is not in the table (just probed).
+            let (slot, _) = unsafe {
+                self.table.insert(
+                    &mut state.counts,
+                    entry.into_shared(),
+                    guard,
+                    |moved, slot| {
+                        slab.set_slot(moved, slot);
+                    },
+                )
+            };
             slab.set_slot(id, slot);
             pending.add(weight);
             if state.policy.on_insert(id, sketch_hash, weight) {

@@ -21,8 +21,9 @@
 //! replacement (same slot) costs the slab nothing, and a rebuild reports every move.
 
 use std::borrow::Borrow;
+use std::ptr::NonNull;
 
-use crate::raw::entry::{drop_contained, short_hash, Entry};
+use crate::raw::entry::{drop_contained, drop_in_place_contained, short_hash, Entry};
 use crate::sync::{Atomic, Guard, Ordering, Owned, Shared};
 
 /// Tag of a null slot that once held an entry: probes continue past it.
@@ -119,9 +120,23 @@ impl TableCounts {
     }
 }
 
+/// Where a table's entries were allocated, which decides how the table frees the entries
+/// still in it when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryMemory {
+    /// Each entry is a `Box` (crossbeam's `Owned::new`): dropped and freed. For tables
+    /// used on their own (unit tests, the fuzzing harness's index).
+    #[cfg_attr(not(any(test, fuzzing, feature = "test-util")), allow(dead_code))]
+    Boxed,
+    /// Entries lie in cells of a shard's chunks (`raw::arena`), which outlive the table
+    /// and free the memory: only the keys and values are dropped.
+    Cells,
+}
+
 /// A lock-free-read hash index from keys to entries.
 pub(crate) struct Table<K, V> {
     slots: Atomic<Slots<K, V>>,
+    memory: EntryMemory,
     /// Slots for the entries the shard is expected to hold (0 when unknown): a growing
     /// table stops doubling there, so a full shard's table runs at [`TARGET_LOAD`].
     expected_slots: usize,
@@ -147,9 +162,10 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// An empty table paired with the counts that guard its writes, for a shard expected to
     /// hold up to `expected_entries` entries (0 when unknown; more may come, and then the
     /// table grows by doubling).
-    pub(crate) fn new(expected_entries: usize) -> (Self, TableCounts) {
+    pub(crate) fn new(expected_entries: usize, memory: EntryMemory) -> (Self, TableCounts) {
         let table = Self {
             slots: Atomic::new(Slots::with_len(MIN_SLOTS)),
+            memory,
             expected_slots: if expected_entries == 0 {
                 0
             } else {
@@ -232,23 +248,30 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// Publishes `entry`, whose key must not be in the table, and returns its slot and
     /// the entry as shared. If the table is rebuilt first, `moved(id, slot)` reports the new
     /// slot of every entry already in it.
-    pub(crate) fn insert<'g>(
+    ///
+    /// # Safety
+    /// `entry` must point to a whole, unpublished entry, untagged, in memory of the kind
+    /// the table was made for (see [`EntryMemory`]), which the table then owns until the
+    /// entry is unlinked and retired through the epoch collector.
+    pub(crate) unsafe fn insert<'g>(
         &self,
         counts: &mut TableCounts,
-        entry: Owned<Entry<K, V>>,
+        entry: Shared<'g, Entry<K, V>>,
         guard: &'g Guard,
         moved: impl FnMut(u32, usize),
     ) -> (usize, Shared<'g, Entry<K, V>>) {
+        // SAFETY: a whole entry (the caller's contract).
+        let hash = unsafe { entry.deref() }.hash;
         let len = self.slots(guard).slots.len();
         // Keep at most MAX_USED of the slots used so probes stay short and find a hole.
         if (counts.used + 1) * MAX_USED.1 > len * MAX_USED.0 {
             self.rebuild(counts, guard, moved);
         }
         let slots = self.slots(guard);
-        let tag = hash_tag(entry.hash);
-        let index = slots.free_slot(entry.hash, guard);
+        let tag = hash_tag(hash);
+        let index = slots.free_slot(hash, guard);
         let reused_tombstone = slots.slots[index].load(Ordering::Relaxed, guard).tag() == TOMBSTONE;
-        let shared = entry.with_tag(tag).into_shared(guard);
+        let shared = entry.with_tag(tag);
         slots.slots[index].store(shared, Ordering::Release);
         counts.live += 1;
         if !reused_tombstone {
@@ -259,16 +282,20 @@ impl<K: 'static, V: 'static> Table<K, V> {
 
     /// Swaps the entry at `index` (from a [`Found`] under the same lock) for `entry`, which
     /// has the same key. Returns the old entry, which the caller must retire, and the new.
-    pub(crate) fn replace<'g>(
+    ///
+    /// # Safety
+    /// As for [`Table::insert`].
+    pub(crate) unsafe fn replace<'g>(
         &self,
         _counts: &mut TableCounts,
         index: usize,
-        entry: Owned<Entry<K, V>>,
+        entry: Shared<'g, Entry<K, V>>,
         guard: &'g Guard,
     ) -> Swapped<'g, K, V> {
         let slots = self.slots(guard);
-        let tag = hash_tag(entry.hash);
-        let new = entry.with_tag(tag).into_shared(guard);
+        // SAFETY: a whole entry (the caller's contract).
+        let tag = hash_tag(unsafe { entry.deref() }.hash);
+        let new = entry.with_tag(tag);
         // Only the lock holder writes slots, so a load and a store replace atomically enough
         // for readers (they see the old pointer or the new), without the full barrier of a
         // swap: on x86 an `xchg` is a locked instruction, a release store a plain move.
@@ -446,10 +473,21 @@ impl<K, V> Drop for Table<K, V> {
         // SAFETY: the array pointer is never null (see `slots`).
         for slot in unsafe { slots.deref() }.slots.iter() {
             let entry = slot.load(Ordering::Relaxed, guard);
-            if !entry.is_null() {
-                // SAFETY: live entries are owned by the table alone: retired ones were
-                // unlinked first, so each live entry is dropped exactly once, here.
-                drop_contained(unsafe { entry.into_owned() });
+            if entry.is_null() {
+                continue;
+            }
+            // SAFETY: live entries are owned by the table alone: retired ones were unlinked
+            // first, so each live entry is dropped exactly once, here, as its kind of memory
+            // requires (`insert`'s contract). Cells outlive the table (see `EntryMemory`).
+            unsafe {
+                match self.memory {
+                    EntryMemory::Boxed => drop_contained(entry.with_tag(0).into_owned()),
+                    // The pointer the entry was published with, not one derived from a shared
+                    // reference, which dropping in place must not write through.
+                    EntryMemory::Cells => drop_in_place_contained(
+                        NonNull::new(entry.as_raw().cast_mut()).expect("checked non-null"),
+                    ),
+                }
             }
         }
         // SAFETY: as above, nothing else can reach the array.
@@ -473,7 +511,8 @@ mod tests {
 
     fn insert(table: &Table<u64, u64>, counts: &mut TableCounts, e: Owned<Entry<u64, u64>>) {
         let guard = pin();
-        table.insert(counts, e, &guard, |_, _| {});
+        // SAFETY: a whole, unpublished, boxed entry, as the test tables expect.
+        unsafe { table.insert(counts, e.into_shared(&guard), &guard, |_, _| {}) };
     }
 
     fn get(table: &Table<u64, u64>, key: u64) -> Option<u64> {
@@ -498,7 +537,7 @@ mod tests {
 
     #[test]
     fn insert_find_grow_and_remove() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         let n = if cfg!(miri) { 40 } else { 2000 };
         for key in 0..n {
             insert(&table, &mut counts, entry(key, key * 10));
@@ -521,16 +560,19 @@ mod tests {
     /// The slots `insert` returns and rebuilds report always name the entry's slot.
     #[test]
     fn reported_slots_follow_entries_through_rebuilds() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         let n = if cfg!(miri) { 40 } else { 1000 };
         let mut slot_of = std::collections::HashMap::new();
         for key in 0..n {
             let mut e = entry(key, key);
             e.set_id(key as u32);
             let guard = pin();
-            let (slot, _) = table.insert(&mut counts, e, &guard, |id, slot| {
-                slot_of.insert(id, slot);
-            });
+            // SAFETY: a whole, unpublished, boxed entry, as the test tables expect.
+            let (slot, _) = unsafe {
+                table.insert(&mut counts, e.into_shared(&guard), &guard, |id, slot| {
+                    slot_of.insert(id, slot);
+                })
+            };
             slot_of.insert(key as u32, slot);
             for (&id, &slot) in &slot_of {
                 // SAFETY: every inserted entry is live in the table while `guard` is pinned.
@@ -541,7 +583,7 @@ mod tests {
 
     #[test]
     fn tombstones_are_probed_past_and_reused() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         // Same low bits: all collide into one probe run.
         for key in 0..5 {
             insert(&table, &mut counts, entry(key, key));
@@ -559,12 +601,13 @@ mod tests {
     /// leave a tombstone, or the entries after it could not be found.
     #[test]
     fn a_run_end_removal_leaves_no_tombstones() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         let guard = pin();
         // Hash 0 for every key: one run from slot 0.
         for key in 0..5u64 {
             let entry = Owned::new(Entry::new(key, key, 0, u64::MAX));
-            table.insert(&mut counts, entry, &guard, |_, _| {});
+            // SAFETY: a whole, unpublished, boxed entry, as the test tables expect.
+            unsafe { table.insert(&mut counts, entry.into_shared(&guard), &guard, |_, _| {}) };
         }
         let remove = |counts: &mut TableCounts, key: u64| {
             let found = table.find(0, &key, &guard).expect("present");
@@ -601,7 +644,7 @@ mod tests {
 
     #[test]
     fn churn_rebuilds_instead_of_filling_with_tombstones() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         let rounds = if cfg!(miri) { 50 } else { 10_000 };
         for key in 0..rounds {
             insert(&table, &mut counts, entry(key, key));
@@ -627,12 +670,13 @@ mod tests {
         // with 19n); at n = 200 the table is back at its target load within 2n.
         let (n, rounds) = if cfg!(miri) { (200, 5) } else { (1000, 20) };
         for expected in [0, n as usize] {
-            let (table, mut counts) = Table::new(expected);
+            let (table, mut counts) = Table::new(expected, EntryMemory::Boxed);
             let guard = pin();
             let slots = |table: &Table<u64, u64>| table.slot_bytes(&guard) / 8;
             let add = |table: &Table<u64, u64>, counts: &mut TableCounts, key: u64| {
                 let entry = Owned::new(Entry::new(key, key, hash(key), u64::MAX));
-                table.insert(counts, entry, &guard, |_, _| {});
+                // SAFETY: a whole, unpublished, boxed entry, as the test tables expect.
+                unsafe { table.insert(counts, entry.into_shared(&guard), &guard, |_, _| {}) };
             };
             for key in 0..n {
                 add(&table, &mut counts, key);
@@ -669,13 +713,16 @@ mod tests {
 
     #[test]
     fn replace_swaps_in_place_and_returns_the_old_entry() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         insert(&table, &mut counts, entry(1, 10));
         let guard = pin();
         let found = table.find(hash_of(1), &1, &guard).unwrap();
-        let (old, new) = table.replace(&mut counts, found.index, entry(1, 11), &guard);
-        // SAFETY: both reachable or just retired below, under the pinned guard.
+        // SAFETY: a whole, unpublished, boxed entry of the same key, as the test tables
+        // expect; both entries are then reachable or just retired below, under the pinned
+        // guard.
         unsafe {
+            let fresh = entry(1, 11).into_shared(&guard);
+            let (old, new) = table.replace(&mut counts, found.index, fresh, &guard);
             assert_eq!(old.deref().value, 10);
             assert_eq!(new.deref().value, 11);
             guard.defer_destroy(old);
@@ -687,7 +734,7 @@ mod tests {
 
     #[test]
     fn clear_hands_back_every_entry() {
-        let (table, mut counts) = Table::new(0);
+        let (table, mut counts) = Table::new(0, EntryMemory::Boxed);
         for key in 0..20 {
             insert(&table, &mut counts, entry(key, key));
         }
