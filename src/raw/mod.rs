@@ -19,7 +19,7 @@ use crate::time::Clock;
 use crate::{RemovalCause, Stats};
 use budget::Budget;
 use entry::{Entry, NEVER};
-use shard::{Departures, Inserted, Shard};
+use shard::{Departures, Shard};
 
 /// The user's eviction listener.
 pub(crate) type Listener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
@@ -207,10 +207,7 @@ where
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
-        match shard.insert(entry, weight, clock, &self.budget, window, guard, out) {
-            Inserted::New => out.inserted += 1,
-            Inserted::Updated => out.updated += 1,
-        }
+        shard.insert(entry, weight, clock, &self.budget, window, guard, out);
         self.make_room(shard, guard, out);
         if out.sample_due {
             self.sample_hit_ratio();
@@ -229,13 +226,17 @@ where
         if hits + misses < self.sample_size {
             return;
         }
-        let returning = self.counters.sum(|s| &s.returning);
-        let inserts = stats.inserts.saturating_sub(sampler.inserts);
+        let (all_inserts, returning) = self
+            .shards
+            .iter()
+            .map(Shard::inserts_and_returning)
+            .fold((0, 0), |(i, r), (si, sr)| (i + si, r + sr));
+        let inserts = all_inserts.saturating_sub(sampler.inserts);
         let returning_share =
             returning.saturating_sub(sampler.returning) as f64 / inserts.max(1) as f64;
         sampler.hits = stats.hits;
         sampler.misses = stats.misses;
-        sampler.inserts = stats.inserts;
+        sampler.inserts = all_inserts;
         sampler.returning = returning;
         let window = sampler
             .climber
@@ -340,21 +341,11 @@ where
         guard.flush();
     }
 
-    /// Settles what left the cache: global weight, statistics, then the listener (outside
-    /// every lock). A panicking listener does not stop the others; the first panic is
+    /// Settles what left the cache: global weight, then the listener (outside every lock). A panicking listener does not stop the others; the first panic is
     /// re-raised once all have run, with the cache already consistent.
     #[inline]
     pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
         self.settle_weight(&mut out);
-        self.counters.add_each([
-            (|s| &s.inserts, out.inserted),
-            (|s| &s.updates, out.updated),
-            (|s| &s.evictions, out.evicted),
-            (|s| &s.admission_rejections, out.rejected),
-            (|s| &s.returning, out.returning),
-            (|s| &s.expirations, out.expired),
-            (|s| &s.removals, out.removed),
-        ]);
         if !out.list.is_empty() {
             self.notify(out);
         }
@@ -391,6 +382,9 @@ where
 
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.counters.snapshot();
+        for shard in self.shards.iter() {
+            shard.add_tally_to(&mut stats);
+        }
         stats.entries = self.len() as u64;
         stats.weighted_size = self.weighted_size();
         stats

@@ -10,35 +10,26 @@ use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
 use crate::raw::table::{EntryMemory, Table, TableCounts};
+use crate::stats::WriteTally;
 use crate::sync::{lock_shard, AtomicU64, Guard, Ordering, ShardMutex, Shared};
 use crate::time::wheel::TimerWheel;
-use crate::RemovalCause;
+use crate::{RemovalCause, Stats};
 
 /// Wheel work done per write: enough to keep up with expiries at any realistic write rate
 /// while keeping the critical section short. `run_pending_tasks` drains the rest.
 pub(crate) const WHEEL_WORK_PER_WRITE: usize = 64;
 
-/// What one write call did: the entries that left a shard, and whether it added or
-/// replaced a key. Kept until the caller has released every lock, so statistics and the
-/// eviction listener run outside them (`RawCache::finish`), and filled in place through
-/// `&mut` from the public method down, never moved between the layers of a write. Each
-/// entry in `list` is already retired: it stays readable only as long as the guard `'g` is
-/// pinned.
+/// What one write call left to settle once the caller has released every lock: the weight
+/// that left the shards, and the entries that left, for the eviction listener, which runs
+/// outside the locks (`RawCache::finish`). Filled in place through `&mut` from the public
+/// method down, never moved between the layers of a write. Each entry in `list` is already
+/// retired: it stays readable only as long as the guard `'g` is pinned. (The statistics are
+/// counted in the shards, under their locks: see [`WriteTally`].)
 #[derive(Debug)]
 pub(crate) struct Departures<'g, K, V> {
-    /// Filled only when someone listens; counting is always on.
+    /// Filled only when someone listens.
     pub(crate) list: Vec<(&'g Entry<K, V>, RemovalCause)>,
     keep: bool,
-    /// Keys the call added (`Inserted::New`) and live values it replaced
-    /// (`Inserted::Updated`).
-    pub(crate) inserted: u64,
-    pub(crate) updated: u64,
-    pub(crate) evicted: u64,
-    pub(crate) rejected: u64,
-    /// New keys the ghost recognised (a hint for the window's climber).
-    pub(crate) returning: u64,
-    pub(crate) expired: u64,
-    pub(crate) removed: u64,
     /// Weight that left the shards, to take off the global total.
     pub(crate) weight: u64,
     /// The shard has seen enough inserts that a hit-ratio sample may be complete.
@@ -50,39 +41,16 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
         Self {
             list: Vec::new(),
             keep,
-            inserted: 0,
-            updated: 0,
-            evicted: 0,
-            rejected: 0,
-            returning: 0,
-            expired: 0,
-            removed: 0,
             weight: 0,
             sample_due: false,
         }
     }
 
     fn push(&mut self, entry: &'g Entry<K, V>, cause: RemovalCause) {
-        match cause {
-            RemovalCause::Evicted => self.evicted += 1,
-            RemovalCause::Expired => self.expired += 1,
-            RemovalCause::Removed => self.removed += 1,
-            // Counted by the caller as an update (`Inserted::Updated`).
-            RemovalCause::Replaced => {}
-        }
         if self.keep {
             self.list.push((entry, cause));
         }
     }
-}
-
-/// What an insert did to the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Inserted {
-    /// The key was absent (or only held an expired entry).
-    New,
-    /// A live value was replaced.
-    Updated,
 }
 
 /// Write-side state, only touched under the shard mutex.
@@ -148,6 +116,8 @@ pub(crate) struct Shard<K, V> {
     state: ShardMutex<State<K, V>>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
     weight: AtomicU64,
+    /// What writes did here; written under the lock, read without it.
+    tally: WriteTally,
 }
 
 impl<K, V> Shard<K, V>
@@ -183,6 +153,7 @@ where
                 retired: Retired::new(capacity),
             }),
             weight: AtomicU64::new(0),
+            tally: WriteTally::default(),
         }
     }
 
@@ -264,7 +235,7 @@ where
         window_per_mille: u32,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
-    ) -> Inserted {
+    ) {
         // The probe below needs this slot: let its miss overlap with taking the lock.
         self.table.prefetch_home(u64::from(entry.hash), guard);
         let mut state = lock_shard(&self.state);
@@ -283,7 +254,8 @@ where
         // The table and the sketch key entries by their short hash, which eviction reads
         // back from the entry.
         let sketch_hash = u64::from(entry.hash);
-        let outcome = if let Some(found) = self.table.find(sketch_hash, &entry.key, guard) {
+        let tally = &self.tally;
+        if let Some(found) = self.table.find(sketch_hash, &entry.key, guard) {
             // SAFETY: found under the lock; only the lock holder retires entries.
             let old = unsafe { found.entry.deref() };
             let id = old.id();
@@ -314,11 +286,15 @@ where
             if was_scheduled || expires_at != NEVER {
                 state.wheel.schedule(id, expires_at);
             }
-            if was_expired {
-                Inserted::New
-            } else {
-                Inserted::Updated
-            }
+            // A key whose entry had expired counts as new (the expired one as an expiration).
+            WriteTally::add(
+                if was_expired {
+                    &tally.inserts
+                } else {
+                    &tally.updates
+                },
+                1,
+            );
         } else {
             let id = state.slab.insert(weight);
             entry.set_id(id);
@@ -338,14 +314,14 @@ where
             slab.set_slot(id, slot);
             pending.add(weight);
             if state.policy.on_insert(id, sketch_hash, weight) {
-                out.returning += 1;
+                WriteTally::add(&tally.returning, 1);
             }
             state.weight += weight;
             if expires_at != NEVER {
                 state.wheel.schedule(id, expires_at);
             }
-            Inserted::New
-        };
+            WriteTally::add(&tally.inserts, 1);
+        }
         if state.wheel.len() != 0 {
             self.expire_locked(state, clock(), WHEEL_WORK_PER_WRITE, guard, out);
         }
@@ -361,13 +337,12 @@ where
             let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
                 break;
             };
-            out.rejected += u64::from(eviction.rejected);
+            WriteTally::add(&tally.admission_rejections, u64::from(eviction.rejected));
             self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
         }
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
-        outcome
     }
 
     /// Removes `key`'s entry. Returns it if it was live; an expired one is removed as expired.
@@ -408,7 +383,10 @@ where
         let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
             return false;
         };
-        out.rejected += u64::from(eviction.rejected);
+        WriteTally::add(
+            &self.tally.admission_rejections,
+            u64::from(eviction.rejected),
+        );
         self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
         true
@@ -466,6 +444,7 @@ where
             } else {
                 RemovalCause::Removed
             };
+            self.count_departure(cause);
             out.push(departed, cause);
             // SAFETY: unreachable from the table, and retired once, here. The weight is
             // settled below for the whole shard; 0 keeps the batch to its length limit.
@@ -507,6 +486,7 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
+        self.count_departure(cause);
         // SAFETY: the entry is unreachable from the table (unlinked or replaced by the caller
         // under the lock), so no new reader can find it, and it is retired once, here. The
         // collector frees it only after every reader pinned before the batch is handed over
@@ -515,6 +495,29 @@ where
             out.push(entry.deref(), cause);
             retired.push(guard, entry, weight);
         }
+    }
+
+    /// Tallies an entry leaving for `cause`. Only under the lock (see [`WriteTally`]); a
+    /// replaced entry is counted as its key's update.
+    #[inline]
+    fn count_departure(&self, cause: RemovalCause) {
+        let counter = match cause {
+            RemovalCause::Evicted => &self.tally.evictions,
+            RemovalCause::Expired => &self.tally.expirations,
+            RemovalCause::Removed => &self.tally.removals,
+            RemovalCause::Replaced => return,
+        };
+        WriteTally::add(counter, 1);
+    }
+
+    /// Adds the shard's write counts to `stats`.
+    pub(crate) fn add_tally_to(&self, stats: &mut Stats) {
+        self.tally.add_to(stats);
+    }
+
+    /// New keys inserted, and those of them the ghost recognised (for the climber).
+    pub(crate) fn inserts_and_returning(&self) -> (u64, u64) {
+        self.tally.inserts_and_returning()
     }
 
     /// Appends each live, unexpired entry with the policy's frequency estimate for it: the
