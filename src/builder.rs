@@ -156,9 +156,13 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// Byte mode: each entry is charged its weigher's figure plus the entry's inline size
-    /// and larder's per-entry metadata (about 90 bytes plus `size_of::<K>() +
+    /// and larder's per-entry metadata (about 80 bytes plus `size_of::<K>() +
     /// size_of::<V>()`), and the sum stays within `n` at rest (see the crate docs for the
     /// overshoot bound under concurrency). Without a weigher, only the fixed part is charged.
+    ///
+    /// Entries are stored in chunks of memory the cache reuses and frees only when it is
+    /// dropped: after a [`clear`](Cache::clear) or a wave of expirations it keeps the room
+    /// of the most entries it has held (which the budget bounds), ready for new ones.
     pub fn max_bytes(mut self, n: u64) -> Self {
         self.max_bytes = Some(n);
         self

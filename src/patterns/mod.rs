@@ -1,4 +1,4 @@
-//! Caching patterns on top of [`Cache`](crate::Cache): read-through with refresh
+//! Caching patterns on top of [`Cache`]: read-through with refresh
 //! ([`LoadingCache`], from [`CacheBuilder::loader`](crate::CacheBuilder::loader)), the
 //! source of truth behind a cache (a [`Store`]), and the ways writes reach it.
 //!
