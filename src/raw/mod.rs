@@ -229,7 +229,7 @@ where
         let (all_inserts, returning) = self
             .shards
             .iter()
-            .map(Shard::inserts_and_returning)
+            .map(|shard| shard.tally().inserts_and_returning())
             .fold((0, 0), |(i, r), (si, sr)| (i + si, r + sr));
         let inserts = all_inserts.saturating_sub(sampler.inserts);
         let returning_share =
@@ -341,8 +341,9 @@ where
         guard.flush();
     }
 
-    /// Settles what left the cache: global weight, then the listener (outside every lock). A panicking listener does not stop the others; the first panic is
-    /// re-raised once all have run, with the cache already consistent.
+    /// Settles what left the cache: global weight, then the listener (outside every lock).
+    /// A panicking listener does not stop the others; the first panic is re-raised once all
+    /// have run, with the cache already consistent.
     #[inline]
     pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
         self.settle_weight(&mut out);
@@ -383,7 +384,7 @@ where
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.counters.snapshot();
         for shard in self.shards.iter() {
-            shard.add_tally_to(&mut stats);
+            shard.tally().add_to(&mut stats);
         }
         stats.entries = self.len() as u64;
         stats.weighted_size = self.weighted_size();

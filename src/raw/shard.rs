@@ -13,7 +13,7 @@ use crate::raw::table::{EntryMemory, Table, TableCounts};
 use crate::stats::WriteTally;
 use crate::sync::{lock_shard, AtomicU64, Guard, Ordering, ShardMutex, Shared};
 use crate::time::wheel::TimerWheel;
-use crate::{RemovalCause, Stats};
+use crate::RemovalCause;
 
 /// Wheel work done per write: enough to keep up with expiries at any realistic write rate
 /// while keeping the critical section short. `run_pending_tasks` drains the rest.
@@ -510,14 +510,9 @@ where
         WriteTally::add(counter, 1);
     }
 
-    /// Adds the shard's write counts to `stats`.
-    pub(crate) fn add_tally_to(&self, stats: &mut Stats) {
-        self.tally.add_to(stats);
-    }
-
-    /// New keys inserted, and those of them the ghost recognised (for the climber).
-    pub(crate) fn inserts_and_returning(&self) -> (u64, u64) {
-        self.tally.inserts_and_returning()
+    /// What writes did in this shard.
+    pub(crate) fn tally(&self) -> &WriteTally {
+        &self.tally
     }
 
     /// Appends each live, unexpired entry with the policy's frequency estimate for it: the
