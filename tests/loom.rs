@@ -139,6 +139,33 @@ fn reclamation_drops_each_value_once() {
     });
 }
 
+/// A retired entry's cell is reused only once no reader can hold the entry: a reader racing
+/// a replacement, the hand-over of the retired entry to the collector and further writes
+/// (which take returned cells when the collector has run) sees its key's old or new value,
+/// never a value built later in the same cell.
+#[test]
+fn reused_cells_vs_get() {
+    loom::model(|| {
+        let cache = cache(2);
+        cache.insert(1, 10).unwrap();
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                cache.insert(1, 11).unwrap();
+                // Hands the retired entry to the collector and lets it run.
+                cache.run_pending_tasks();
+                cache.run_pending_tasks();
+                cache.insert(2, 20).unwrap();
+                cache.insert(3, 30).unwrap();
+            })
+        };
+        let seen = cache.get(&1);
+        assert!(seen == Some(10) || seen == Some(11), "saw {seen:?}");
+        writer.join().unwrap();
+        assert!(cache.len() <= 2);
+    });
+}
+
 /// Single-flight: two callers racing for a missing key run the loader once and both get its
 /// value (the loader publishes under the loads lock, so a newcomer finds either the load in
 /// flight or the cached value, never neither).
