@@ -70,9 +70,10 @@ enum Region {
     Protected,
 }
 
+const _: () = assert!(Region::ALL.len() <= clock::TAGS as usize);
+
 impl Region {
-    const ALL: [Self; clock::TAGS as usize] =
-        [Self::Window, Self::Returning, Self::Main, Self::Protected];
+    const ALL: [Self; 4] = [Self::Window, Self::Returning, Self::Main, Self::Protected];
 
     fn of_tag(tag: u8) -> Self {
         Self::ALL[usize::from(tag)]
@@ -101,6 +102,9 @@ pub(crate) struct Policy {
     jitter: u64,
     /// Ids the shard is expected to use (0 when unknown): per-id arrays grow onto it.
     expected_ids: usize,
+    /// Ids removed through [`Policy::on_remove`] that have left their rings since the shard
+    /// last took them (see [`Policy::take_released`]): only then may the slab reuse them.
+    released: Vec<u32>,
 }
 
 impl Policy {
@@ -121,6 +125,7 @@ impl Policy {
             protected_target: 0,
             jitter: seed | 1,
             expected_ids: 0,
+            released: Vec::new(),
         };
         policy.set_window_per_mille(climber::INITIAL_WINDOW_PER_MILLE);
         policy
@@ -195,10 +200,20 @@ impl Policy {
         }
     }
 
-    /// Forgets an entry removed for any reason other than [`Policy::evict`].
+    /// Forgets an entry removed for any reason other than [`Policy::evict`]. Its id stays
+    /// taken until [`Policy::take_released`] returns it (the rings are singly linked: an id
+    /// away from the hand leaves its ring when a hand or a compaction reaches it).
     pub(crate) fn on_remove(&mut self, id: u32, weight: u64) {
-        let (ring, links) = self.ring_and_links(self.region(id));
-        ring.remove(links, id, weight);
+        let (ring, links, released) = self.parts(self.region(id));
+        ring.remove(links, id, weight, released);
+    }
+
+    /// The ids removed through [`Policy::on_remove`] that are in no ring any more, which the
+    /// slab may now reuse. (An id [`Policy::evict`] returns is out of every ring at once.)
+    #[inline]
+    pub(crate) fn take_released(&mut self) -> Option<std::vec::Drain<'_, u32>> {
+        // Most calls find none: skip building and dropping an empty `Drain`.
+        (!self.released.is_empty()).then(|| self.released.drain(..))
     }
 
     /// Forgets every entry (the cache was cleared); frequency history is kept.
@@ -207,6 +222,7 @@ impl Policy {
         self.window = Ring::default();
         self.main = Ring::default();
         self.protected = Ring::default();
+        self.released.clear();
     }
 
     /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
@@ -220,7 +236,7 @@ impl Policy {
             if self.main_weight() + weight > self.main_target {
                 break;
             }
-            self.window.remove(&mut self.links, candidate, weight);
+            self.window.take_hand(&mut self.links, candidate, weight);
             self.promote(candidate, weight);
         }
         // Main alone is over its target (the window is within its own): main pays. When the
@@ -234,7 +250,7 @@ impl Policy {
         if main_pays && !self.main_is_empty() {
             let victim = self.main_victim(members)?;
             self.main
-                .remove(&mut self.links, victim, members.weight(victim));
+                .take_hand(&mut self.links, victim, members.weight(victim));
             return Some(Eviction {
                 id: victim,
                 rejected: false,
@@ -243,7 +259,7 @@ impl Policy {
         let candidate = self.sweep(Region::Window, members)?;
         let candidate_weight = members.weight(candidate);
         self.window
-            .remove(&mut self.links, candidate, candidate_weight);
+            .take_hand(&mut self.links, candidate, candidate_weight);
         let Some(victim) = self.main_victim(members) else {
             return Some(Eviction {
                 id: candidate,
@@ -253,7 +269,7 @@ impl Policy {
         let returning = self.region(candidate) == Region::Returning;
         if returning || self.admit(members.hash(candidate), members.hash(victim)) {
             self.main
-                .remove(&mut self.links, victim, members.weight(victim));
+                .take_hand(&mut self.links, victim, members.weight(victim));
             self.promote(candidate, candidate_weight);
             Some(Eviction {
                 id: victim,
@@ -289,16 +305,28 @@ impl Policy {
     /// passed, feeding the reads it clears into the sketch. Returns that entry, still linked.
     /// Terminates within two laps: the first lap clears every counter it passes.
     fn sweep(&mut self, region: Region, members: &impl Members) -> Option<u32> {
-        let laps = 2 * self.ring(region).len();
-        for _ in 0..laps {
-            let id = self.ring(region).hand()?;
-            if self.feed_reads(id, members) == 0 {
+        // The fields borrowed apart, so the loop picks the ring once.
+        let Self {
+            links,
+            released,
+            sketch,
+            ..
+        } = self;
+        let ring = match region {
+            Region::Window | Region::Returning => &mut self.window,
+            Region::Main => &mut self.main,
+            Region::Protected => &mut self.protected,
+        };
+        for _ in 0..2 * ring.len() {
+            let id = ring.hand(links, released)?;
+            let reads = members.take_access(id);
+            if reads == 0 {
                 return Some(id);
             }
-            let (ring, links) = self.ring_and_links(region);
+            sketch.increment_by(members.hash(id), reads);
             ring.advance(links);
         }
-        self.ring(region).hand()
+        ring.hand(links, released)
     }
 
     /// Takes the reads `id` had since a hand last passed and counts them in the sketch.
@@ -318,7 +346,7 @@ impl Policy {
     fn main_victim(&mut self, members: &impl Members) -> Option<u32> {
         let steps = 2 * (self.main.len() + self.protected.len()) + 2;
         for _ in 0..steps {
-            let Some(id) = self.main.hand() else {
+            let Some(id) = self.hand(Region::Main) else {
                 let demoted = self.sweep(Region::Protected, members)?;
                 self.move_to(
                     demoted,
@@ -345,31 +373,42 @@ impl Policy {
             }
         }
         // Out of steps (readers kept marking entries while the hand moved): take the oldest
-        // of probation, or of protected, so a non-empty main always yields a victim.
-        if let Some(id) = self.main.hand() {
+        // of probation, or of protected, so a non-empty main always yields a victim. (With
+        // probation empty, the id moved there is its only one, so it is under its hand.)
+        if let Some(id) = self.hand(Region::Main) {
             return Some(id);
         }
-        let id = self.protected.hand()?;
+        let id = self.hand(Region::Protected)?;
         self.move_to(id, Region::Protected, Region::Main, members.weight(id));
         Some(id)
     }
 
+    /// Moves `id`, the live id under `from`'s hand, to the newest place in `to`.
+    #[inline]
     fn move_to(&mut self, id: u32, from: Region, to: Region, weight: u64) {
-        let (ring, links) = self.ring_and_links(from);
-        ring.remove(links, id, weight);
+        let (ring, links, _) = self.parts(from);
+        ring.take_hand(links, id, weight);
         self.set_region(id, to);
-        let (ring, links) = self.ring_and_links(to);
+        let (ring, links, _) = self.parts(to);
         ring.push(links, id, weight);
     }
 
-    /// A region's ring with the shared links, borrowed together.
-    fn ring_and_links(&mut self, region: Region) -> (&mut Ring, &mut Links) {
+    /// The live id under `region`'s hand (dead ids before it are released on the way).
+    #[inline]
+    fn hand(&mut self, region: Region) -> Option<u32> {
+        let (ring, links, released) = self.parts(region);
+        ring.hand(links, released)
+    }
+
+    /// A region's ring with the shared links and the released ids, borrowed together.
+    #[inline]
+    fn parts(&mut self, region: Region) -> (&mut Ring, &mut Links, &mut Vec<u32>) {
         let ring = match region {
             Region::Window | Region::Returning => &mut self.window,
             Region::Main => &mut self.main,
             Region::Protected => &mut self.protected,
         };
-        (ring, &mut self.links)
+        (ring, &mut self.links, &mut self.released)
     }
 
     fn promote(&mut self, id: u32, weight: u64) {
@@ -385,21 +424,16 @@ impl Policy {
         Region::of_tag(self.links.tag(id))
     }
 
-    fn ring(&self, region: Region) -> &Ring {
-        match region {
-            Region::Window | Region::Returning => &self.window,
-            Region::Main => &self.main,
-            Region::Protected => &self.protected,
-        }
-    }
-
     fn ring_of(&mut self, id: u32) -> &mut Ring {
-        self.ring_and_links(self.region(id)).0
+        self.parts(self.region(id)).0
     }
 
     /// Bytes of policy metadata, for memory accounting.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.links.heap_bytes() + self.sketch.heap_bytes() + self.ghost.heap_bytes()
+        self.links.heap_bytes()
+            + self.released.capacity() * std::mem::size_of::<u32>()
+            + self.sketch.heap_bytes()
+            + self.ghost.heap_bytes()
     }
 }
 

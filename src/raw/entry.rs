@@ -16,8 +16,10 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// Bits of `Entry::id_reads` holding the id; the two bits above hold the read count.
 const ID_BITS: u32 = 30;
 const ID_MASK: u32 = (1 << ID_BITS) - 1;
-/// Ids a shard can hand out: one per entry it holds.
-pub(crate) const MAX_ID: u32 = ID_MASK;
+/// Ids a shard can hand out: one per entry it holds (and per id a CLOCK ring has not
+/// released yet). 29 bits, not the 30 this word has room for: the rings keep a 3-bit tag
+/// beside each id (`policy::clock`).
+pub(crate) const MAX_ID: u32 = (1 << 29) - 1;
 
 /// The part of a key's 64-bit hash an entry keeps: the low half, which places it in its
 /// shard's table and keys it in the frequency sketch. (The top bits pick the shard.)

@@ -74,6 +74,16 @@ impl<K, V> std::fmt::Debug for State<K, V> {
     }
 }
 
+/// Frees for reuse the slab ids the policy no longer holds (see `Policy::take_released`).
+#[inline]
+fn release_ids<K, V>(state: &mut State<K, V>) {
+    if let Some(released) = state.policy.take_released() {
+        for id in released {
+            state.slab.release(id);
+        }
+    }
+}
+
 /// The policy's view of the shard's entries, lent by the lock holder.
 struct SlabMembers<'a, K, V> {
     slab: &'a Slab,
@@ -85,7 +95,7 @@ impl<'a, K: 'static, V: 'static> SlabMembers<'a, K, V> {
     fn entry(&self, id: u32) -> &'a Entry<K, V> {
         let entry = self.table.entry_at(self.slab.slot(id), self.guard);
         // SAFETY: an occupied id's slot holds its live entry; only the lock holder (who lent
-        // us the slab) could retire it, and it frees the id first.
+        // us the slab) could retire it, and it vacates the id first.
         unsafe { entry.deref() }
     }
 }
@@ -339,7 +349,9 @@ where
             };
             WriteTally::add(&tally.admission_rejections, u64::from(eviction.rejected));
             self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
+            state.slab.release(eviction.id);
         }
+        release_ids(state);
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
@@ -372,6 +384,7 @@ where
         let id = entry.id();
         state.policy.on_remove(id, state.slab.weight(id));
         self.unlink(state, id, cause, guard, out);
+        release_ids(state);
         self.weight.store(state.weight, Ordering::Relaxed);
         live.then_some(entry)
     }
@@ -388,6 +401,8 @@ where
             u64::from(eviction.rejected),
         );
         self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
+        state.slab.release(eviction.id);
+        release_ids(state);
         self.weight.store(state.weight, Ordering::Relaxed);
         true
     }
@@ -428,6 +443,7 @@ where
             state.policy.on_remove(id, state.slab.weight(id));
             self.unlink(state, id, RemovalCause::Expired, guard, out);
         }
+        release_ids(state);
         done
     }
 
@@ -459,7 +475,8 @@ where
         self.weight.store(0, Ordering::Relaxed);
     }
 
-    /// Takes `id` (already out of the policy) out of the table, slab and wheel, and retires it.
+    /// Takes `id` (already out of the policy's order) out of the table and wheel, vacates it
+    /// in the slab, and retires its entry. The caller releases the id (see `release_ids`).
     fn unlink<'g>(
         &self,
         state: &mut State<K, V>,

@@ -45,7 +45,7 @@ impl Slab {
     /// Takes a free id for an entry of `weight`; its slot is set once the entry is placed.
     ///
     /// # Panics
-    /// If the shard already holds [`MAX_ID`] entries (about a billion).
+    /// If the shard already holds [`MAX_ID`] ids (about half a billion).
     pub(crate) fn insert(&mut self, weight: u64) -> u32 {
         debug_assert!(!self.unit_weights || weight == 1);
         if let Some(id) = self.free.pop() {
@@ -57,7 +57,7 @@ impl Slab {
         let id = u32::try_from(self.slots.len())
             .ok()
             .filter(|&id| id < MAX_ID)
-            .expect("a shard holds fewer than 2^30 entries");
+            .expect("a shard holds fewer than 2^29 entries");
         growth::reserve(&mut self.slots, id as usize + 1, self.expected);
         self.slots.push(VACANT);
         if !self.unit_weights {
@@ -98,13 +98,21 @@ impl Slab {
         }
     }
 
-    /// Frees `id` and returns its (slot, weight).
+    /// Vacates `id` and returns its (slot, weight). The id is not reused until
+    /// [`Slab::release`]d: the policy may still hold it (see `Policy::take_released`).
     pub(crate) fn remove(&mut self, id: u32) -> (usize, u64) {
         let weight = self.weight(id);
         let slot = std::mem::replace(&mut self.slots[id as usize], VACANT);
-        debug_assert!(slot != VACANT, "id {id} freed twice");
-        self.free.push(id);
+        debug_assert!(slot != VACANT, "id {id} removed twice");
         (slot as usize, weight)
+    }
+
+    /// Makes a vacated id free for reuse.
+    pub(crate) fn release(&mut self, id: u32) {
+        debug_assert!(self.slots[id as usize] == VACANT, "id {id} is occupied");
+        #[cfg(test)]
+        assert!(!self.free.contains(&id), "id {id} released twice");
+        self.free.push(id);
     }
 
     /// Occupied ids and their slots (invariant checks).
@@ -134,12 +142,18 @@ mod tests {
         slab.set_slot(a, 5);
         slab.set_slot(b, 7);
         assert_eq!(slab.remove(a), (5, 10));
+        assert_eq!(slab.insert(40), 2, "a removed id waits for its release");
+        slab.release(a);
         let c = slab.insert(30);
         assert_eq!(c, a, "freed id reused");
         slab.set_slot(c, 9);
         slab.set_slot(b, 2);
         assert_eq!(slab.reweigh(b, 25), 20);
-        assert_eq!(slab.occupied().collect::<Vec<_>>(), vec![(0, 9), (1, 2)]);
+        slab.set_slot(2, 4);
+        assert_eq!(
+            slab.occupied().collect::<Vec<_>>(),
+            vec![(0, 9), (1, 2), (2, 4)]
+        );
         assert_eq!((slab.weight(b), slab.weight(c)), (25, 30));
     }
 
