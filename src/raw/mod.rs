@@ -451,13 +451,13 @@ where
 }
 
 /// Metadata bytes per entry outside the entry node, charged in `max_bytes` mode. Measured
-/// (`benches/memory.rs`, session 7): 63.9 B per held entry in byte mode with 100-byte
-/// values (66 to 69 B in session 6, before the sketch shrank to 8 B per entry and the
-/// region moved into the ring links): table slots (purged to 60% load), the slab's slot
-/// index and weight, ring links, wheel links and the sketch, each sized for the entries the
-/// budget allows, plus the slack of vectors that grow by doubling. Count mode needs no
-/// estimate.
-const METADATA_PER_ENTRY: usize = 64;
+/// (`benches/memory.rs`, session 10): 54.2 B per held entry in byte mode with 100-byte
+/// values (60.9 B in session 9, before the CLOCK rings became singly linked; 63.9 B in
+/// session 7): table slots (purged to 60% load), the slab's slot index and weight, ring
+/// links, wheel links and the sketch, each sized for the entries the budget allows, plus
+/// the slack of vectors that grow by doubling. Charged a little above the measured figure,
+/// so the heap stays under the budget. Count mode needs no estimate.
+const METADATA_PER_ENTRY: usize = 56;
 
 /// Bytes larder charges per entry on top of the weigher's figure in `max_bytes` mode: the
 /// entry's cell (inline key and value included; cells are carved from chunks, so an entry

@@ -350,8 +350,9 @@ where
             WriteTally::add(&tally.admission_rejections, u64::from(eviction.rejected));
             self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
             state.slab.release(eviction.id);
+            // The hands may have released removed ids on their way.
+            release_ids(state);
         }
-        release_ids(state);
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
