@@ -6,8 +6,8 @@
 
 use crate::policy::sketch::FrequencySketch;
 use crate::raw::entry::{Entry, NEVER};
-use crate::raw::table::{EntryMemory, Table, TableCounts};
-use crate::sync::{pin, Owned};
+use crate::raw::table::{LooseCells, Table, TableCounts};
+use crate::sync::pin;
 use crate::time::wheel::TrackedWheel;
 
 /// The TinyLFU frequency sketch (count-min plus doorkeeper, aged by halving).
@@ -89,12 +89,17 @@ impl Wheel {
 pub struct Index {
     table: Table<u64, u64>,
     counts: TableCounts,
+    cells: LooseCells<u64, u64>,
 }
 
 impl Default for Index {
     fn default() -> Self {
-        let (table, counts) = Table::new(0, EntryMemory::Boxed);
-        Self { table, counts }
+        let (table, counts, cells) = LooseCells::table(0);
+        Self {
+            table,
+            counts,
+            cells,
+        }
     }
 }
 
@@ -112,29 +117,22 @@ impl Index {
     /// value. The caller must use the same hash for a key every time.
     pub fn insert(&mut self, key: u64, value: u64, hash: u64) -> Option<u64> {
         let guard = pin();
-        let entry = Owned::new(Entry::new(key, value, hash, NEVER)).into_shared(&guard);
+        let cell = self.cells.place(Entry::new(key, value, hash, NEVER));
         match self.table.find(hash, &key, &guard) {
             Some(found) => {
-                // SAFETY: a whole, unpublished entry of the same key, boxed as the index's
-                // table expects.
+                // SAFETY: a whole, unpublished entry of the same key, in a cell of the
+                // table's chunks.
                 let (old, _) = unsafe {
                     self.table
-                        .replace(&mut self.counts, found.index, entry, &guard)
+                        .replace(&mut self.counts, found.index, cell, &guard)
                 };
-                // SAFETY: `old` was just swapped out of the table, so it is unreachable for
-                // new readers; `defer_destroy` waits for pinned ones. Read before retiring.
-                unsafe {
-                    let value = old.deref().value;
-                    guard.defer_destroy(old);
-                    Some(value)
-                }
+                // SAFETY: `old` was just swapped out of the table; its cell is never reused
+                // (`LooseCells`), so it stays readable.
+                Some(unsafe { old.deref() }.value)
             }
             None => {
-                // SAFETY: a whole, unpublished entry, boxed as the index's table expects.
-                unsafe {
-                    self.table
-                        .insert(&mut self.counts, entry, &guard, |_, _| {})
-                };
+                // SAFETY: a whole, unpublished entry, in a cell of the table's chunks.
+                unsafe { self.table.insert(&mut self.counts, cell, &guard, |_, _| {}) };
                 None
             }
         }
@@ -144,18 +142,14 @@ impl Index {
     pub fn remove(&mut self, key: u64, hash: u64) -> Option<u64> {
         let guard = pin();
         let found = self.table.find(hash, &key, &guard)?;
-        let unlinked = self.table.remove_at(&mut self.counts, found.index, &guard);
+        let (unlinked, _) = self.table.remove_at(&mut self.counts, found.index, &guard);
         assert_eq!(
             unlinked, found.entry,
             "the slot found by key holds another entry"
         );
-        // SAFETY: found in the table under `&mut self` (the lock holder's role); only the
-        // holder retires entries, so it is live until retired just below.
-        let value = unsafe { unlinked.deref() }.value;
-        // SAFETY: unlinked just now, so unreachable for new readers; `defer_destroy` waits
-        // for pinned ones.
-        unsafe { guard.defer_destroy(unlinked) };
-        Some(value)
+        // SAFETY: found in the table under `&mut self` (the lock holder's role); its cell is
+        // never reused (`LooseCells`), so it stays readable.
+        Some(unsafe { unlinked.deref() }.value)
     }
 
     /// Number of live entries.

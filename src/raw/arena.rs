@@ -14,50 +14,193 @@
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
 
-/// Cells in a shard's first chunk; each next chunk doubles, up to [`MAX_CHUNK_BYTES`].
+/// Fewest cells in a chunk.
 const FIRST_CHUNK_CELLS: usize = 16;
 
 /// Largest chunk: big enough that a shard of 125,000 `u64` entries needs few chunks, small
 /// enough that the unused end of the last one is a fraction of a byte per entry.
 const MAX_CHUNK_BYTES: usize = 64 << 10;
 
-/// One chunk of uninitialised cells, owned by [`Chunks`].
-struct Chunk<T>(NonNull<[MaybeUninit<T>]>);
+/// Cells a shard may hold: a table slot keeps `id + 1` in 29 bits (see `raw::table`).
+pub(crate) const MAX_CELLS: u32 = (1 << 29) - 2;
 
-// SAFETY: a chunk is plain memory: the values in its cells are owned and dropped by whoever
-// holds the cell (an entry in a table, a retired batch), never by the chunk, so moving the
-// chunk's ownership between threads moves no `T`.
-unsafe impl<T> Send for Chunk<T> {}
+/// A cell's number in its shard's chunks, dense from 0: what a table slot stores instead
+/// of a pointer (4 bytes, not 8), resolved through the shard's directory of chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct CellId(u32);
 
-/// The chunks of one shard: allocated under the shard's lock, freed when the last holder
-/// (the shard, or a retired batch the collector has not run yet) lets go.
-pub(crate) struct Chunks<T> {
-    list: Mutex<Vec<Chunk<T>>>,
+impl CellId {
+    pub(crate) fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The cell numbered `id` (which [`Fresh::cell`] handed out for the same chunks).
+    pub(crate) fn new(id: u32) -> Self {
+        debug_assert!(id <= MAX_CELLS);
+        Self(id)
+    }
 }
 
-impl<T> Chunks<T> {
-    pub(crate) fn new() -> Self {
+/// How cells are laid out in chunks: every chunk of one shard has the same number of cells,
+/// a power of two, so a cell id splits into chunk and offset with a shift and a mask (the
+/// read path does this on every probe that meets a candidate entry).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    /// Log2 of a chunk's cells.
+    chunk_log2: u32,
+}
+
+impl Geometry {
+    /// Chunks of about a 64th of the shard's expected entries: the unused end of the last
+    /// chunk stays within about 1.6% of the cells, and a full shard has some 64 chunks.
+    /// At least [`FIRST_CHUNK_CELLS`], at most what fits in [`MAX_CHUNK_BYTES`].
+    fn of<T>(expected_entries: usize) -> Self {
+        let fit = (MAX_CHUNK_BYTES / size_of::<T>().max(1)).max(FIRST_CHUNK_CELLS);
+        let wanted = (expected_entries / 64).clamp(FIRST_CHUNK_CELLS, fit);
+        // The largest power of two within `wanted`.
         Self {
-            list: Mutex::new(Vec::new()),
+            chunk_log2: usize::BITS - 1 - wanted.leading_zeros(),
         }
     }
 
-    /// A new chunk of `len` cells; returns its first cell.
-    fn allocate(&self, len: usize) -> NonNull<T> {
+    fn chunk_len(self) -> usize {
+        1 << self.chunk_log2
+    }
+
+    /// The chunk holding cell `id`, and the cell's place in it.
+    #[inline]
+    fn locate(self, id: u32) -> (usize, usize) {
+        let id = id as usize;
+        (id >> self.chunk_log2, id & ((1 << self.chunk_log2) - 1))
+    }
+}
+
+/// One chunk of uninitialised cells, owned by [`Chunks`].
+struct Chunk<T>(NonNull<[MaybeUninit<T>]>);
+
+/// Per chunk, its first cell; readers resolve cell ids through it without a lock.
+struct Directory<T> {
+    firsts: Box<[AtomicPtr<T>]>,
+}
+
+/// What [`Chunks`] frees when dropped: every chunk, and every directory it published (an
+/// outgrown directory may still be read by a reader that loaded it, so none is freed
+/// before the chunks; together they are at most twice the last one).
+struct Owned<T> {
+    chunks: Vec<Chunk<T>>,
+    directories: Vec<NonNull<Directory<T>>>,
+}
+
+// SAFETY: a chunk is plain memory: the values in its cells are owned and dropped by whoever
+// holds the cell (an entry in a table, a retired batch), never by the chunk, so moving the
+// chunks' ownership between threads moves no `T`; a directory holds only atomics.
+unsafe impl<T> Send for Owned<T> {}
+
+/// The chunks of one shard: allocated under the shard's lock, read by anyone holding a
+/// cell id, freed when the last holder (the shard's table, or a retired batch the collector
+/// has not run yet) lets go.
+pub(crate) struct Chunks<T> {
+    /// The newest directory; never null.
+    directory: AtomicPtr<Directory<T>>,
+    owned: Mutex<Owned<T>>,
+    geometry: Geometry,
+}
+
+// SAFETY: the chunks are shared between the shard's threads and the collector's: cells are
+// reached through ids by whoever holds them (their users synchronise), the directory through
+// atomics, and what is owned under a mutex. No `T` is dropped or moved by `Chunks` itself.
+unsafe impl<T> Sync for Chunks<T> {}
+// SAFETY: see `Sync`; dropping frees memory only.
+unsafe impl<T> Send for Chunks<T> {}
+
+fn new_directory<T>(len: usize) -> NonNull<Directory<T>> {
+    let firsts = (0..len)
+        .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+        .collect();
+    NonNull::from(Box::leak(Box::new(Directory { firsts })))
+}
+
+impl<T> Chunks<T> {
+    /// No chunks yet, for a shard expected to hold about `expected_entries` entries (0 when
+    /// unknown), which sizes the chunks.
+    pub(crate) fn new(expected_entries: usize) -> Self {
+        let geometry = Geometry::of::<T>(expected_entries);
+        let directory = new_directory::<T>((expected_entries >> geometry.chunk_log2) + 2);
+        Self {
+            directory: AtomicPtr::new(directory.as_ptr()),
+            owned: Mutex::new(Owned {
+                chunks: Vec::new(),
+                directories: vec![directory],
+            }),
+            geometry,
+        }
+    }
+
+    /// The cell numbered `id`. Lock-free.
+    ///
+    /// `id` must have been handed out by a [`Fresh`] of these chunks, and the caller must
+    /// have learnt it through a chain of synchronisation from that hand-out (a table slot
+    /// loaded with `Acquire`, the shard's lock): the chunk's entry in the directory was
+    /// stored before, so it is seen. Panics (index out of bounds) on an id never handed out.
+    #[inline]
+    pub(crate) fn cell(&self, id: CellId) -> NonNull<T> {
+        let (chunk, offset) = self.geometry.locate(id.0);
+        // SAFETY: directories are never null and never freed before `self` (see `Owned`).
+        let directory = unsafe { &*self.directory.load(Ordering::Acquire) };
+        let first = directory.firsts[chunk].load(Ordering::Acquire);
+        debug_assert!(!first.is_null(), "cell {} was never handed out", id.0);
+        // SAFETY: `first` is the first cell of chunk `chunk`, published before any of its
+        // ids was handed out (the caller's contract), and `offset` is below that chunk's
+        // length (`locate`), so the result lies in the chunk and is non-null.
+        unsafe { NonNull::new_unchecked(first.add(offset)) }
+    }
+
+    /// A new chunk, published in the directory; returns its first cell, that cell's id and
+    /// the chunk's length.
+    ///
+    /// # Panics
+    /// If the shard would hold more than [`MAX_CELLS`] cells.
+    fn allocate(&self) -> (NonNull<T>, CellId, usize) {
+        let mut owned = lock(&self.owned);
+        let index = owned.chunks.len();
+        let len = self.geometry.chunk_len();
+        let first_id = index * len;
+        assert!(
+            first_id + len <= MAX_CELLS as usize + 1,
+            "a shard holds fewer than 2^29 entries"
+        );
         let mut cells: Vec<MaybeUninit<T>> = Vec::with_capacity(len);
         // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `len`.
         unsafe { cells.set_len(len) };
         let chunk = NonNull::from(Box::leak(cells.into_boxed_slice()));
-        lock(&self.list).push(Chunk(chunk));
-        chunk.cast::<T>()
+        owned.chunks.push(Chunk(chunk));
+        let first = chunk.cast::<T>();
+        // SAFETY: the newest directory is the last one owned, alive until `self` drops.
+        let mut directory = unsafe { owned.directories.last().expect("one at least").as_ref() };
+        if index == directory.firsts.len() {
+            let grown = new_directory::<T>(index * 2);
+            // SAFETY: just allocated, freed only with `self`.
+            let grown_ref = unsafe { grown.as_ref() };
+            for (old, new) in directory.firsts.iter().zip(grown_ref.firsts.iter()) {
+                new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            owned.directories.push(grown);
+            directory = grown_ref;
+            // Release: a reader that sees this directory sees the chunks copied into it.
+            self.directory.store(grown.as_ptr(), Ordering::Release);
+        }
+        // Release: a reader that sees this chunk's first cell sees the chunk allocated.
+        directory.firsts[index].store(first.as_ptr(), Ordering::Release);
+        (first, CellId(first_id as u32), len)
     }
 
     /// Bytes of all chunks, cells in use or not.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
-        lock(&self.list)
+        lock(&self.owned)
+            .chunks
             .iter()
             .map(|chunk| chunk.0.len())
             .sum::<usize>()
@@ -67,12 +210,23 @@ impl<T> Chunks<T> {
 
 impl<T> Drop for Chunks<T> {
     fn drop(&mut self) {
-        let list = std::mem::take(&mut *lock(&self.list));
-        for chunk in list {
+        let owned = std::mem::replace(
+            &mut *lock(&self.owned),
+            Owned {
+                chunks: Vec::new(),
+                directories: Vec::new(),
+            },
+        );
+        for chunk in owned.chunks {
             // SAFETY: the chunk came from `Box::leak` in `allocate` and is freed once, here.
             // Whoever holds `Chunks` holds every cell's user too (see the module docs), so no
             // cell is in use any more; `MaybeUninit` cells drop nothing.
             drop(unsafe { Box::from_raw(chunk.0.as_ptr()) });
+        }
+        for directory in owned.directories {
+            // SAFETY: from `Box::leak` in `new_directory`, freed once, here; no reader is
+            // left (`&mut self`).
+            drop(unsafe { Box::from_raw(directory.as_ptr()) });
         }
     }
 }
@@ -80,33 +234,34 @@ impl<T> Drop for Chunks<T> {
 /// A shard's supply of cells never used yet: the rest of its newest chunk.
 pub(crate) struct Fresh<T> {
     next: NonNull<T>,
+    next_id: u32,
     left: usize,
-    next_chunk: usize,
 }
 
 impl<T> Fresh<T> {
     pub(crate) fn new() -> Self {
         Self {
             next: NonNull::dangling(),
+            next_id: 0,
             left: 0,
-            next_chunk: FIRST_CHUNK_CELLS,
         }
     }
 
-    /// An unused cell, from a new chunk of `chunks` when the current one is used up. The
-    /// cell holds no value; it stays allocated as long as `chunks`.
-    pub(crate) fn cell(&mut self, chunks: &Chunks<T>) -> NonNull<T> {
+    /// An unused cell and its id, from a new chunk of `chunks` when the current one is used
+    /// up. The cell holds no value; it stays allocated as long as `chunks`.
+    pub(crate) fn cell(&mut self, chunks: &Chunks<T>) -> (NonNull<T>, CellId) {
         if self.left == 0 {
-            let max = (MAX_CHUNK_BYTES / size_of::<T>().max(1)).max(FIRST_CHUNK_CELLS);
-            self.next = chunks.allocate(self.next_chunk);
-            self.left = self.next_chunk;
-            self.next_chunk = (self.next_chunk * 2).min(max);
+            let (first, id, len) = chunks.allocate();
+            self.next = first;
+            self.next_id = id.0;
+            self.left = len;
         }
-        let cell = self.next;
+        let cell = (self.next, CellId(self.next_id));
         self.left -= 1;
+        self.next_id += 1;
         // SAFETY: `cell` is one of the `left + 1` cells at the end of a live chunk, so the
         // next one is in that chunk or one past its end.
-        self.next = unsafe { cell.add(1) };
+        self.next = unsafe { self.next.add(1) };
         cell
     }
 
@@ -127,27 +282,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cells_are_distinct_aligned_and_chunks_grow_to_a_bound() {
-        let chunks = Chunks::<[u64; 4]>::new();
+    fn cells_are_distinct_aligned_resolvable_and_chunks_grow_to_a_bound() {
+        let chunks = Chunks::<[u64; 4]>::new(0);
         let mut fresh = Fresh::new();
         let n = if cfg!(miri) { 600 } else { 20_000 };
         let mut cells: Vec<usize> = (0..n)
             .map(|i| {
-                let cell = fresh.cell(&chunks);
+                let (cell, id) = fresh.cell(&chunks);
+                assert_eq!(id.get(), i as u32, "ids are dense, in order");
+                assert_eq!(chunks.cell(id), cell, "the directory resolves the id");
                 // SAFETY: a fresh cell is valid for writes of one `T`, used by nothing else.
                 unsafe { cell.as_ptr().write([i as u64; 4]) };
                 cell.as_ptr() as usize
             })
             .collect();
+        for i in (0..n).step_by(7) {
+            // SAFETY: written above; the chunks are alive.
+            let value = unsafe { chunks.cell(CellId::new(i as u32)).as_ptr().read() };
+            assert_eq!(value, [i as u64; 4]);
+        }
         assert!(cells.iter().all(|&cell| cell % align_of::<[u64; 4]>() == 0));
         cells.sort_unstable();
         cells.dedup();
         assert_eq!(cells.len(), n, "a cell was handed out twice");
-        let chunk_sizes: Vec<usize> = lock(&chunks.list).iter().map(|c| c.0.len()).collect();
-        let max = MAX_CHUNK_BYTES / 32;
-        assert_eq!(chunk_sizes[..2], [FIRST_CHUNK_CELLS, FIRST_CHUNK_CELLS * 2]);
-        assert!(chunk_sizes.iter().all(|&len| len <= max));
+        let chunk_sizes: Vec<usize> = lock(&chunks.owned)
+            .chunks
+            .iter()
+            .map(|c| c.0.len())
+            .collect();
+        // Nothing expected: chunks of 16 cells, the directory grown many times over.
+        assert!(chunk_sizes.iter().all(|&len| len == FIRST_CHUNK_CELLS));
+        let max = FIRST_CHUNK_CELLS;
         assert_eq!(chunks.bytes(), (n + fresh.len()) * 32);
         assert!(fresh.len() < max, "at most one chunk is partly unused");
+    }
+
+    #[test]
+    fn chunks_are_a_64th_of_the_expected_entries_within_bounds() {
+        let log2 = |expected| Geometry::of::<[u64; 4]>(expected).chunk_log2;
+        assert_eq!(
+            (log2(0), log2(64 * 100), log2(125_000), log2(usize::MAX)),
+            (4, 6, 10, 11)
+        );
+        assert_eq!(Geometry::of::<[u8; 10_000]>(1 << 20).chunk_log2, 4);
+        let g = Geometry::of::<u64>(64 * 1024);
+        assert_eq!(
+            (g.locate(0), g.locate(1023), g.locate(1024), g.locate(5000)),
+            ((0, 0), (0, 1023), (1, 0), (4, 904))
+        );
     }
 }

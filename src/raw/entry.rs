@@ -3,7 +3,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use crate::sync::{AtomicU32, Ordering, Owned};
+use crate::sync::{AtomicU32, Ordering};
 
 /// Saturation point of an entry's read count: two bits of frequency are enough for CLOCK to
 /// tell "touched once" from "hot", and saturating early means a hot entry stops writing its
@@ -121,18 +121,13 @@ impl<K, V> Entry<K, V> {
     }
 }
 
-/// Drops an entry larder owns, containing a panic from the key's or value's `Drop`.
+/// Drops an entry's key and value in place, keeping its memory (a cell of the shard's
+/// chunks), containing a panic from the key's or value's `Drop`.
 ///
 /// Unchecked, such a panic would unwind through the epoch collector (which runs deferred
 /// drops on whichever thread collects, inside some unrelated cache call, possibly of another
-/// cache) or out of `Cache::drop` with the remaining entries leaked. The entry's memory is
-/// freed either way; the panic has been reported by the panic hook and goes no further.
-pub(crate) fn drop_contained<K, V>(entry: Owned<Entry<K, V>>) {
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(entry)));
-}
-
-/// Drops an entry's key and value in place, keeping its memory, with a panic contained as in
-/// [`drop_contained`].
+/// cache) or out of `Cache::drop` with the remaining entries leaked. The panic has been
+/// reported by the panic hook and goes no further.
 ///
 /// # Safety
 /// `entry` must point to a live entry that nothing else will drop or read again; afterwards

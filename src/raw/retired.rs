@@ -21,9 +21,9 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::raw::arena::{Chunks, Fresh};
+use crate::raw::arena::{CellId, Chunks, Fresh};
 use crate::raw::entry::{drop_in_place_contained, Entry};
-use crate::sync::{lock, Guard, Mutex, Shared};
+use crate::sync::{lock, Guard, Mutex};
 
 /// Entries per batch.
 pub(crate) const BATCH_LEN: usize = 8;
@@ -38,71 +38,55 @@ const BATCH_WEIGHT_FRACTION: u64 = 64;
 /// to three words inline and boxes a larger one, and a plain `Vec` (three words) made that one
 /// heap allocation and one free per batch handed over (about 20 instructions per write under
 /// cachegrind, `examples/op_cost.rs` insert-only).
-type Buffer<K, V> = Box<Vec<NonNull<Entry<K, V>>>>;
+type Buffer = Box<Vec<CellId>>;
 
 const _: () = assert!(
-    std::mem::size_of::<Batch<u64, u64>>() + std::mem::size_of::<Arc<()>>()
+    std::mem::size_of::<Batch>() + std::mem::size_of::<Arc<()>>()
         <= 3 * std::mem::size_of::<usize>(),
     "a handed-over batch must fit crossbeam-epoch's inline closure storage"
 );
 
-/// Entries unreachable from the table whose readers may still be pinned.
+/// Entries unreachable from the table whose readers may still be pinned, by cell.
 ///
-/// Owns its entries: dropping a batch drops them. A batch is either run by the collector
-/// (once no reader can hold its entries; see [`Batch::recycle`]) or dropped with its shard
-/// (when no reader can exist).
-struct Batch<K, V>(Buffer<K, V>);
+/// Owns its entries. A batch is either run by the collector (once no reader can hold its
+/// entries; see [`Batch::recycle`]) or, if it never left its shard, dropped with the shard
+/// (`Retired`'s drop, when no reader can exist). It has no drop of its own: it names its
+/// entries by cell, and only those two know the chunks.
+struct Batch(Buffer);
 
-impl<K, V> Batch<K, V> {
+impl Batch {
     /// Drops each entry's key and value (see [`drop_in_place_contained`]) and returns the
-    /// memory to `returned`.
+    /// cells to `returned`.
     ///
     /// # Safety
-    /// No reader may still hold any of the batch's entries.
-    unsafe fn recycle(self, returned: &Returned<K, V>) {
-        let this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again, so the buffer is moved out of it
-        // exactly once; its entries are handled below instead of by `Batch`'s drop.
-        let shells = unsafe { std::ptr::read(&this.0) };
-        for &entry in shells.iter() {
+    /// No reader may still hold any of the batch's entries, which must lie in `returned`'s
+    /// chunks.
+    unsafe fn recycle<K, V>(self, returned: &Returned<K, V>) {
+        let shells = self.0;
+        for &cell in shells.iter() {
             // SAFETY: the batch owns each entry (see `Retired::push`), and no reader holds
-            // one (the caller's contract); this is the only drop, as the pointer then goes on
+            // one (the caller's contract); this is the only drop, as the cell then goes on
             // as a shell, whose contents are never dropped.
-            unsafe { drop_in_place_contained(entry) };
+            unsafe { drop_in_place_contained(returned.chunks.cell(cell)) };
         }
         returned.take_back(Shells(shells));
     }
 }
 
-impl<K, V> Drop for Batch<K, V> {
-    fn drop(&mut self) {
-        for entry in self.0.drain(..) {
-            // SAFETY: each entry was published and then unlinked (see `Retired::push`); the
-            // batch is its only owner, and it is dropped only when no reader can reach the
-            // entry (see the type's documentation). The cell stays with the shard's chunks,
-            // which outlive the batch (it holds them through `Returned`).
-            unsafe { drop_in_place_contained(entry) };
-        }
-    }
-}
-
 /// Cells whose entries have been dropped, ready for new entries. Dropping `Shells` frees
 /// nothing: the cells belong to the shard's chunks.
-struct Shells<K, V>(Buffer<K, V>);
-
-// SAFETY: a shell holds no key or value (they were dropped), only memory, which any thread
-// may reuse.
-unsafe impl<K, V> Send for Shells<K, V> {}
+struct Shells(Buffer);
 
 /// What a shard shares with the batches it handed to the collector, which may run after the
-/// shard is gone: the shells they hand back, and the chunks every cell lies in.
+/// shard is gone: the shells they hand back, and the chunks every cell lies in (which the
+/// shard's table holds too).
 struct Returned<K, V> {
-    batches: Mutex<Vec<Shells<K, V>>>,
-    chunks: Chunks<Entry<K, V>>,
+    batches: Mutex<Vec<Shells>>,
+    chunks: Arc<Chunks<Entry<K, V>>>,
 }
 
 impl<K, V> Returned<K, V> {
-    fn take_back(&self, shells: Shells<K, V>) {
+    fn take_back(&self, shells: Shells) {
         lock(&self.batches).push(shells);
     }
 }
@@ -111,14 +95,13 @@ impl<K, V> Returned<K, V> {
 ///
 /// Owns the entry: dropped (a panic in the user's `Eq` or `Hash` before publication), it
 /// drops the key and value and leaves the cell unused until the chunks are freed.
-pub(crate) struct Placed<K, V>(NonNull<Entry<K, V>>);
+pub(crate) struct Placed<K, V>(NonNull<Entry<K, V>>, CellId);
 
 impl<K, V> Placed<K, V> {
     /// Gives up ownership, for the table to publish: the entry is then retired like any
     /// other (see [`Retired::push`]).
-    pub(crate) fn into_shared<'g>(self) -> Shared<'g, Entry<K, V>> {
-        let this = ManuallyDrop::new(self);
-        Shared::from(this.0.as_ptr().cast_const())
+    pub(crate) fn into_cell(self) -> CellId {
+        ManuallyDrop::new(self).1
     }
 }
 
@@ -150,15 +133,15 @@ impl<K, V> Drop for Placed<K, V> {
 /// batch of shells, is emptied by [`Retired::place`], and carries the next retired entries.
 /// Steady writes therefore allocate nothing here.
 pub(crate) struct Retired<K, V> {
-    batch: Batch<K, V>,
+    batch: Batch,
     weight: u64,
     max_weight: u64,
     returned: Arc<Returned<K, V>>,
     /// The batch of shells being used up (taken from `returned` under the shard lock, like
     /// the rest of `Retired`).
-    spare: Shells<K, V>,
+    spare: Shells,
     /// An emptied buffer, ready to carry the next batch.
-    buffer: Option<Buffer<K, V>>,
+    buffer: Option<Buffer>,
     /// Cells never used yet, for when no shell is back.
     fresh: Fresh<Entry<K, V>>,
 }
@@ -179,15 +162,15 @@ impl<K, V> std::fmt::Debug for Retired<K, V> {
 unsafe impl<K: Send, V: Send> Send for Retired<K, V> {}
 
 impl<K, V> Retired<K, V> {
-    /// An empty batch for a shard of `capacity` weight.
-    pub(crate) fn new(capacity: u64) -> Self {
+    /// An empty batch for a shard of `capacity` weight whose entries lie in `chunks`.
+    pub(crate) fn new(capacity: u64, chunks: Arc<Chunks<Entry<K, V>>>) -> Self {
         Self {
             batch: Batch(Box::default()),
             weight: 0,
             max_weight: (capacity / BATCH_WEIGHT_FRACTION).max(1),
             returned: Arc::new(Returned {
                 batches: Mutex::new(Vec::new()),
-                chunks: Chunks::new(),
+                chunks,
             }),
             spare: Shells(Box::default()),
             buffer: None,
@@ -205,38 +188,34 @@ impl<K, V> Retired<K, V> {
                 self.buffer = Some(emptied.0);
             }
         }
-        let cell = match self.spare.0.pop() {
-            Some(shell) => shell,
-            None => self.fresh.cell(&self.returned.chunks),
+        let chunks = &self.returned.chunks;
+        let (cell, id) = match self.spare.0.pop() {
+            Some(shell) => (chunks.cell(shell), shell),
+            None => self.fresh.cell(chunks),
         };
         // The next insert writes the next shell, which has sat unused since its entry was
         // retired: start fetching it now so that write does not wait for memory.
-        if let Some(next) = self.spare.0.last() {
-            crate::sync::prefetch(next.as_ptr());
+        if let Some(&next) = self.spare.0.last() {
+            crate::sync::prefetch(chunks.cell(next).as_ptr());
         }
         // SAFETY: the cell lies in the shard's chunks, holds no value (a shell's was dropped,
         // a fresh cell never had one) and is this shard's alone once taken: writing a whole
         // entry makes it one, which `Placed` owns.
         unsafe { cell.as_ptr().write(entry) };
-        Placed(cell)
+        Placed(cell, id)
     }
 
-    /// Takes ownership of `entry`, charged at `weight`, and hands the batch to the collector
-    /// if it is full.
+    /// Takes ownership of the entry in `cell`, charged at `weight`, and hands the batch to
+    /// the collector if it is full.
     ///
     /// # Safety
-    /// `entry` must be unreachable for new readers (unlinked or replaced in the table) and
-    /// be retired only once. The collector may drop its key and value on any thread, so `K`
-    /// and `V` must be `Send` (the public `Cache` requires `Send + Sync` of both).
+    /// The entry must lie in this shard's chunks, be unreachable for new readers (unlinked
+    /// or replaced in the table) and be retired only once. The collector may drop its key
+    /// and value on any thread, so `K` and `V` must be `Send` (the public `Cache` requires
+    /// `Send + Sync` of both).
     #[inline]
-    pub(crate) unsafe fn push(
-        &mut self,
-        guard: &Guard,
-        entry: Shared<'_, Entry<K, V>>,
-        weight: u64,
-    ) {
-        let entry = NonNull::new(entry.as_raw().cast_mut()).expect("retired entries are non-null");
-        self.batch.0.push(entry);
+    pub(crate) unsafe fn push(&mut self, guard: &Guard, cell: CellId, weight: u64) {
+        self.batch.0.push(cell);
         self.weight = self.weight.saturating_add(weight);
         if self.batch.0.len() >= BATCH_LEN || self.weight >= self.max_weight {
             self.hand_over(guard);
@@ -265,7 +244,7 @@ impl<K, V> Retired<K, V> {
     /// Bytes of the pending batch's buffer and of the shard's unused cells (shells and fresh
     /// ones; cells holding entries, live or retired, are the entries' own).
     pub(crate) fn heap_bytes(&self) -> usize {
-        let pointer = std::mem::size_of::<NonNull<Entry<K, V>>>();
+        let pointer = std::mem::size_of::<CellId>();
         let returned = lock(&self.returned.batches);
         let shells = self.spare.0.len()
             + returned.iter().map(|s| s.0.len()).sum::<usize>()
@@ -276,8 +255,19 @@ impl<K, V> Retired<K, V> {
             + self.buffer.as_ref().map_or(0, |buffer| buffer.capacity())
             + returned.iter().map(|s| s.0.capacity()).sum::<usize>();
         buffers * pointer
-            + boxes * std::mem::size_of::<Vec<NonNull<Entry<K, V>>>>()
+            + boxes * std::mem::size_of::<Vec<CellId>>()
             + shells * std::mem::size_of::<Entry<K, V>>()
+    }
+}
+
+impl<K, V> Drop for Retired<K, V> {
+    fn drop(&mut self) {
+        for &cell in self.batch.0.iter() {
+            // SAFETY: the pending batch owns its entries (see `push`), which never reached
+            // the collector; dropping the shard means no reader can reach them any more. The
+            // cells stay with the chunks, which outlive this (`returned` holds them).
+            unsafe { drop_in_place_contained(self.returned.chunks.cell(cell)) };
+        }
     }
 }
 
@@ -306,27 +296,27 @@ mod tests {
         // SAFETY: no other thread exists and nothing reads the entries: running deferred
         // closures at once is sound.
         let guard = unsafe { crossbeam_epoch::unprotected() };
-        let placed: Vec<_> = (0..n)
+        let placed: Vec<CellId> = (0..n)
             .map(|key| {
                 let entry = retired.place(Entry::new(key, Counted(drops), key, NEVER));
-                entry.into_shared()
+                entry.into_cell()
             })
             .collect();
-        for &shared in &placed {
-            // SAFETY: never published, so unreachable; retired once.
-            unsafe { retired.push(guard, shared, 1) };
+        for &cell in &placed {
+            // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
+            unsafe { retired.push(guard, cell, 1) };
         }
         retired.hand_over(guard);
         placed
             .iter()
-            .map(|shared| shared.as_raw() as usize)
+            .map(|&cell| retired.returned.chunks.cell(cell).as_ptr() as usize)
             .collect()
     }
 
     #[test]
     fn retired_values_are_dropped_once_and_their_memory_reused() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let mut retired = Retired::new(1_000_000);
+        let mut retired = Retired::new(1_000_000, Arc::new(Chunks::new(0)));
         let mut first = place_then_retire(&mut retired, &DROPS, 20);
         assert_eq!(
             DROPS.load(StdOrdering::Relaxed),
@@ -349,7 +339,7 @@ mod tests {
     #[test]
     fn fresh_cells_are_taken_only_when_no_shell_is_back() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let mut retired = Retired::new(1_000_000);
+        let mut retired = Retired::new(1_000_000, Arc::new(Chunks::new(0)));
         let cell = std::mem::size_of::<Entry<u64, Counted>>();
         let n = if cfg!(miri) { 300 } else { 10_000 };
         place_then_retire(&mut retired, &DROPS, n);
@@ -376,7 +366,7 @@ mod tests {
     #[test]
     fn an_entry_dropped_before_publication_drops_its_value_once() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let mut retired = Retired::new(1_000);
+        let mut retired = Retired::new(1_000, Arc::new(Chunks::new(0)));
         drop(retired.place(Entry::new(1, Counted(&DROPS), 1, NEVER)));
         assert_eq!(DROPS.load(StdOrdering::Relaxed), 1);
         drop(retired);
@@ -388,17 +378,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_batch_is_dropped_with_its_shard() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        // SAFETY: as in `place_then_retire`.
+        let guard = unsafe { crossbeam_epoch::unprotected() };
+        let mut retired = Retired::new(1_000_000, Arc::new(Chunks::new(0)));
+        for key in 0..3 {
+            let entry = retired.place(Entry::new(key, Counted(&DROPS), key, NEVER));
+            // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
+            unsafe { retired.push(guard, entry.into_cell(), 1) };
+        }
+        assert_eq!(DROPS.load(StdOrdering::Relaxed), 0, "still pending");
+        drop(retired);
+        assert_eq!(DROPS.load(StdOrdering::Relaxed), 3);
+    }
+
+    #[test]
     fn a_batch_is_handed_over_by_length_or_by_weight() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         let drops = &DROPS;
         // SAFETY: as in `place_then_retire`.
         let guard = unsafe { crossbeam_epoch::unprotected() };
         // Capacity 800: a batch may weigh up to 800 / 8 = 100.
-        let mut retired = Retired::new(800);
+        let mut retired = Retired::new(800, Arc::new(Chunks::new(0)));
         let retire = |retired: &mut Retired<u64, Counted>, weight| {
             let entry = retired.place(Entry::new(0, Counted(drops), 0, NEVER));
-            // SAFETY: never published, so unreachable; retired once.
-            unsafe { retired.push(guard, entry.into_shared(), weight) };
+            // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
+            unsafe { retired.push(guard, entry.into_cell(), weight) };
         };
         for _ in 0..BATCH_LEN - 1 {
             retire(&mut retired, 1);

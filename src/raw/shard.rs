@@ -1,15 +1,17 @@
 //! One shard: a lock-free-read table plus the write-side state behind a short mutex.
 
 use std::borrow::Borrow;
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
 use crate::policy::{Members, Policy};
+use crate::raw::arena::{CellId, Chunks};
 use crate::raw::budget::Budget;
 use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
-use crate::raw::table::{EntryMemory, Table, TableCounts};
+use crate::raw::table::{Table, TableCounts};
 use crate::stats::WriteTally;
 use crate::sync::{lock_shard, AtomicU64, Guard, Ordering, ShardMutex, Shared};
 use crate::time::wheel::TimerWheel;
@@ -150,7 +152,8 @@ where
         } else {
             0
         };
-        let (table, counts) = Table::new(expected, EntryMemory::Cells);
+        let chunks = Arc::new(Chunks::new(expected_entries));
+        let (table, counts) = Table::new(expected, Arc::clone(&chunks));
         Self {
             table: CachePadded::new(table),
             state: ShardMutex::new(State {
@@ -160,7 +163,7 @@ where
                 wheel: TimerWheel::new(now).expecting(expected),
                 weight: 0,
                 inserts_since_sample: 0,
-                retired: Retired::new(capacity),
+                retired: Retired::new(capacity, chunks),
             }),
             weight: AtomicU64::new(0),
             tally: WriteTally::default(),
@@ -280,9 +283,9 @@ where
             // Same slot: the slab keeps pointing at it.
             // SAFETY: a whole entry of the same key, built in a cell of this shard's chunks
             // (which outlive the table), never published.
-            let (old, _) = unsafe {
+            let old = unsafe {
                 self.table
-                    .replace(&mut state.counts, found.index, entry.into_shared(), guard)
+                    .replace(&mut state.counts, found.index, entry.into_cell(), guard)
             };
             state.policy.on_reweigh(id, old_weight, weight);
             state.weight = state.weight - old_weight + weight;
@@ -314,7 +317,7 @@ where
             let (slot, _) = unsafe {
                 self.table.insert(
                     &mut state.counts,
-                    entry.into_shared(),
+                    entry.into_cell(),
                     guard,
                     |moved, slot| {
                         slab.set_slot(moved, slot);
@@ -453,7 +456,7 @@ where
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let retired = &mut state.retired;
-        self.table.clear(&mut state.counts, guard, |entry| {
+        self.table.clear(&mut state.counts, guard, |entry, cell| {
             // SAFETY: unlinked from the table just now, under the lock; retired once, here.
             let departed = unsafe { entry.deref() };
             let cause = if departed.is_expired_at(now) {
@@ -465,7 +468,7 @@ where
             out.push(departed, cause);
             // SAFETY: unreachable from the table, and retired once, here. The weight is
             // settled below for the whole shard; 0 keeps the batch to its length limit.
-            unsafe { retired.push(guard, entry, 0) };
+            unsafe { retired.push(guard, cell, 0) };
         });
         retired.hand_over(guard);
         out.weight += state.weight;
@@ -498,7 +501,7 @@ where
     fn retire<'g>(
         &self,
         retired: &mut Retired<K, V>,
-        entry: Shared<'g, Entry<K, V>>,
+        (entry, cell): (Shared<'g, Entry<K, V>>, CellId),
         weight: u64,
         cause: RemovalCause,
         guard: &'g Guard,
@@ -511,7 +514,7 @@ where
         // has unpinned, including `guard`, which keeps the reference in `out` valid.
         unsafe {
             out.push(entry.deref(), cause);
-            retired.push(guard, entry, weight);
+            retired.push(guard, cell, weight);
         }
     }
 
