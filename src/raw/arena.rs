@@ -80,17 +80,16 @@ impl Geometry {
 /// One chunk of uninitialised cells, owned by [`Chunks`].
 struct Chunk<T>(NonNull<[MaybeUninit<T>]>);
 
-/// Per chunk, its first cell; readers resolve cell ids through it without a lock.
-struct Directory<T> {
-    firsts: Box<[AtomicPtr<T>]>,
-}
+/// Per chunk, its first cell; readers resolve cell ids through it without a lock. Leaked
+/// from a `Box<[_]>` and freed with the chunks.
+type Directory<T> = NonNull<[AtomicPtr<T>]>;
 
 /// What [`Chunks`] frees when dropped: every chunk, and every directory it published (an
 /// outgrown directory may still be read by a reader that loaded it, so none is freed
 /// before the chunks; together they are at most twice the last one).
 struct Owned<T> {
     chunks: Vec<Chunk<T>>,
-    directories: Vec<NonNull<Directory<T>>>,
+    directories: Vec<Directory<T>>,
 }
 
 // SAFETY: a chunk is plain memory: the values in its cells are owned and dropped by whoever
@@ -102,8 +101,10 @@ unsafe impl<T> Send for Owned<T> {}
 /// cell id, freed when the last holder (the shard's table, or a retired batch the collector
 /// has not run yet) lets go.
 pub(crate) struct Chunks<T> {
-    /// The newest directory; never null.
-    directory: AtomicPtr<Directory<T>>,
+    /// The first element of the newest directory; never null. Only its address is
+    /// published: a reader needs no length, since every id it holds lies in a chunk that
+    /// the directory it loads already names (see [`Chunks::cell`]).
+    directory: AtomicPtr<AtomicPtr<T>>,
     owned: Mutex<Owned<T>>,
     geometry: Geometry,
 }
@@ -115,11 +116,11 @@ unsafe impl<T> Sync for Chunks<T> {}
 // SAFETY: see `Sync`; dropping frees memory only.
 unsafe impl<T> Send for Chunks<T> {}
 
-fn new_directory<T>(len: usize) -> NonNull<Directory<T>> {
-    let firsts = (0..len)
+fn new_directory<T>(len: usize) -> Directory<T> {
+    let firsts: Box<[AtomicPtr<T>]> = (0..len)
         .map(|_| AtomicPtr::new(std::ptr::null_mut()))
         .collect();
-    NonNull::from(Box::leak(Box::new(Directory { firsts })))
+    NonNull::from(Box::leak(firsts))
 }
 
 impl<T> Chunks<T> {
@@ -129,7 +130,7 @@ impl<T> Chunks<T> {
         let geometry = Geometry::of::<T>(expected_entries);
         let directory = new_directory::<T>((expected_entries >> geometry.chunk_log2) + 2);
         Self {
-            directory: AtomicPtr::new(directory.as_ptr()),
+            directory: AtomicPtr::new(directory.cast::<AtomicPtr<T>>().as_ptr()),
             owned: Mutex::new(Owned {
                 chunks: Vec::new(),
                 directories: vec![directory],
@@ -147,9 +148,13 @@ impl<T> Chunks<T> {
     #[inline]
     pub(crate) fn cell(&self, id: CellId) -> NonNull<T> {
         let (chunk, offset) = self.geometry.locate(id.0);
+        let directory = self.directory.load(Ordering::Acquire);
         // SAFETY: directories are never null and never freed before `self` (see `Owned`).
-        let directory = unsafe { &*self.directory.load(Ordering::Acquire) };
-        let first = directory.firsts[chunk].load(Ordering::Acquire);
+        // The id's chunk was published (`allocate`) before the id was handed out, in the
+        // directory then newest, and every later directory copies it; the caller learnt the
+        // id through synchronisation from the hand-out (its contract), so the directory it
+        // loads now is that one or a later one, and `chunk` is within its length.
+        let first = unsafe { &*directory.add(chunk) }.load(Ordering::Acquire);
         debug_assert!(!first.is_null(), "cell {} was never handed out", id.0);
         // SAFETY: `first` is the first cell of chunk `chunk`, published before any of its
         // ids was handed out (the caller's contract), and `offset` is below that chunk's
@@ -179,20 +184,21 @@ impl<T> Chunks<T> {
         let first = chunk.cast::<T>();
         // SAFETY: the newest directory is the last one owned, alive until `self` drops.
         let mut directory = unsafe { owned.directories.last().expect("one at least").as_ref() };
-        if index == directory.firsts.len() {
+        if index == directory.len() {
             let grown = new_directory::<T>(index * 2);
             // SAFETY: just allocated, freed only with `self`.
             let grown_ref = unsafe { grown.as_ref() };
-            for (old, new) in directory.firsts.iter().zip(grown_ref.firsts.iter()) {
+            for (old, new) in directory.iter().zip(grown_ref.iter()) {
                 new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
             }
             owned.directories.push(grown);
             directory = grown_ref;
             // Release: a reader that sees this directory sees the chunks copied into it.
-            self.directory.store(grown.as_ptr(), Ordering::Release);
+            self.directory
+                .store(grown.cast::<AtomicPtr<T>>().as_ptr(), Ordering::Release);
         }
         // Release: a reader that sees this chunk's first cell sees the chunk allocated.
-        directory.firsts[index].store(first.as_ptr(), Ordering::Release);
+        directory[index].store(first.as_ptr(), Ordering::Release);
         (first, CellId(first_id as u32), len)
     }
 

@@ -152,7 +152,14 @@ where
         } else {
             0
         };
-        let chunks = Arc::new(Chunks::new(expected_entries));
+        // Chunks sized for the entries the shard's share allows (each is charged at least
+        // the entry overhead in byte mode), not for the sketch's first guess.
+        let allowed = if unit_weights {
+            expected
+        } else {
+            usize::try_from(capacity / crate::raw::entry_overhead::<K, V>()).unwrap_or(usize::MAX)
+        };
+        let chunks = Arc::new(Chunks::new(allowed));
         let (table, counts) = Table::new(expected, Arc::clone(&chunks));
         Self {
             table: CachePadded::new(table),
