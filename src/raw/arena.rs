@@ -338,3 +338,51 @@ mod tests {
         );
     }
 }
+
+/// loom model of the directory: a reader resolving cells while the writer's next chunk
+/// grows the directory. Run with the loom models' flags (see `tests/loom.rs`):
+/// `cargo test --release --lib raw::arena::loom_models`.
+#[cfg(all(test, larder_loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::AtomicU32;
+    use loom::sync::Arc;
+
+    #[test]
+    fn directory_growth_vs_resolving_reader() {
+        loom::model(|| {
+            // No expected entries: chunks of 16 cells and a directory of 2, so the 33rd cell
+            // needs a third chunk and a grown directory.
+            let chunks = Arc::new(Chunks::<u64>::new(0));
+            let mut fresh = Fresh::new();
+            for i in 0..32 {
+                let (cell, _) = fresh.cell(&chunks);
+                // SAFETY: a fresh cell, used by nothing else yet.
+                unsafe { cell.as_ptr().write(i) };
+            }
+            // The id the writer publishes, plus one (0: nothing yet).
+            let published = Arc::new(AtomicU32::new(0));
+            let reader = {
+                let (chunks, published) = (Arc::clone(&chunks), Arc::clone(&published));
+                loom::thread::spawn(move || {
+                    // Cells handed out before the reader started resolve in any directory.
+                    // SAFETY: written before the spawn; the chunks outlive this thread.
+                    let early = unsafe { chunks.cell(CellId::new(5)).as_ptr().read() };
+                    assert_eq!(early, 5);
+                    let id = published.load(Ordering::Acquire);
+                    if id != 0 {
+                        let cell = chunks.cell(CellId::new(id - 1));
+                        // SAFETY: written before its id was published with Release.
+                        assert_eq!(unsafe { cell.as_ptr().read() }, 32);
+                    }
+                })
+            };
+            let (cell, id) = fresh.cell(&chunks);
+            assert_eq!(id.get(), 32);
+            // SAFETY: a fresh cell, used by nothing else yet.
+            unsafe { cell.as_ptr().write(32) };
+            published.store(id.get() + 1, Ordering::Release);
+            reader.join().unwrap();
+        });
+    }
+}

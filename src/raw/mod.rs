@@ -457,7 +457,7 @@ where
 /// links, wheel links and the sketch, each sized for the entries the budget allows, plus
 /// the slack of vectors that grow by doubling. Charged a little above the measured figure,
 /// so the heap stays under the budget. Count mode needs no estimate.
-const METADATA_PER_ENTRY: usize = 56;
+const METADATA_PER_ENTRY: usize = 50;
 
 /// Bytes larder charges per entry on top of the weigher's figure in `max_bytes` mode: the
 /// entry's cell (inline key and value included; cells are carved from chunks, so an entry
