@@ -5,7 +5,7 @@
 //! reference without the rest of the engine in the way.
 
 use crate::policy::sketch::FrequencySketch;
-use crate::raw::entry::{Entry, NEVER};
+use crate::raw::entry::{short_hash, Entry, NEVER};
 use crate::raw::table::{LooseCells, Table, TableCounts};
 use crate::sync::pin;
 use crate::time::wheel::TrackedWheel;
@@ -123,8 +123,13 @@ impl Index {
                 // SAFETY: a whole, unpublished entry of the same key, in a cell of the
                 // table's chunks.
                 let (old, _) = unsafe {
-                    self.table
-                        .replace(&mut self.counts, found.index, cell, &guard)
+                    self.table.replace(
+                        &mut self.counts,
+                        found.index,
+                        cell,
+                        short_hash(hash),
+                        &guard,
+                    )
                 };
                 // SAFETY: `old` was just swapped out of the table; its cell is never reused
                 // (`LooseCells`), so it stays readable.
@@ -132,7 +137,10 @@ impl Index {
             }
             None => {
                 // SAFETY: a whole, unpublished entry, in a cell of the table's chunks.
-                unsafe { self.table.insert(&mut self.counts, cell, &guard, |_, _| {}) };
+                unsafe {
+                    self.table
+                        .insert(&mut self.counts, cell, short_hash(hash), &guard, |_, _| {})
+                };
                 None
             }
         }

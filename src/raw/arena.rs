@@ -10,6 +10,14 @@
 //! held at once (plus those waiting for the collector) until the cache and every batch the
 //! collector still holds are dropped. The budget bounds that peak, since each entry is
 //! charged at least its cell.
+//!
+//! A cell is named by a dense 32-bit [`CellId`], which the table stores in its slots (4
+//! bytes where a pointer took 8). All chunks of a shard have one power-of-two size, so an
+//! id splits into chunk and offset with a shift and a mask, and a directory (one pointer
+//! per chunk) gives the chunk's address. Readers resolve ids through it without a lock:
+//! a chunk is entered in the directory before any of its ids is handed out, a grown
+//! directory is published only once it holds every chunk, and no directory is freed before
+//! the chunks (`loom_models` checks the growth against a reader).
 
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
@@ -128,7 +136,10 @@ impl<T> Chunks<T> {
     /// unknown), which sizes the chunks.
     pub(crate) fn new(expected_entries: usize) -> Self {
         let geometry = Geometry::of::<T>(expected_entries);
-        let directory = new_directory::<T>((expected_entries >> geometry.chunk_log2) + 2);
+        // Room for the expected chunks, within reason: a huge capacity must not allocate for
+        // itself up front (the directory doubles as chunks come).
+        let directory =
+            new_directory::<T>(((expected_entries >> geometry.chunk_log2) + 2).min(256));
         Self {
             directory: AtomicPtr::new(directory.cast::<AtomicPtr<T>>().as_ptr()),
             owned: Mutex::new(Owned {
@@ -200,6 +211,16 @@ impl<T> Chunks<T> {
         // Release: a reader that sees this chunk's first cell sees the chunk allocated.
         directory[index].store(first.as_ptr(), Ordering::Release);
         (first, CellId(first_id as u32), len)
+    }
+
+    /// Bytes of the directories (the newest and those it outgrew), for memory accounting.
+    pub(crate) fn directory_bytes(&self) -> usize {
+        lock(&self.owned)
+            .directories
+            .iter()
+            .map(|directory| directory.len())
+            .sum::<usize>()
+            * size_of::<AtomicPtr<T>>()
     }
 
     /// Bytes of all chunks, cells in use or not.

@@ -287,12 +287,18 @@ where
             let old_weight = state.slab.reweigh(id, weight);
             pending.add(weight);
             pending.remove(old_weight);
+            let hash = entry.hash;
             // Same slot: the slab keeps pointing at it.
-            // SAFETY: a whole entry of the same key, built in a cell of this shard's chunks
-            // (which outlive the table), never published.
+            // SAFETY: a whole entry of the same key and hash, built in a cell of this shard's
+            // chunks (which outlive the table), never published.
             let old = unsafe {
-                self.table
-                    .replace(&mut state.counts, found.index, entry.into_cell(), guard)
+                self.table.replace(
+                    &mut state.counts,
+                    found.index,
+                    entry.into_cell(),
+                    hash,
+                    guard,
+                )
             };
             state.policy.on_reweigh(id, old_weight, weight);
             state.weight = state.weight - old_weight + weight;
@@ -319,12 +325,15 @@ where
             let id = state.slab.insert(weight);
             entry.set_id(id);
             let slab = &mut state.slab;
-            // SAFETY: a whole entry, built in a cell of this shard's chunks (which outlive
-            // the table), never published; its key is not in the table (just probed).
-            let (slot, _) = unsafe {
+            let hash = entry.hash;
+            // SAFETY: a whole entry of that hash, built in a cell of this shard's chunks
+            // (which outlive the table), never published; its key is not in the table (just
+            // probed).
+            let slot = unsafe {
                 self.table.insert(
                     &mut state.counts,
                     entry.into_cell(),
+                    hash,
                     guard,
                     |moved, slot| {
                         slab.set_slot(moved, slot);
@@ -574,6 +583,7 @@ where
     pub(crate) fn metadata_bytes(&self, guard: &Guard) -> usize {
         let state = lock_shard(&self.state);
         self.table.slot_bytes(guard)
+            + self.table.directory_bytes()
             + state.slab.heap_bytes()
             + state.policy.heap_bytes()
             + state.wheel.heap_bytes()

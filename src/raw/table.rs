@@ -262,6 +262,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
 
     /// The entry in slot `index`, which must hold one (an index the slab recorded, under
     /// the lock that keeps it current).
+    #[inline]
     pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
         let slot = self.slots(guard).slots[index].load(Ordering::Relaxed);
         // A real check: callers dereference the result, and a stale slot index must fail
@@ -270,24 +271,26 @@ impl<K: 'static, V: 'static> Table<K, V> {
         self.entry(cell_of(slot), guard)
     }
 
-    /// Publishes the entry in `cell`, whose key must not be in the table, and returns its
-    /// slot and the entry as shared. If the table is rebuilt first, `moved(id, slot)`
-    /// reports the new slot of every entry already in it.
+    /// Publishes the entry in `cell`, whose short hash is `hash` (the entry's `hash`, passed
+    /// so the write need not look the cell up) and whose key must not be in the table, and
+    /// returns its slot. If the table is rebuilt first, `moved(id, slot)` reports the new
+    /// slot of every entry already in it.
     ///
     /// # Safety
     /// `cell` must be a cell of the table's chunks holding a whole, unpublished entry, which
     /// the table then owns until the entry is unlinked and retired through the epoch
     /// collector.
-    pub(crate) unsafe fn insert<'g>(
+    #[inline]
+    pub(crate) unsafe fn insert(
         &self,
         counts: &mut TableCounts,
         cell: CellId,
-        guard: &'g Guard,
+        hash: u32,
+        guard: &Guard,
         moved: impl FnMut(u32, usize),
-    ) -> (usize, Shared<'g, Entry<K, V>>) {
-        let entry = self.entry(cell, guard);
+    ) -> usize {
         // SAFETY: a whole entry (the caller's contract).
-        let hash = unsafe { entry.deref() }.hash;
+        debug_assert_eq!(unsafe { self.entry(cell, guard).deref() }.hash, hash);
         let len = self.slots(guard).slots.len();
         // Keep at most MAX_USED of the slots used so probes stay short and find a hole.
         if (counts.used + 1) * MAX_USED.1 > len * MAX_USED.0 {
@@ -301,25 +304,27 @@ impl<K: 'static, V: 'static> Table<K, V> {
         if !reused_tombstone {
             counts.used += 1;
         }
-        (index, entry)
+        index
     }
 
     /// Swaps the entry at `index` (from a [`Found`] under the same lock) for the one in
-    /// `cell`, which has the same key. Returns the old entry and its cell; the caller must
-    /// retire it.
+    /// `cell`, which has the same key and short hash `hash`. Returns the old entry and its
+    /// cell; the caller must retire it.
     ///
     /// # Safety
     /// As for [`Table::insert`].
+    #[inline]
     pub(crate) unsafe fn replace<'g>(
         &self,
         _counts: &mut TableCounts,
         index: usize,
         cell: CellId,
+        hash: u32,
         guard: &'g Guard,
     ) -> (Shared<'g, Entry<K, V>>, CellId) {
         let slots = self.slots(guard);
         // SAFETY: a whole entry (the caller's contract).
-        let hash = unsafe { self.entry(cell, guard).deref() }.hash;
+        debug_assert_eq!(unsafe { self.entry(cell, guard).deref() }.hash, hash);
         // Only the lock holder writes slots, so a load and a store replace atomically enough
         // for readers (they see the old slot or the new), without the full barrier of a
         // swap: on x86 an `xchg` is a locked instruction, a release store a plain move.
@@ -474,9 +479,14 @@ impl<K: 'static, V: 'static> Table<K, V> {
         *counts = TableCounts::default();
     }
 
-    /// Bytes of slot arrays, for memory accounting.
+    /// Bytes of the slot array, for memory accounting.
     pub(crate) fn slot_bytes(&self, guard: &Guard) -> usize {
         self.slots(guard).slots.len() * std::mem::size_of::<AtomicU32>()
+    }
+
+    /// Bytes of the chunks' directories, for memory accounting.
+    pub(crate) fn directory_bytes(&self) -> usize {
+        self.chunks.directory_bytes()
     }
 }
 
@@ -564,9 +574,10 @@ mod tests {
         e: Entry<u64, u64>,
     ) {
         let guard = pin();
+        let hash = e.hash;
         let cell = cells.place(e);
         // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-        unsafe { table.insert(counts, cell, &guard, |_, _| {}) };
+        unsafe { table.insert(counts, cell, hash, &guard, |_, _| {}) };
     }
 
     fn get(table: &Table<u64, u64>, key: u64) -> Option<u64> {
@@ -619,10 +630,11 @@ mod tests {
             let mut e = entry(key, key);
             e.set_id(key as u32);
             let guard = pin();
+            let hash = e.hash;
             let cell = cells.place(e);
             // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-            let (slot, _) = unsafe {
-                table.insert(&mut counts, cell, &guard, |id, slot| {
+            let slot = unsafe {
+                table.insert(&mut counts, cell, hash, &guard, |id, slot| {
                     slot_of.insert(id, slot);
                 })
             };
@@ -660,7 +672,7 @@ mod tests {
         for key in 0..5u64 {
             let cell = cells.place(Entry::new(key, key, 0, u64::MAX));
             // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-            unsafe { table.insert(&mut counts, cell, &guard, |_, _| {}) };
+            unsafe { table.insert(&mut counts, cell, 0, &guard, |_, _| {}) };
         }
         let remove = |counts: &mut TableCounts, key: u64| {
             let found = table.find(0, &key, &guard).expect("present");
@@ -726,9 +738,11 @@ mod tests {
             let slots = |table: &Table<u64, u64>| table.slot_bytes(&guard) / 4;
             let add =
                 |table: &Table<u64, u64>, counts: &mut TableCounts, cells: &mut Cells, key: u64| {
-                    let cell = cells.place(Entry::new(key, key, hash(key), u64::MAX));
+                    let entry = Entry::new(key, key, hash(key), u64::MAX);
+                    let short = entry.hash;
+                    let cell = cells.place(entry);
                     // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-                    unsafe { table.insert(counts, cell, &guard, |_, _| {}) };
+                    unsafe { table.insert(counts, cell, short, &guard, |_, _| {}) };
                 };
             for key in 0..n {
                 add(&table, &mut counts, &mut cells, key);
@@ -771,7 +785,8 @@ mod tests {
         // SAFETY: a whole, unpublished entry of the same key in a cell of the table's
         // chunks; the old one's cell is never reused (`LooseCells`).
         unsafe {
-            let (old, old_cell) = table.replace(&mut counts, found.index, fresh, &guard);
+            let hash = short_hash(hash_of(1));
+            let (old, old_cell) = table.replace(&mut counts, found.index, fresh, hash, &guard);
             assert_eq!(old.deref().value, 10);
             assert_ne!(old_cell, fresh);
         }
