@@ -326,6 +326,15 @@ mod tests {
         out
     }
 
+    /// A ring holding `ids` (in order, each of `weight`), its links, and no released ids.
+    fn filled(ids: impl IntoIterator<Item = u32>, weight: u64) -> (Links, Ring, Vec<u32>) {
+        let (mut links, mut ring) = (Links::default(), Ring::default());
+        for id in ids {
+            ring.push(&mut links, id, weight);
+        }
+        (links, ring, Vec::new())
+    }
+
     #[test]
     fn push_places_newest_behind_the_hand() {
         let (mut links, mut ring) = (Links::default(), Ring::default());
@@ -350,10 +359,7 @@ mod tests {
 
     #[test]
     fn removal_at_the_hand_is_at_once_elsewhere_when_the_hand_arrives() {
-        let (mut links, mut ring, mut released) = (Links::default(), Ring::default(), vec![]);
-        for id in 0..4 {
-            ring.push(&mut links, id, 2);
-        }
+        let (mut links, mut ring, mut released) = filled(0..4, 2);
         ring.remove(&mut links, 0, 2, &mut released);
         assert_eq!(
             (order(&ring, &links), &released[..]),
@@ -380,10 +386,7 @@ mod tests {
 
     #[test]
     fn a_dead_tail_stays_linked_and_new_ids_follow_it() {
-        let (mut links, mut ring, mut released) = (Links::default(), Ring::default(), vec![]);
-        for id in 0..3 {
-            ring.push(&mut links, id, 1);
-        }
+        let (mut links, mut ring, mut released) = filled(0..3, 1);
         ring.remove(&mut links, 2, 1, &mut released);
         ring.push(&mut links, 5, 1);
         assert_eq!(all_linked(&ring, &links), vec![0, 1, 2, 5]);
@@ -400,10 +403,7 @@ mod tests {
 
     #[test]
     fn dead_ids_are_compacted_beyond_a_quarter_of_the_live_ones() {
-        let (mut links, mut ring, mut released) = (Links::default(), Ring::default(), vec![]);
-        for id in 0..100 {
-            ring.push(&mut links, id, 1);
-        }
+        let (mut links, mut ring, mut released) = filled(0..100, 1);
         ring.advance(&links);
         // Every third id from 2 on dies, never under the hand (which stays on 1).
         let mut dead = Vec::new();
@@ -427,10 +427,7 @@ mod tests {
 
     #[test]
     fn compaction_of_a_ring_with_dead_hand_and_tail() {
-        let (mut links, mut ring, mut released) = (Links::default(), Ring::default(), vec![]);
-        for id in 0..40 {
-            ring.push(&mut links, id, 1);
-        }
+        let (mut links, mut ring, mut released) = filled(0..40, 1);
         ring.advance(&links);
         // Kill 1..=10 except the hand (1), then the tail (0) and 2..: 0 is the tail.
         for id in (0..12).filter(|&id| id != 1) {
