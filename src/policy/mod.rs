@@ -28,8 +28,9 @@ pub(crate) trait Members {
     fn weight(&self, id: u32) -> u64;
     /// The entry's key hash, for the frequency sketch.
     fn hash(&self, id: u32) -> u64;
-    /// Reads of the entry since the last call (see `Entry::take_access`).
-    fn take_access(&self, id: u32) -> u8;
+    /// Reads of the entry since the last call (see `Entry::take_access`), with its key hash:
+    /// what a CLOCK hand feeds the sketch, found with one lookup of the entry.
+    fn take_access(&self, id: u32) -> (u8, u64);
 }
 
 /// Tenths of main held by its protected segment (Caffeine's 80%).
@@ -319,11 +320,11 @@ impl Policy {
         };
         for _ in 0..2 * ring.len() {
             let id = ring.hand(links, released)?;
-            let reads = members.take_access(id);
+            let (reads, hash) = members.take_access(id);
             if reads == 0 {
                 return Some(id);
             }
-            sketch.increment_by(members.hash(id), reads);
+            sketch.increment_by(hash, reads);
             ring.advance(links);
         }
         ring.hand(links, released)
@@ -331,9 +332,9 @@ impl Policy {
 
     /// Takes the reads `id` had since a hand last passed and counts them in the sketch.
     fn feed_reads(&mut self, id: u32, members: &impl Members) -> u8 {
-        let reads = members.take_access(id);
+        let (reads, hash) = members.take_access(id);
         if reads != 0 {
-            self.sketch.increment_by(members.hash(id), reads);
+            self.sketch.increment_by(hash, reads);
         }
         reads
     }
@@ -465,11 +466,13 @@ mod tests {
         fn hash(&self, id: u32) -> u64 {
             (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         }
-        fn take_access(&self, id: u32) -> u8 {
-            self.reads
+        fn take_access(&self, id: u32) -> (u8, u64) {
+            let reads = self
+                .reads
                 .borrow_mut()
                 .get_mut(id as usize)
-                .map_or(0, std::mem::take)
+                .map_or(0, std::mem::take);
+            (reads, self.hash(id))
         }
     }
 

@@ -109,8 +109,9 @@ impl<K: 'static, V: 'static> Members for SlabMembers<'_, K, V> {
     fn hash(&self, id: u32) -> u64 {
         u64::from(self.entry(id).hash)
     }
-    fn take_access(&self, id: u32) -> u8 {
-        self.entry(id).take_access()
+    fn take_access(&self, id: u32) -> (u8, u64) {
+        let entry = self.entry(id);
+        (entry.take_access(), u64::from(entry.hash))
     }
 }
 
