@@ -123,8 +123,9 @@ pub(crate) struct Shard<K, V> {
     /// table sat at offset 0, the mutex at 16), each write to a shard cost the next read of
     /// it on another core a coherence miss.
     ///
-    /// Declared before `state`, so it drops first: its entries lie in cells of the chunks
-    /// that `state`'s `Retired` holds, and dropping them needs that memory.
+    /// Its entries lie in cells of the shard's chunks, which it holds (as does `state`'s
+    /// `Retired`, and every batch the collector has not run yet), so the chunks outlive
+    /// whichever of them drops last.
     table: CachePadded<Table<K, V>>,
     state: ShardMutex<State<K, V>>,
     /// Mirror of `State::weight`, readable without the lock (global eviction, statistics).
