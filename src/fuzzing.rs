@@ -107,10 +107,7 @@ impl Index {
     /// The value stored for `key` (looked up under `hash`).
     pub fn get(&self, key: u64, hash: u64) -> Option<u64> {
         let guard = pin();
-        let found = self.table.find(hash, &key, &guard)?;
-        // SAFETY: entries found in the table are retired only through the epoch collector,
-        // so the entry outlives `guard`.
-        Some(unsafe { found.entry.deref() }.value)
+        Some(self.table.find(hash, &key, &guard)?.entry.value)
     }
 
     /// Stores `key` → `value` under `hash`, replacing any entry of `key`; returns the old
@@ -151,8 +148,8 @@ impl Index {
         let guard = pin();
         let found = self.table.find(hash, &key, &guard)?;
         let (unlinked, _) = self.table.remove_at(&mut self.counts, found.index, &guard);
-        assert_eq!(
-            unlinked, found.entry,
+        assert!(
+            std::ptr::eq(unlinked.as_raw(), found.entry),
             "the slot found by key holds another entry"
         );
         // SAFETY: found in the table under `&mut self` (the lock holder's role); its cell is

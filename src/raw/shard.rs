@@ -225,10 +225,7 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let found = self.table.find(hash, key, guard)?;
-        // SAFETY: `find` returns entries reachable from the table, retired only through the
-        // epoch collector, so they outlive `guard`.
-        let entry = unsafe { found.entry.deref() };
+        let entry = self.table.find(hash, key, guard)?.entry;
         if entry.expires_at != NEVER && entry.is_expired_at(now()) {
             return None;
         }
@@ -278,8 +275,7 @@ where
         let sketch_hash = u64::from(entry.hash);
         let tally = &self.tally;
         if let Some(found) = self.table.find(sketch_hash, &entry.key, guard) {
-            // SAFETY: found under the lock; only the lock holder retires entries.
-            let old = unsafe { found.entry.deref() };
+            let old = found.entry;
             let id = old.id();
             entry.inherit(old);
             // The write is an access (see `Policy::on_reweigh`).
@@ -394,9 +390,7 @@ where
     {
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
-        let found = self.table.find(hash, key, guard)?;
-        // SAFETY: found under the lock; only the lock holder retires entries.
-        let entry = unsafe { found.entry.deref() };
+        let entry = self.table.find(hash, key, guard)?.entry;
         let live = !entry.is_expired_at(now);
         let cause = if live {
             RemovalCause::Removed

@@ -166,10 +166,10 @@ impl<K, V> std::fmt::Debug for Table<K, V> {
 }
 
 /// Where a key was found: the slot (valid until the table is next rebuilt, which only the
-/// lock holder does) and the entry.
+/// lock holder does) and the entry, whole while the guard it was found under is pinned.
 pub(crate) struct Found<'g, K, V> {
     pub(crate) index: usize,
-    pub(crate) entry: Shared<'g, Entry<K, V>>,
+    pub(crate) entry: &'g Entry<K, V>,
 }
 
 impl<K: 'static, V: 'static> Table<K, V> {
@@ -235,12 +235,12 @@ impl<K: 'static, V: 'static> Table<K, V> {
                     return None;
                 }
             } else if slot & TAG_MASK == tag {
-                let entry = self.entry(cell_of(slot), guard);
+                let cell = self.chunks.cell(cell_of(slot));
                 // SAFETY: an occupied slot names an entry published with Release and retired
                 // only through the epoch collector (whose cell is reused only after that), so
-                // the entry is whole while `guard` is pinned.
-                let candidate = unsafe { entry.deref() };
-                if candidate.hash == hash && candidate.key.borrow() == key {
+                // the entry is whole while `guard` is pinned, for the lifetime `'g`.
+                let entry: &'g Entry<K, V> = unsafe { &*cell.as_ptr() };
+                if entry.hash == hash && entry.key.borrow() == key {
                     return Some(Found { index, entry });
                 }
             }
@@ -584,7 +584,7 @@ mod tests {
         let guard = pin();
         let found = table.find(hash_of(key), &key, &guard)?;
         // SAFETY: found under a pinned guard; entries are retired through the collector.
-        Some(unsafe { found.entry.deref() }.value)
+        Some(found.entry.value)
     }
 
     /// Removes `key` the way the shard does: find, unlink, retire.
@@ -594,7 +594,7 @@ mod tests {
             return false;
         };
         let (removed, _) = table.remove_at(counts, found.index, &guard);
-        assert_eq!(removed, found.entry);
+        assert!(std::ptr::eq(removed.as_raw(), found.entry));
         true
     }
 
@@ -769,8 +769,7 @@ mod tests {
             );
             for key in n * (rounds - 1)..n * rounds {
                 let found = table.find(hash(key), &key, &guard).unwrap();
-                // SAFETY: reachable from the table while `guard` is pinned.
-                assert_eq!(unsafe { found.entry.deref() }.value, key);
+                assert_eq!(found.entry.value, key);
             }
         }
     }
