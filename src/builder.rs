@@ -156,7 +156,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// Byte mode: each entry is charged its weigher's figure plus the entry's inline size
-    /// and larder's per-entry metadata (about 66 bytes plus `size_of::<K>() +
+    /// and larder's per-entry metadata (about 68 bytes plus `size_of::<K>() +
     /// size_of::<V>()`), and the sum stays within `n` at rest (see the crate docs for the
     /// overshoot bound under concurrency). Without a weigher, only the fixed part is charged.
     ///

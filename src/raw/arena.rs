@@ -22,6 +22,8 @@
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
+use crossbeam_utils::CachePadded;
+
 use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
 
 /// Fewest cells in a chunk.
@@ -102,8 +104,10 @@ struct Owned<T> {
 
 // SAFETY: a chunk is plain memory: the values in its cells are owned and dropped by whoever
 // holds the cell (an entry in a table, a retired batch), never by the chunk, so moving the
-// chunks' ownership between threads moves no `T`; a directory holds only atomics.
-unsafe impl<T> Send for Owned<T> {}
+// chunks' ownership between threads moves no `T`; a directory holds only atomics. Bounded
+// by `T: Send` all the same, so that nothing holding chunks of a `T` that may not cross
+// threads becomes `Send` through them.
+unsafe impl<T: Send> Send for Owned<T> {}
 
 /// The chunks of one shard: allocated under the shard's lock, read by anyone holding a
 /// cell id, freed when the last holder (the shard's table, or a retired batch the collector
@@ -113,16 +117,19 @@ pub(crate) struct Chunks<T> {
     /// published: a reader needs no length, since every id it holds lies in a chunk that
     /// the directory it loads already names (see [`Chunks::cell`]).
     directory: AtomicPtr<AtomicPtr<T>>,
-    owned: Mutex<Owned<T>>,
     geometry: Geometry,
+    /// On a line of its own: locking it (a new chunk, memory accounting) must not take the
+    /// line every read loads `directory` from.
+    owned: CachePadded<Mutex<Owned<T>>>,
 }
 
 // SAFETY: the chunks are shared between the shard's threads and the collector's: cells are
 // reached through ids by whoever holds them (their users synchronise), the directory through
-// atomics, and what is owned under a mutex. No `T` is dropped or moved by `Chunks` itself.
-unsafe impl<T> Sync for Chunks<T> {}
+// atomics, and what is owned under a mutex. No `T` is dropped or moved by `Chunks` itself;
+// the bounds keep the entries' own thread-safety visible to whoever holds the chunks.
+unsafe impl<T: Send + Sync> Sync for Chunks<T> {}
 // SAFETY: see `Sync`; dropping frees memory only.
-unsafe impl<T> Send for Chunks<T> {}
+unsafe impl<T: Send> Send for Chunks<T> {}
 
 fn new_directory<T>(len: usize) -> Directory<T> {
     let firsts: Box<[AtomicPtr<T>]> = (0..len)
@@ -142,30 +149,33 @@ impl<T> Chunks<T> {
             new_directory::<T>(((expected_entries >> geometry.chunk_log2) + 2).min(256));
         Self {
             directory: AtomicPtr::new(directory.cast::<AtomicPtr<T>>().as_ptr()),
-            owned: Mutex::new(Owned {
+            geometry,
+            owned: CachePadded::new(Mutex::new(Owned {
                 chunks: Vec::new(),
                 directories: vec![directory],
-            }),
-            geometry,
+            })),
         }
     }
 
-    /// The cell numbered `id`. Lock-free.
+    /// The cell numbered `id`. Lock-free: no length is checked, which is why this is
+    /// `unsafe`.
     ///
+    /// # Safety
     /// `id` must have been handed out by a [`Fresh`] of these chunks, and the caller must
     /// have learnt it through a chain of synchronisation from that hand-out (a table slot
     /// loaded with `Acquire`, the shard's lock): the chunk's entry in the directory was
-    /// stored before, so it is seen. Panics (index out of bounds) on an id never handed out.
+    /// stored before, so it is seen, and lies within the directory loaded here.
     #[inline]
-    pub(crate) fn cell(&self, id: CellId) -> NonNull<T> {
+    pub(crate) unsafe fn cell(&self, id: CellId) -> NonNull<T> {
         let (chunk, offset) = self.geometry.locate(id.0);
         let directory = self.directory.load(Ordering::Acquire);
         // SAFETY: directories are never null and never freed before `self` (see `Owned`).
         // The id's chunk was published (`allocate`) before the id was handed out, in the
         // directory then newest, and every later directory copies it; the caller learnt the
-        // id through synchronisation from the hand-out (its contract), so the directory it
-        // loads now is that one or a later one, and `chunk` is within its length.
-        let first = unsafe { &*directory.add(chunk) }.load(Ordering::Acquire);
+        // id through synchronisation from the hand-out (the contract), so the directory it
+        // loads now is that one or a later one, and `chunk` is within its length. Relaxed
+        // is enough for the entry itself: the same chain orders its store before this load.
+        let first = unsafe { &*directory.add(chunk) }.load(Ordering::Relaxed);
         debug_assert!(!first.is_null(), "cell {} was never handed out", id.0);
         // SAFETY: `first` is the first cell of chunk `chunk`, published before any of its
         // ids was handed out (the caller's contract), and `offset` is below that chunk's
@@ -317,14 +327,16 @@ mod tests {
             .map(|i| {
                 let (cell, id) = fresh.cell(&chunks);
                 assert_eq!(id.get(), i as u32, "ids are dense, in order");
-                assert_eq!(chunks.cell(id), cell, "the directory resolves the id");
+                // SAFETY: handed out just now, on this thread.
+                let resolved = unsafe { chunks.cell(id) };
+                assert_eq!(resolved, cell, "the directory resolves the id");
                 // SAFETY: a fresh cell is valid for writes of one `T`, used by nothing else.
                 unsafe { cell.as_ptr().write([i as u64; 4]) };
                 cell.as_ptr() as usize
             })
             .collect();
         for i in (0..n).step_by(7) {
-            // SAFETY: written above; the chunks are alive.
+            // SAFETY: handed out and written above, on this thread; the chunks are alive.
             let value = unsafe { chunks.cell(CellId::new(i as u32)).as_ptr().read() };
             assert_eq!(value, [i as u64; 4]);
         }
@@ -392,7 +404,8 @@ mod loom_models {
                     assert_eq!(early, 5);
                     let id = published.load(Ordering::Acquire);
                     if id != 0 {
-                        let cell = chunks.cell(CellId::new(id - 1));
+                        // SAFETY: handed out, then published with Release, loaded with Acquire.
+                        let cell = unsafe { chunks.cell(CellId::new(id - 1)) };
                         // SAFETY: written before its id was published with Release.
                         assert_eq!(unsafe { cell.as_ptr().read() }, 32);
                     }

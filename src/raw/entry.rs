@@ -33,11 +33,7 @@ pub(crate) fn short_hash(hash: u64) -> u32 {
 /// Immutable once published except for its read count: a write of the same key publishes a
 /// new `Entry` and retires this one through the epoch collector, so a reader holding a guard
 /// can clone `value` without any lock. With `u64` keys and values it is 32 bytes.
-///
-/// Aligned to 8 so the table can keep three hash bits in each entry pointer's low bits, on
-/// 32-bit targets too.
 #[derive(Debug)]
-#[repr(align(8))]
 pub(crate) struct Entry<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,

@@ -451,14 +451,17 @@ where
 }
 
 /// Metadata bytes per entry outside the entry node, charged in `max_bytes` mode. Measured
-/// (`benches/memory.rs`, session 10): 44.8 B per held entry in byte mode with 100-byte
+/// (`benches/memory.rs`, session 10): 45.4 B per held entry in byte mode with 100-byte
 /// values (60.9 B in session 9, before the CLOCK rings became singly linked and the table
 /// slots 4 bytes; 63.9 B in session 7): table slots (purged to 60% load) and the chunks'
 /// directory, the slab's slot index and weight, ring links, wheel links and the sketch,
 /// each sized for the entries the budget allows, plus the slack of vectors that grow by
-/// doubling. Charged a little above the measured figure, so the heap stays under the
-/// budget. Count mode needs no estimate.
-const METADATA_PER_ENTRY: usize = 50;
+/// doubling. Charged above the measured figure, so the heap stays under the budget: with
+/// removals or expirations, the CLOCK rings hold up to a quarter again of dead ids (see
+/// `policy::clock`), whose slab, wheel and ring slots (about 24 B each) stay allocated
+/// until a hand releases them, about 6 B per entry more at worst. Count mode needs no
+/// estimate.
+const METADATA_PER_ENTRY: usize = 52;
 
 /// Bytes larder charges per entry on top of the weigher's figure in `max_bytes` mode: the
 /// entry's cell (inline key and value included; cells are carved from chunks, so an entry

@@ -64,9 +64,10 @@ impl Batch {
     unsafe fn recycle<K, V>(self, returned: &Returned<K, V>) {
         let shells = self.0;
         for &cell in shells.iter() {
-            // SAFETY: the batch owns each entry (see `Retired::push`), and no reader holds
-            // one (the caller's contract); this is the only drop, as the cell then goes on
-            // as a shell, whose contents are never dropped.
+            // SAFETY: the batch owns each entry (see `Retired::push`), in a cell of
+            // `returned`'s chunks whose hand-out the collector's hand-over orders before this,
+            // and no reader holds one (the caller's contract); this is the only drop, as the
+            // cell then goes on as a shell, whose contents are never dropped.
             unsafe { drop_in_place_contained(returned.chunks.cell(cell)) };
         }
         returned.take_back(Shells(shells));
@@ -190,13 +191,16 @@ impl<K, V> Retired<K, V> {
         }
         let chunks = &self.returned.chunks;
         let (cell, id) = match self.spare.0.pop() {
-            Some(shell) => (chunks.cell(shell), shell),
+            // SAFETY: a shell is a cell this shard's `Fresh` handed out; it came back through
+            // the `returned` mutex, which orders its hand-out before this.
+            Some(shell) => (unsafe { chunks.cell(shell) }, shell),
             None => self.fresh.cell(chunks),
         };
         // The next insert writes the next shell, which has sat unused since its entry was
         // retired: start fetching it now so that write does not wait for memory.
         if let Some(&next) = self.spare.0.last() {
-            crate::sync::prefetch(chunks.cell(next).as_ptr());
+            // SAFETY: as above, a shell of this shard's chunks.
+            crate::sync::prefetch(unsafe { chunks.cell(next) }.as_ptr());
         }
         // SAFETY: the cell lies in the shard's chunks, holds no value (a shell's was dropped,
         // a fresh cell never had one) and is this shard's alone once taken: writing a whole
@@ -244,7 +248,7 @@ impl<K, V> Retired<K, V> {
     /// Bytes of the pending batch's buffer and of the shard's unused cells (shells and fresh
     /// ones; cells holding entries, live or retired, are the entries' own).
     pub(crate) fn heap_bytes(&self) -> usize {
-        let pointer = std::mem::size_of::<CellId>();
+        let id = std::mem::size_of::<CellId>();
         let returned = lock(&self.returned.batches);
         let shells = self.spare.0.len()
             + returned.iter().map(|s| s.0.len()).sum::<usize>()
@@ -254,7 +258,7 @@ impl<K, V> Retired<K, V> {
             + self.spare.0.capacity()
             + self.buffer.as_ref().map_or(0, |buffer| buffer.capacity())
             + returned.iter().map(|s| s.0.capacity()).sum::<usize>();
-        buffers * pointer
+        buffers * id
             + boxes * std::mem::size_of::<Vec<CellId>>()
             + shells * std::mem::size_of::<Entry<K, V>>()
     }
@@ -263,9 +267,10 @@ impl<K, V> Retired<K, V> {
 impl<K, V> Drop for Retired<K, V> {
     fn drop(&mut self) {
         for &cell in self.batch.0.iter() {
-            // SAFETY: the pending batch owns its entries (see `push`), which never reached
-            // the collector; dropping the shard means no reader can reach them any more. The
-            // cells stay with the chunks, which outlive this (`returned` holds them).
+            // SAFETY: the pending batch owns its entries (see `push`), in cells of this
+            // shard's chunks, and they never reached the collector; dropping the shard means
+            // no reader can reach them any more. The cells stay with the chunks, which
+            // outlive this (`returned` holds them).
             unsafe { drop_in_place_contained(self.returned.chunks.cell(cell)) };
         }
     }
@@ -309,7 +314,8 @@ mod tests {
         retired.hand_over(guard);
         placed
             .iter()
-            .map(|&cell| retired.returned.chunks.cell(cell).as_ptr() as usize)
+            // SAFETY: handed out by this shard's chunks, on this thread.
+            .map(|&cell| unsafe { retired.returned.chunks.cell(cell) }.as_ptr() as usize)
             .collect()
     }
 

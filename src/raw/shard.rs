@@ -362,6 +362,8 @@ where
                 break;
             }
             let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
+                // The hands may have released removed ids before finding the shard empty.
+                release_ids(state);
                 break;
             };
             WriteTally::add(&tally.admission_rejections, u64::from(eviction.rejected));
@@ -410,6 +412,7 @@ where
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
+            release_ids(state);
             return false;
         };
         WriteTally::add(

@@ -203,9 +203,15 @@ impl<K: 'static, V: 'static> Table<K, V> {
 
     /// The entry in `cell`, as a pointer valid while `guard` is pinned if the cell was read
     /// from a slot under it (see the module docs).
+    ///
+    /// Safe to call within this module, whose invariant it relies on: every cell it is
+    /// passed was read from a slot (or handed in by [`Table::insert`] and
+    /// [`Table::replace`], whose callers promise a cell of the table's chunks).
     #[inline]
     fn entry<'g>(&self, cell: CellId, _guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
-        Shared::from(self.chunks.cell(cell).as_ptr().cast_const())
+        // SAFETY: per the invariant above, a cell the chunks handed out, learnt by the lock
+        // holder or through a slot loaded with Acquire.
+        Shared::from(unsafe { self.chunks.cell(cell) }.as_ptr().cast_const())
     }
 
     /// Finds the live entry for `key`; the lock-free read path.
@@ -235,7 +241,8 @@ impl<K: 'static, V: 'static> Table<K, V> {
                     return None;
                 }
             } else if slot & TAG_MASK == tag {
-                let cell = self.chunks.cell(cell_of(slot));
+                // SAFETY: an occupied slot, loaded with Acquire, names a cell of the chunks.
+                let cell = unsafe { self.chunks.cell(cell_of(slot)) };
                 // SAFETY: an occupied slot names an entry published with Release and retired
                 // only through the epoch collector (whose cell is reused only after that), so
                 // the entry is whole while `guard` is pinned, for the lifetime `'g`.
@@ -329,6 +336,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
         // for readers (they see the old slot or the new), without the full barrier of a
         // swap: on x86 an `xchg` is a locked instruction, a release store a plain move.
         let old = slots.slots[index].load(Ordering::Relaxed);
+        assert!(is_occupied(old), "slot {index} is empty");
         slots.slots[index].store(occupied(cell, hash), Ordering::Release);
         let old_cell = cell_of(old);
         (self.entry(old_cell, guard), old_cell)
@@ -360,8 +368,8 @@ impl<K: 'static, V: 'static> Table<K, V> {
         let left = if ends_a_run { EMPTY } else { TOMBSTONE };
         // A load and a store, as in `replace`: only the lock holder writes slots.
         let old = slots.slots[index].load(Ordering::Relaxed);
-        slots.slots[index].store(left, Ordering::Release);
         assert!(is_occupied(old), "slot {index} is empty");
+        slots.slots[index].store(left, Ordering::Release);
         counts.live -= 1;
         if ends_a_run {
             counts.used -= 1;
@@ -500,9 +508,9 @@ impl<K, V> Drop for Table<K, V> {
         for slot in unsafe { slots.deref() }.slots.iter() {
             let slot = slot.load(Ordering::Relaxed);
             if is_occupied(slot) {
-                // SAFETY: live entries are owned by the table alone: retired ones were
-                // unlinked first, so each live entry is dropped exactly once, here, in place
-                // (its cell belongs to the chunks, which `self.chunks` keeps alive).
+                // SAFETY: an occupied slot names a cell of the chunks (which `self.chunks`
+                // keeps alive). Live entries are owned by the table alone: retired ones were
+                // unlinked first, so each live entry is dropped exactly once, here, in place.
                 unsafe { drop_in_place_contained(self.chunks.cell(cell_of(slot))) };
             }
         }
