@@ -27,7 +27,7 @@ use crossbeam_utils::CachePadded;
 use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
 
 /// Fewest cells in a chunk.
-const FIRST_CHUNK_CELLS: usize = 16;
+const MIN_CHUNK_CELLS: usize = 16;
 
 /// Largest chunk: big enough that a shard of 125,000 `u64` entries needs few chunks, small
 /// enough that the unused end of the last one is a fraction of a byte per entry.
@@ -65,10 +65,10 @@ struct Geometry {
 impl Geometry {
     /// Chunks of about a 64th of the shard's expected entries: the unused end of the last
     /// chunk stays within about 1.6% of the cells, and a full shard has some 64 chunks.
-    /// At least [`FIRST_CHUNK_CELLS`], at most what fits in [`MAX_CHUNK_BYTES`].
+    /// At least [`MIN_CHUNK_CELLS`], at most what fits in [`MAX_CHUNK_BYTES`].
     fn of<T>(expected_entries: usize) -> Self {
-        let fit = (MAX_CHUNK_BYTES / size_of::<T>().max(1)).max(FIRST_CHUNK_CELLS);
-        let wanted = (expected_entries / 64).clamp(FIRST_CHUNK_CELLS, fit);
+        let fit = (MAX_CHUNK_BYTES / size_of::<T>().max(1)).max(MIN_CHUNK_CELLS);
+        let wanted = (expected_entries / 64).clamp(MIN_CHUNK_CELLS, fit);
         // The largest power of two within `wanted`.
         Self {
             chunk_log2: usize::BITS - 1 - wanted.leading_zeros(),
@@ -350,8 +350,8 @@ mod tests {
             .map(|c| c.0.len())
             .collect();
         // Nothing expected: chunks of 16 cells, the directory grown many times over.
-        assert!(chunk_sizes.iter().all(|&len| len == FIRST_CHUNK_CELLS));
-        let max = FIRST_CHUNK_CELLS;
+        assert!(chunk_sizes.iter().all(|&len| len == MIN_CHUNK_CELLS));
+        let max = MIN_CHUNK_CELLS;
         assert_eq!(chunks.bytes(), (n + fresh.len()) * 32);
         assert!(fresh.len() < max, "at most one chunk is partly unused");
     }
