@@ -17,7 +17,7 @@
 //! The slot array's length is not a power of two: a key's home slot is its hash scaled to
 //! the length (multiply and shift), so a table can be sized to the load it should run at.
 //! A shard that churns at a steady size has its table rebuilt to [`TARGET_LOAD`] live
-//! slots, where doubling would leave it anywhere between 37% and 75% full (48%, or 16.8
+//! slots, where doubling would leave it anywhere between 37% and 75% full (48%, or 8.4
 //! bytes of slots per entry, for a million entries over eight shards).
 //!
 //! Slots stay put between rebuilds: the shard's slab names each entry by its slot, so a
@@ -52,8 +52,9 @@ const MAX_USED: (usize, usize) = (3, 4);
 /// size) or when the shard's expected size caps its growth, as a fraction. The gap to
 /// [`MAX_USED`] is the room for tombstones before the next purge, which touches every live
 /// entry: a fuller table saves memory and purges more often. Measured under cachegrind
-/// (`examples/op_cost.rs`, insert-only, 100k entries; the doubling table used about 38% of
-/// its slots there and took 787 instructions, 7.6 L1 and 3.1 last-level misses per insert):
+/// (`examples/op_cost.rs`, insert-only, 100k entries, in session 6, when slots were 8-byte
+/// pointers; the doubling table used about 38% of its slots there and took 787
+/// instructions, 7.6 L1 and 3.1 last-level misses per insert):
 ///
 /// | target | slot bytes per entry | instructions | L1 misses | last-level misses |
 /// |---|---:|---:|---:|---:|
