@@ -94,11 +94,10 @@ struct SlabMembers<'a, K, V> {
 }
 
 impl<'a, K: 'static, V: 'static> SlabMembers<'a, K, V> {
+    /// An occupied id's live entry: only the lock holder (who lent us the slab) could
+    /// retire it, and it vacates the id first.
     fn entry(&self, id: u32) -> &'a Entry<K, V> {
-        let entry = self.table.entry_at(self.slab.slot(id), self.guard);
-        // SAFETY: an occupied id's slot holds its live entry; only the lock holder (who lent
-        // us the slab) could retire it, and it vacates the id first.
-        unsafe { entry.deref() }
+        self.table.entry_at(self.slab.slot(id), self.guard)
     }
 }
 
@@ -606,9 +605,8 @@ where
             let entry = unsafe { shared.deref() };
             let id = entry.id();
             let slot = state.slab.slot(id);
-            assert_eq!(
-                self.table.entry_at(slot, guard),
-                shared,
+            assert!(
+                std::ptr::eq(self.table.entry_at(slot, guard), entry),
                 "slab id {id} does not point back"
             );
             table_weight += state.slab.weight(id);

@@ -215,6 +215,19 @@ impl<K: 'static, V: 'static> Table<K, V> {
         Shared::from(unsafe { self.chunks.cell(cell) }.as_ptr().cast_const())
     }
 
+    /// The entry an occupied slot names, whole while `guard` is pinned: the slot was loaded
+    /// under it (with Acquire, or by the lock holder), and an entry leaves only through the
+    /// epoch collector, whose cell is reused only after that.
+    #[inline]
+    fn live_entry<'g>(&self, slot: u32, _guard: &'g Guard) -> &'g Entry<K, V> {
+        // SAFETY: an occupied slot names a cell the chunks handed out, learnt through the
+        // slot as above.
+        let cell = unsafe { self.chunks.cell(cell_of(slot)) };
+        // SAFETY: the entry in it was published with Release before the slot, and stays
+        // whole while `guard` is pinned (see above), for the lifetime `'g`.
+        unsafe { &*cell.as_ptr() }
+    }
+
     /// Finds the live entry for `key`; the lock-free read path.
     #[inline]
     pub(crate) fn find<'g, Q>(
@@ -242,12 +255,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
                     return None;
                 }
             } else if slot & TAG_MASK == tag {
-                // SAFETY: an occupied slot, loaded with Acquire, names a cell of the chunks.
-                let cell = unsafe { self.chunks.cell(cell_of(slot)) };
-                // SAFETY: an occupied slot names an entry published with Release and retired
-                // only through the epoch collector (whose cell is reused only after that), so
-                // the entry is whole while `guard` is pinned, for the lifetime `'g`.
-                let entry: &'g Entry<K, V> = unsafe { &*cell.as_ptr() };
+                let entry = self.live_entry(slot, guard);
                 if entry.hash == hash && entry.key.borrow() == key {
                     return Some(Found { index, entry });
                 }
@@ -271,12 +279,12 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// The entry in slot `index`, which must hold one (an index the slab recorded, under
     /// the lock that keeps it current).
     #[inline]
-    pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
+    pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> &'g Entry<K, V> {
         let slot = self.slots(guard).slots[index].load(Ordering::Relaxed);
-        // A real check: callers dereference the result, and a stale slot index must fail
-        // loudly rather than read a cell that holds no entry.
+        // A real check: a stale slot index must fail loudly rather than read a cell that
+        // holds no entry.
         assert!(is_occupied(slot), "slot {index} is empty");
-        self.entry(cell_of(slot), guard)
+        self.live_entry(slot, guard)
     }
 
     /// Publishes the entry in `cell`, whose short hash is `hash` (the entry's `hash`, passed
@@ -410,8 +418,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
         for (index, slot) in slots.slots.iter().enumerate() {
             let slot = slot.load(Ordering::Acquire);
             if is_occupied(slot) {
-                // SAFETY: reachable from the table while `guard` is pinned.
-                let home = slots.home(unsafe { self.entry(cell_of(slot), guard).deref() }.hash);
+                let home = slots.home(self.live_entry(slot, guard).hash);
                 live += 1;
                 total += (index + slots.slots.len() - home) % slots.slots.len();
             }
@@ -448,9 +455,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
             if !is_occupied(slot) {
                 continue;
             }
-            // SAFETY: a live slot's entry is whole while the lock holder has not retired it,
-            // and only the lock holder (us) retires.
-            let live = unsafe { self.entry(cell_of(slot), guard).deref() };
+            let live = self.live_entry(slot, guard);
             let index = fresh.free_slot(live.hash);
             fresh.slots[index].store(slot, Ordering::Relaxed);
             moved(live.id(), index);
@@ -650,7 +655,7 @@ mod tests {
             slot_of.insert(key as u32, slot);
             for (&id, &slot) in &slot_of {
                 // SAFETY: every inserted entry is live in the table while `guard` is pinned.
-                assert_eq!(unsafe { table.entry_at(slot, &guard).deref() }.id(), id);
+                assert_eq!(table.entry_at(slot, &guard).id(), id);
             }
         }
     }
