@@ -19,10 +19,12 @@
 //! ```
 //!
 //! Usage: `op_cost CACHE WORKLOAD OPS` with CACHE `larder` or `quick_cache` and WORKLOAD
-//! `get-only`, `95-5`, `50-50`, `insert-only` or `update-only`. The last is not the
-//! benchmark's: its keys are drawn uniformly from 50,000, all resident once warmed, so every
-//! operation replaces a value (the cost of a write without an eviction). It prints the wall
-//! time per operation, which outside valgrind is a rough check only.
+//! `get-only`, `95-5`, `50-50`, `insert-only`, `update-only` or `new-only`. The last two are
+//! not the benchmark's. `update-only` draws its keys uniformly from 50,000, all resident once
+//! warmed, so every operation replaces a value (a write without an eviction). `new-only`
+//! inserts a key never seen before each time, so every operation evicts (the write path's
+//! slowest case: an admission duel, and the loser's removal). It prints the wall time per
+//! operation, which outside valgrind is a rough check only.
 
 use std::time::Instant;
 
@@ -63,7 +65,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [cache, workload, ops] = args.as_slice() else {
         eprintln!(
-            "usage: op_cost larder|quick_cache get-only|95-5|50-50|insert-only|update-only OPS"
+            "usage: op_cost larder|quick_cache get-only|95-5|50-50|insert-only|update-only|new-only OPS"
         );
         std::process::exit(2);
     };
@@ -71,7 +73,7 @@ fn main() {
         "get-only" => 0,
         "95-5" => 5,
         "50-50" => 50,
-        "insert-only" | "update-only" => 100,
+        "insert-only" | "update-only" | "new-only" => 100,
         other => panic!("unknown workload {other}"),
     };
     let ops: usize = ops.parse().expect("OPS is a number");
@@ -111,7 +113,11 @@ fn main() {
         // A stride through the stream, so consecutive operations use unrelated keys.
         let at = (op * 7 + 12_345) & (STREAM_LEN - 1);
         if is_insert[at] {
-            subject.insert(keys[at], op as u64);
+            if workload == "new-only" {
+                subject.insert(KEY_SPACE as u64 + op as u64, op as u64);
+            } else {
+                subject.insert(keys[at], op as u64);
+            }
         } else {
             hits += u64::from(subject.get(keys[at]));
         }

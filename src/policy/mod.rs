@@ -229,12 +229,15 @@ impl Policy {
     /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
     pub(crate) fn evict(&mut self, members: &impl Members) -> Option<Eviction> {
         // Window overflow moves into main for free while main has room: no one must leave.
+        // The window's swept hand, if main had no room for it: the candidate below.
+        let mut swept = None;
         while self.window.weight() > self.window_target {
-            let Some(candidate) = self.sweep(Region::Window, members) else {
+            let Some((candidate, hash)) = self.sweep(Region::Window, members) else {
                 break;
             };
             let weight = members.weight(candidate);
             if self.main_weight() + weight > self.main_target {
+                swept = Some((candidate, hash, weight));
                 break;
             }
             self.window.take_hand(&mut self.links, candidate, weight);
@@ -249,7 +252,7 @@ impl Policy {
         let main_pays =
             self.window.is_empty() || (self.window.weight() <= self.window_target && over_capacity);
         if main_pays && !self.main_is_empty() {
-            let victim = self.main_victim(members)?;
+            let (victim, _) = self.main_victim(members)?;
             self.main
                 .take_hand(&mut self.links, victim, members.weight(victim));
             return Some(Eviction {
@@ -257,18 +260,24 @@ impl Policy {
                 rejected: false,
             });
         }
-        let candidate = self.sweep(Region::Window, members)?;
-        let candidate_weight = members.weight(candidate);
+        // Nothing moved the window's hand since it was swept: it is still the candidate.
+        let (candidate, candidate_hash, candidate_weight) = match swept {
+            Some(swept) => swept,
+            None => {
+                let (candidate, hash) = self.sweep(Region::Window, members)?;
+                (candidate, hash, members.weight(candidate))
+            }
+        };
         self.window
             .take_hand(&mut self.links, candidate, candidate_weight);
-        let Some(victim) = self.main_victim(members) else {
+        let Some((victim, victim_hash)) = self.main_victim(members) else {
             return Some(Eviction {
                 id: candidate,
                 rejected: false,
             });
         };
         let returning = self.region(candidate) == Region::Returning;
-        if returning || self.admit(members.hash(candidate), members.hash(victim)) {
+        if returning || self.admit(candidate_hash, victim_hash) {
             self.main
                 .take_hand(&mut self.links, victim, members.weight(victim));
             self.promote(candidate, candidate_weight);
@@ -277,7 +286,7 @@ impl Policy {
                 rejected: false,
             })
         } else {
-            self.ghost.insert(members.hash(candidate));
+            self.ghost.insert(candidate_hash);
             Some(Eviction {
                 id: candidate,
                 rejected: true,
@@ -303,9 +312,10 @@ impl Policy {
     }
 
     /// Runs the CLOCK hand of `region` to the first entry not read since the hand last
-    /// passed, feeding the reads it clears into the sketch. Returns that entry, still linked.
-    /// Terminates within two laps: the first lap clears every counter it passes.
-    fn sweep(&mut self, region: Region, members: &impl Members) -> Option<u32> {
+    /// passed, feeding the reads it clears into the sketch. Returns that entry, still linked,
+    /// with its key hash. Terminates within two laps: the first lap clears every counter it
+    /// passes.
+    fn sweep(&mut self, region: Region, members: &impl Members) -> Option<(u32, u64)> {
         // The fields borrowed apart, so the loop picks the ring once.
         let Self {
             links,
@@ -322,33 +332,35 @@ impl Policy {
             let id = ring.hand(links, released)?;
             let (reads, hash) = members.take_access(id);
             if reads == 0 {
-                return Some(id);
+                return Some((id, hash));
             }
             sketch.increment_by(hash, reads);
             ring.advance(links);
         }
-        ring.hand(links, released)
+        let id = ring.hand(links, released)?;
+        Some((id, members.hash(id)))
     }
 
     /// Takes the reads `id` had since a hand last passed and counts them in the sketch.
-    fn feed_reads(&mut self, id: u32, members: &impl Members) -> u8 {
+    /// Returns them with the entry's key hash.
+    fn feed_reads(&mut self, id: u32, members: &impl Members) -> (u8, u64) {
         let (reads, hash) = members.take_access(id);
         if reads != 0 {
             self.sketch.increment_by(hash, reads);
         }
-        reads
+        (reads, hash)
     }
 
     /// Main's victim, still linked in probation: the first probation entry not read since
     /// the hand passed. Entries read on probation move to protected (feeding the sketch);
     /// protected overflow, oldest unread first, goes back to probation. Bounded: after a
     /// fixed number of steps it takes the oldest entry of main, read or not, so a non-empty
-    /// main always yields a victim.
-    fn main_victim(&mut self, members: &impl Members) -> Option<u32> {
+    /// main always yields a victim. Returns the victim with its key hash.
+    fn main_victim(&mut self, members: &impl Members) -> Option<(u32, u64)> {
         let steps = 2 * (self.main.len() + self.protected.len()) + 2;
         for _ in 0..steps {
             let Some(id) = self.hand(Region::Main) else {
-                let demoted = self.sweep(Region::Protected, members)?;
+                let (demoted, _) = self.sweep(Region::Protected, members)?;
                 self.move_to(
                     demoted,
                     Region::Protected,
@@ -357,12 +369,13 @@ impl Policy {
                 );
                 continue;
             };
-            if self.feed_reads(id, members) == 0 {
-                return Some(id);
+            let (reads, hash) = self.feed_reads(id, members);
+            if reads == 0 {
+                return Some((id, hash));
             }
             self.move_to(id, Region::Main, Region::Protected, members.weight(id));
             while self.protected.weight() > self.protected_target {
-                let Some(demoted) = self.sweep(Region::Protected, members) else {
+                let Some((demoted, _)) = self.sweep(Region::Protected, members) else {
                     break;
                 };
                 self.move_to(
@@ -377,11 +390,11 @@ impl Policy {
         // of probation, or of protected, so a non-empty main always yields a victim. (With
         // probation empty, the id moved there is its only one, so it is under its hand.)
         if let Some(id) = self.hand(Region::Main) {
-            return Some(id);
+            return Some((id, members.hash(id)));
         }
         let id = self.hand(Region::Protected)?;
         self.move_to(id, Region::Protected, Region::Main, members.weight(id));
-        Some(id)
+        Some((id, members.hash(id)))
     }
 
     /// Moves `id`, the live id under `from`'s hand, to the newest place in `to`.

@@ -11,7 +11,7 @@ use crate::raw::budget::Budget;
 use crate::raw::entry::{Entry, NEVER};
 use crate::raw::retired::Retired;
 use crate::raw::slab::Slab;
-use crate::raw::table::{Table, TableCounts};
+use crate::raw::table::{Probe, Table, TableCounts};
 use crate::stats::WriteTally;
 use crate::sync::{lock_shard, AtomicU64, Guard, Ordering, ShardMutex, Shared};
 use crate::time::wheel::TimerWheel;
@@ -273,80 +273,87 @@ where
         // back from the entry.
         let sketch_hash = u64::from(entry.hash);
         let tally = &self.tally;
-        if let Some(found) = self.table.find(sketch_hash, &entry.key, guard) {
-            let old = found.entry;
-            let id = old.id();
-            entry.inherit(old);
-            // The write is an access (see `Policy::on_reweigh`).
-            entry.record_access();
-            let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
-            let was_scheduled = old.expires_at != NEVER;
-            let old_weight = state.slab.reweigh(id, weight);
-            pending.add(weight);
-            pending.remove(old_weight);
-            let hash = entry.hash;
-            // Same slot: the slab keeps pointing at it.
-            // SAFETY: a whole entry of the same key and hash, built in a cell of this shard's
-            // chunks (which outlive the table), never published.
-            let old = unsafe {
-                self.table.replace(
-                    &mut state.counts,
-                    found.index,
-                    entry.into_cell(),
-                    hash,
-                    guard,
-                )
-            };
-            state.policy.on_reweigh(id, old_weight, weight);
-            state.weight = state.weight - old_weight + weight;
-            let cause = if was_expired {
-                RemovalCause::Expired
-            } else {
-                RemovalCause::Replaced
-            };
-            self.retire(&mut state.retired, old, old_weight, cause, guard, out);
-            // TTL-free entries never touch the wheel: no memory traffic for them.
-            if was_scheduled || expires_at != NEVER {
-                state.wheel.schedule(id, expires_at);
-            }
-            // A key whose entry had expired counts as new (the expired one as an expiration).
-            WriteTally::add(
-                if was_expired {
-                    &tally.inserts
+        match self
+            .table
+            .probe(&state.counts, sketch_hash, &entry.key, guard)
+        {
+            Probe::Found(found) => {
+                let old = found.entry;
+                let id = old.id();
+                entry.inherit(old);
+                // The write is an access (see `Policy::on_reweigh`).
+                entry.record_access();
+                let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
+                let was_scheduled = old.expires_at != NEVER;
+                let old_weight = state.slab.reweigh(id, weight);
+                pending.add(weight);
+                pending.remove(old_weight);
+                let hash = entry.hash;
+                // Same slot: the slab keeps pointing at it.
+                // SAFETY: a whole entry of the same key and hash, built in a cell of this shard's
+                // chunks (which outlive the table), never published.
+                let old = unsafe {
+                    self.table.replace(
+                        &mut state.counts,
+                        found.index,
+                        entry.into_cell(),
+                        hash,
+                        guard,
+                    )
+                };
+                state.policy.on_reweigh(id, old_weight, weight);
+                state.weight = state.weight - old_weight + weight;
+                let cause = if was_expired {
+                    RemovalCause::Expired
                 } else {
-                    &tally.updates
-                },
-                1,
-            );
-        } else {
-            let id = state.slab.insert(weight);
-            entry.set_id(id);
-            let slab = &mut state.slab;
-            let hash = entry.hash;
-            // SAFETY: a whole entry of that hash, built in a cell of this shard's chunks
-            // (which outlive the table), never published; its key is not in the table (just
-            // probed).
-            let slot = unsafe {
-                self.table.insert(
-                    &mut state.counts,
-                    entry.into_cell(),
-                    hash,
-                    guard,
-                    |moved, slot| {
-                        slab.set_slot(moved, slot);
+                    RemovalCause::Replaced
+                };
+                self.retire(&mut state.retired, old, old_weight, cause, guard, out);
+                // TTL-free entries never touch the wheel: no memory traffic for them.
+                if was_scheduled || expires_at != NEVER {
+                    state.wheel.schedule(id, expires_at);
+                }
+                // A key whose entry had expired counts as new (the expired one as an expiration).
+                WriteTally::add(
+                    if was_expired {
+                        &tally.inserts
+                    } else {
+                        &tally.updates
                     },
-                )
-            };
-            slab.set_slot(id, slot);
-            pending.add(weight);
-            if state.policy.on_insert(id, sketch_hash, weight) {
-                WriteTally::add(&tally.returning, 1);
+                    1,
+                );
             }
-            state.weight += weight;
-            if expires_at != NEVER {
-                state.wheel.schedule(id, expires_at);
+            Probe::Vacant(vacant) => {
+                let id = state.slab.insert(weight);
+                entry.set_id(id);
+                let slab = &mut state.slab;
+                let hash = entry.hash;
+                // SAFETY: a whole entry of that hash, built in a cell of this shard's chunks
+                // (which outlive the table), never published; its key is not in the table (just
+                // probed).
+                let slot = unsafe {
+                    self.table.insert_vacant(
+                        &mut state.counts,
+                        vacant,
+                        entry.into_cell(),
+                        hash,
+                        guard,
+                        |moved, slot| {
+                            slab.set_slot(moved, slot);
+                        },
+                    )
+                };
+                slab.set_slot(id, slot);
+                pending.add(weight);
+                if state.policy.on_insert(id, sketch_hash, weight) {
+                    WriteTally::add(&tally.returning, 1);
+                }
+                state.weight += weight;
+                if expires_at != NEVER {
+                    state.wheel.schedule(id, expires_at);
+                }
+                WriteTally::add(&tally.inserts, 1);
             }
-            WriteTally::add(&tally.inserts, 1);
         }
         if state.wheel.len() != 0 {
             self.expire_locked(state, clock(), WHEEL_WORK_PER_WRITE, guard, out);

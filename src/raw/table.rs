@@ -173,6 +173,18 @@ pub(crate) struct Found<'g, K, V> {
     pub(crate) entry: &'g Entry<K, V>,
 }
 
+/// Where a key the writer looked up was not found: the slot an insert of it would take (the
+/// first empty slot or tombstone in its probe order), valid until the table is next rebuilt.
+pub(crate) struct Vacant {
+    index: usize,
+}
+
+/// What a writer's lookup found: the key's entry, or the slot to publish it in.
+pub(crate) enum Probe<'g, K, V> {
+    Found(Found<'g, K, V>),
+    Vacant(Vacant),
+}
+
 impl<K: 'static, V: 'static> Table<K, V> {
     /// An empty table of entries in `chunks`, paired with the counts that guard its writes,
     /// for a shard expected to hold up to `expected_entries` entries (0 when unknown; more
@@ -268,6 +280,52 @@ impl<K: 'static, V: 'static> Table<K, V> {
         None
     }
 
+    /// The writer's lookup: like [`Table::find`], but a miss also returns where to insert
+    /// the key, found on the way (an insert after a miss used to probe the run again).
+    /// `counts` proves the caller holds the shard lock, which keeps the answer current.
+    #[inline]
+    pub(crate) fn probe<'g, Q>(
+        &self,
+        _counts: &TableCounts,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+    ) -> Probe<'g, K, V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let slots = self.slots(guard);
+        let hash = short_hash(hash);
+        let tag = hash_tag(hash);
+        let len = slots.slots.len();
+        let mut index = slots.home(hash);
+        let mut free = None;
+        for _ in 0..len {
+            // Relaxed: only the lock holder, which the caller is, writes slots.
+            let slot = slots.slots[index].load(Ordering::Relaxed);
+            if !is_occupied(slot) {
+                let free = *free.get_or_insert(index);
+                if slot == EMPTY {
+                    return Probe::Vacant(Vacant { index: free });
+                }
+            } else if slot & TAG_MASK == tag {
+                let entry = self.live_entry(slot, guard);
+                if entry.hash == hash && entry.key.borrow() == key {
+                    return Probe::Found(Found { index, entry });
+                }
+            }
+            index += 1;
+            if index == len {
+                index = 0;
+            }
+        }
+        // No empty slot: the fill limit rules that out, but a tombstone will do as well.
+        Probe::Vacant(Vacant {
+            index: free.expect("a slot array below its fill limit has a free slot"),
+        })
+    }
+
     /// Starts fetching the slot a probe for `hash` begins at (see [`crate::sync::prefetch`]),
     /// so a writer's probe under its lock need not wait for it.
     #[inline]
@@ -305,15 +363,58 @@ impl<K: 'static, V: 'static> Table<K, V> {
         guard: &Guard,
         moved: impl FnMut(u32, usize),
     ) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe { self.insert_at(counts, None, cell, hash, guard, moved) }
+    }
+
+    /// [`Table::insert`] into the slot a [`Table::probe`] under the same lock found for
+    /// the key (unless the table must be rebuilt first), without probing again.
+    ///
+    /// # Safety
+    /// As for [`Table::insert`].
+    #[inline]
+    pub(crate) unsafe fn insert_vacant(
+        &self,
+        counts: &mut TableCounts,
+        vacant: Vacant,
+        cell: CellId,
+        hash: u32,
+        guard: &Guard,
+        moved: impl FnMut(u32, usize),
+    ) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe { self.insert_at(counts, Some(vacant), cell, hash, guard, moved) }
+    }
+
+    /// # Safety
+    /// As for [`Table::insert`]; `vacant`, if given, from a probe for this entry's key
+    /// under the same lock.
+    #[inline]
+    unsafe fn insert_at(
+        &self,
+        counts: &mut TableCounts,
+        vacant: Option<Vacant>,
+        cell: CellId,
+        hash: u32,
+        guard: &Guard,
+        moved: impl FnMut(u32, usize),
+    ) -> usize {
         // SAFETY: a whole entry (the caller's contract).
         debug_assert_eq!(unsafe { self.entry(cell, guard).deref() }.hash, hash);
         let len = self.slots(guard).slots.len();
         // Keep at most MAX_USED of the slots used so probes stay short and find a hole.
-        if (counts.used + 1) * MAX_USED.1 > len * MAX_USED.0 {
+        let rebuilt = (counts.used + 1) * MAX_USED.1 > len * MAX_USED.0;
+        if rebuilt {
             self.rebuild(counts, guard, moved);
         }
         let slots = self.slots(guard);
-        let index = slots.free_slot(hash);
+        let index = match vacant {
+            Some(vacant) if !rebuilt => {
+                debug_assert_eq!(vacant.index, slots.free_slot(hash));
+                vacant.index
+            }
+            _ => slots.free_slot(hash),
+        };
         let reused_tombstone = slots.slots[index].load(Ordering::Relaxed) == TOMBSTONE;
         slots.slots[index].store(occupied(cell, hash), Ordering::Release);
         counts.live += 1;
@@ -589,9 +690,13 @@ mod tests {
     ) {
         let guard = pin();
         let hash = e.hash;
+        // As the shard inserts: the probe for the key finds where it goes.
+        let Probe::Vacant(vacant) = table.probe(counts, u64::from(hash), &e.key, &guard) else {
+            panic!("key {} is already in the table", e.key);
+        };
         let cell = cells.place(e);
         // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-        unsafe { table.insert(counts, cell, hash, &guard, |_, _| {}) };
+        unsafe { table.insert_vacant(counts, vacant, cell, hash, &guard, |_, _| {}) };
     }
 
     fn get(table: &Table<u64, u64>, key: u64) -> Option<u64> {
@@ -673,6 +778,38 @@ mod tests {
         insert(&table, &mut counts, &mut cells, entry(9, 9));
         assert!(counts.used <= used_before + 1);
         assert_eq!(get(&table, 9), Some(9));
+    }
+
+    /// A writer's probe finds a present key as a reader does, and for a missing key returns
+    /// the first free slot of its run (a tombstone before the empty slot ending it).
+    #[test]
+    fn a_probe_finds_the_key_or_the_first_free_slot_of_its_run() {
+        let (table, mut counts, mut cells) = Cells::table(0);
+        let guard = pin();
+        // Hash 0 for every key: one run from slot 0.
+        for key in 0..4u64 {
+            let cell = cells.place(Entry::new(key, key, 0, u64::MAX));
+            // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
+            unsafe { table.insert(&mut counts, cell, 0, &guard, |_, _| {}) };
+        }
+        let probe = |counts: &TableCounts, key: u64| match table.probe(counts, 0, &key, &guard) {
+            Probe::Found(found) => Ok(found.index),
+            Probe::Vacant(vacant) => Err(vacant.index),
+        };
+        assert_eq!(probe(&counts, 2), Ok(2));
+        assert_eq!(probe(&counts, 9), Err(4), "the empty slot after the run");
+        let found = table.find(0, &1, &guard).expect("present");
+        table.remove_at(&mut counts, found.index, &guard);
+        assert_eq!(probe(&counts, 3), Ok(3), "probed past the tombstone");
+        assert_eq!(probe(&counts, 9), Err(1), "the tombstone comes first");
+        let Probe::Vacant(vacant) = table.probe(&counts, 0, &9, &guard) else {
+            panic!("9 is not in the table");
+        };
+        let cell = cells.place(Entry::new(9, 9, 0, u64::MAX));
+        // SAFETY: as above.
+        let slot = unsafe { table.insert_vacant(&mut counts, vacant, cell, 0, &guard, |_, _| {}) };
+        assert_eq!(slot, 1);
+        assert_eq!(table.find(0, &9, &guard).map(|found| found.index), Some(1));
     }
 
     /// Removing the last entry of a probe run leaves an empty slot, not a tombstone, and
