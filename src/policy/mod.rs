@@ -296,6 +296,7 @@ impl Policy {
 
     /// TinyLFU's duel: the candidate enters only if it was seen more often than the victim,
     /// by more than [`ADMISSION_MARGIN`].
+    #[inline]
     fn admit(&mut self, candidate_hash: u64, victim_hash: u64) -> bool {
         let candidate = self.sketch.frequency(candidate_hash);
         let victim = self.sketch.frequency(victim_hash);
@@ -315,6 +316,7 @@ impl Policy {
     /// passed, feeding the reads it clears into the sketch. Returns that entry, still linked,
     /// with its key hash. Terminates within two laps: the first lap clears every counter it
     /// passes.
+    #[inline]
     fn sweep(&mut self, region: Region, members: &impl Members) -> Option<(u32, u64)> {
         // The fields borrowed apart, so the loop picks the ring once.
         let Self {
@@ -425,6 +427,7 @@ impl Policy {
         (ring, &mut self.links, &mut self.released)
     }
 
+    #[inline]
     fn promote(&mut self, id: u32, weight: u64) {
         self.set_region(id, Region::Main);
         self.main.push(&mut self.links, id, weight);

@@ -60,6 +60,9 @@ impl CellId {
 struct Geometry {
     /// Log2 of a chunk's cells.
     chunk_log2: u32,
+    /// A chunk's cells less one: kept rather than computed from `chunk_log2` on every
+    /// lookup (a variable shift and a decrement on the read path).
+    offset_mask: u32,
 }
 
 impl Geometry {
@@ -70,8 +73,10 @@ impl Geometry {
         let fit = (MAX_CHUNK_BYTES / size_of::<T>().max(1)).max(MIN_CHUNK_CELLS);
         let wanted = (expected_entries / 64).clamp(MIN_CHUNK_CELLS, fit);
         // The largest power of two within `wanted`.
+        let chunk_log2 = usize::BITS - 1 - wanted.leading_zeros();
         Self {
-            chunk_log2: usize::BITS - 1 - wanted.leading_zeros(),
+            chunk_log2,
+            offset_mask: (1 << chunk_log2) - 1,
         }
     }
 
@@ -82,8 +87,10 @@ impl Geometry {
     /// The chunk holding cell `id`, and the cell's place in it.
     #[inline]
     fn locate(self, id: u32) -> (usize, usize) {
-        let id = id as usize;
-        (id >> self.chunk_log2, id & ((1 << self.chunk_log2) - 1))
+        (
+            (id >> self.chunk_log2) as usize,
+            (id & self.offset_mask) as usize,
+        )
     }
 }
 
