@@ -47,10 +47,16 @@ impl Ghost {
 
     /// Grows (and empties) the ghost if the shard outgrew it, at least twofold, as the
     /// sketch does.
+    #[inline]
     pub(crate) fn ensure_capacity(&mut self, entries: usize) {
         if entries / ENTRIES_PER_SLOT > self.slots.len() {
-            *self = Self::with_capacity(entries.max(2 * self.slots.len() * ENTRIES_PER_SLOT));
+            self.grow(entries);
         }
+    }
+
+    #[cold]
+    fn grow(&mut self, entries: usize) {
+        *self = Self::with_capacity(entries.max(2 * self.slots.len() * ENTRIES_PER_SLOT));
     }
 
     /// Remembers a rejected key.

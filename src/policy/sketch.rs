@@ -102,16 +102,23 @@ impl FrequencySketch {
     /// Growth is geometric (see `crate::growth`: twofold, landing on `ceiling`, the entries
     /// the shard is expected to hold, 0 when unknown), so a shard that grows one entry at a
     /// time resets its sketch O(log n) times, not on every insert.
+    #[inline]
     pub(crate) fn ensure_capacity(&mut self, expected_entries: usize, ceiling: usize) {
         // Clamp first, or a request above MAX_ENTRIES would reset the sketch on every call.
         let needed = expected_entries.min(MAX_ENTRIES);
         if needed > self.sized_for {
-            *self = Self::with_capacity(crate::growth::grown_capacity(
-                self.sized_for,
-                needed,
-                ceiling,
-            ));
+            self.grow(needed, ceiling);
         }
+    }
+
+    /// Out of line: every insert asks, and the answer is nearly always no.
+    #[cold]
+    fn grow(&mut self, needed: usize, ceiling: usize) {
+        *self = Self::with_capacity(crate::growth::grown_capacity(
+            self.sized_for,
+            needed,
+            ceiling,
+        ));
     }
 
     /// Records one access of the item whose well-mixed 64-bit hash is `hash`.
