@@ -39,6 +39,7 @@ struct Options {
     sizes: Option<Vec<usize>>,
     format: Option<trace::Format>,
     threads: usize,
+    pattern: peers::Pattern,
     out: PathBuf,
     /// Only these policies, if given.
     policies: Option<Vec<String>>,
@@ -50,6 +51,7 @@ fn parse_args() -> Result<Options, String> {
         sizes: None,
         format: None,
         threads: 1,
+        pattern: peers::Pattern::CacheAside,
         out: PathBuf::from("target/simulate"),
         policies: None,
     };
@@ -79,6 +81,7 @@ fn parse_args() -> Result<Options, String> {
                     .filter(|&n| n >= 1)
                     .ok_or("--threads needs a whole number >= 1")?;
             }
+            "--pattern" => options.pattern = value("--pattern")?.parse()?,
             "--out" => options.out = PathBuf::from(value("--out")?),
             "--policies" => {
                 let names: Vec<String> =
@@ -181,7 +184,13 @@ fn replay_reference(job: Job, keys: &[u64], progress: &ProgressBar) -> Outcome {
 
 /// Replays `keys` against a real cache from `threads` threads taking requests in trace
 /// order from a shared cursor.
-fn replay_real(job: Job, keys: &[u64], threads: usize, progress: &ProgressBar) -> Outcome {
+fn replay_real(
+    job: Job,
+    keys: &[u64],
+    threads: usize,
+    pattern: peers::Pattern,
+    progress: &ProgressBar,
+) -> Outcome {
     let caches = peers::all(job.size);
     let cache = caches
         .iter()
@@ -202,7 +211,11 @@ fn replay_real(job: Job, keys: &[u64], threads: usize, progress: &ProgressBar) -
                 let mut local = 0;
                 let mut done = 0;
                 while let Some(&key) = keys.get(cursor.fetch_add(1, Ordering::Relaxed)) {
-                    match cache.access(key) {
+                    let outcome = match pattern {
+                        peers::Pattern::CacheAside => cache.access(key),
+                        peers::Pattern::SingleFlight => cache.load(key),
+                    };
+                    match outcome {
                         Ok(hit) => local += usize::from(hit),
                         Err(message) => {
                             error.lock().unwrap().get_or_insert(message);
@@ -285,7 +298,7 @@ fn main() -> ExitCode {
                 let Some(&job) = jobs.get(index) else { break };
                 let keys = &traces[job.trace].keys;
                 let outcome = if REAL.contains(&job.policy) {
-                    replay_real(job, keys, options.threads, &progress)
+                    replay_real(job, keys, options.threads, options.pattern, &progress)
                 } else {
                     replay_reference(job, keys, &progress)
                 };
@@ -321,13 +334,16 @@ fn print_comparison(
         );
     }
     println!();
-    let threads = options.threads;
-    print_summary("larder vs best peer", &rows, threads);
+    let setting = format!(
+        "{} thread(s) per real cache, {:?}",
+        options.threads, options.pattern
+    );
+    print_summary("larder vs best peer", &rows, &setting);
     if let Some(bounded) = compare(traces, find, ["moka_bounded", "quick_cache", "lru"]) {
         print_summary(
             "larder vs best peer, moka held to its capacity",
             &bounded,
-            threads,
+            &setting,
         );
     }
 }
@@ -360,13 +376,13 @@ fn compare<'t>(
     (!rows.is_empty()).then_some(rows)
 }
 
-fn print_summary(label: &str, rows: &[(&str, usize, f64, f64)], threads: usize) {
+fn print_summary(label: &str, rows: &[(&str, usize, f64, f64)], setting: &str) {
     let differences: Vec<f64> = rows.iter().map(|&(_, _, l, b)| l - b).collect();
     let mean = differences.iter().sum::<f64>() / differences.len() as f64;
     let worst = differences.iter().copied().fold(f64::INFINITY, f64::min);
     let close = differences.iter().filter(|&&d| d >= -0.5).count();
     println!(
-        "{label}: mean {mean:+.2} points, worst {worst:+.2} points, {close} of {} rows within 0.5 points or better ({threads} thread(s) per real cache)",
+        "{label}: mean {mean:+.2} points, worst {worst:+.2} points, {close} of {} rows within 0.5 points or better ({setting})",
         differences.len(),
     );
 }

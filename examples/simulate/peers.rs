@@ -1,13 +1,51 @@
 //! The real caches under test (larder and its peers) behind one interface that several
 //! threads can share, each checked on every hit for returning the value stored for its key.
 
-/// A real, thread-safe cache replayed as read-through: read, and on a miss insert.
+/// A real, thread-safe cache, replayed in one of two ways (see [`Pattern`]).
 pub trait SharedCache: Sync {
     /// Name in tables and plots.
     fn name(&self) -> &'static str;
-    /// Reads `key`, inserting it on a miss. `Ok(true)` on a hit; an error if the hit
-    /// returned a value that was never stored for `key` (a broken cache).
+    /// Cache-aside: reads `key`, inserting it on a miss. `Ok(true)` on a hit; an error if
+    /// the hit returned a value that was never stored for `key` (a broken cache).
     fn access(&self, key: u64) -> Result<bool, String>;
+    /// Single-flight: the cache's own get-or-load call, which runs one load per missing key
+    /// however many callers ask at once. `Ok(true)` when this call ran no load (a hit, or
+    /// it waited for another caller's load); an error as for `access`. Caches without such
+    /// a call fall back to `access`.
+    fn load(&self, key: u64) -> Result<bool, String> {
+        self.access(key)
+    }
+}
+
+/// How the replaying threads use a cache on a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// `get`, and `insert` on a miss: two threads that miss the same key both load it.
+    CacheAside,
+    /// The cache's single-flight get-or-load call ([`SharedCache::load`]).
+    SingleFlight,
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cache-aside" => Ok(Self::CacheAside),
+            "single-flight" => Ok(Self::SingleFlight),
+            other => Err(format!(
+                "--pattern {other}: expected cache-aside or single-flight"
+            )),
+        }
+    }
+}
+
+/// Checks a value a cache returned for `key`.
+fn checked(name: &str, key: u64, value: u64) -> Result<(), String> {
+    if value == value_of(key) {
+        Ok(())
+    } else {
+        Err(format!("{name}: key {key} read value {value:#x}"))
+    }
 }
 
 /// The value stored for `key`: distinct per key, so a mixed-up read is caught.
@@ -49,32 +87,79 @@ impl SharedCache for Larder {
             |value| self.0.insert(key, value).map_err(|e| e.to_string()),
         )
     }
+    fn load(&self, key: u64) -> Result<bool, String> {
+        let mut loaded = false;
+        let value = self.0.get_or_insert_with(key, || {
+            loaded = true;
+            value_of(key)
+        });
+        checked(self.name(), key, value).map(|()| !loaded)
+    }
 }
 
-/// Adapters for caches whose `get` returns the value and whose `insert` cannot fail.
-macro_rules! infallible_adapter {
-    ($adapter:ident, $name:literal) => {
-        impl SharedCache for $adapter {
-            fn name(&self) -> &'static str {
-                $name
-            }
-            fn access(&self, key: u64) -> Result<bool, String> {
-                read_through(
-                    self.name(),
-                    key,
-                    || self.0.get(&key),
-                    |value| {
-                        self.0.insert(key, value);
-                        Ok(())
-                    },
-                )
-            }
-        }
-    };
+/// moka's single-flight call; `then` runs after a load this call made.
+fn moka_get_with(
+    cache: &moka::sync::Cache<u64, u64>,
+    name: &str,
+    key: u64,
+    then: impl FnOnce(),
+) -> Result<bool, String> {
+    let mut loaded = false;
+    let value = cache.get_with(key, || {
+        loaded = true;
+        value_of(key)
+    });
+    if loaded {
+        then();
+    }
+    checked(name, key, value).map(|()| !loaded)
 }
 
-infallible_adapter!(Moka, "moka");
-infallible_adapter!(Quick, "quick_cache");
+impl SharedCache for Moka {
+    fn name(&self) -> &'static str {
+        "moka"
+    }
+    fn access(&self, key: u64) -> Result<bool, String> {
+        read_through(
+            self.name(),
+            key,
+            || self.0.get(&key),
+            |value| {
+                self.0.insert(key, value);
+                Ok(())
+            },
+        )
+    }
+    fn load(&self, key: u64) -> Result<bool, String> {
+        moka_get_with(&self.0, self.name(), key, || {})
+    }
+}
+
+impl SharedCache for Quick {
+    fn name(&self) -> &'static str {
+        "quick_cache"
+    }
+    fn access(&self, key: u64) -> Result<bool, String> {
+        read_through(
+            self.name(),
+            key,
+            || self.0.get(&key),
+            |value| {
+                self.0.insert(key, value);
+                Ok(())
+            },
+        )
+    }
+    fn load(&self, key: u64) -> Result<bool, String> {
+        let mut loaded = false;
+        let value = self.0.get_or_insert_with(&key, || {
+            loaded = true;
+            Ok::<u64, std::convert::Infallible>(value_of(key))
+        });
+        let Ok(value) = value;
+        checked(self.name(), key, value).map(|()| !loaded)
+    }
+}
 
 impl SharedCache for MokaBounded {
     fn name(&self) -> &'static str {
@@ -93,6 +178,9 @@ impl SharedCache for MokaBounded {
                 Ok(())
             },
         )
+    }
+    fn load(&self, key: u64) -> Result<bool, String> {
+        moka_get_with(&self.0, self.name(), key, || self.0.run_pending_tasks())
     }
 }
 
@@ -125,4 +213,38 @@ pub fn all(capacity: usize) -> Vec<Box<dyn SharedCache>> {
         Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
         Box::new(Stretto(stretto)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn patterns_parse_by_name() {
+        assert_eq!("cache-aside".parse(), Ok(Pattern::CacheAside));
+        assert_eq!("single-flight".parse(), Ok(Pattern::SingleFlight));
+        assert!("read-through".parse::<Pattern>().is_err());
+    }
+
+    /// Under single-flight, threads that ask for one missing key at once run one load
+    /// between them, and every later call is a hit. (Stretto has no such call.)
+    #[test]
+    fn single_flight_loads_a_key_once_however_many_threads_ask() {
+        for cache in all(1_000).iter().filter(|c| c.name() != "stretto") {
+            for key in 0..20 {
+                let loads = AtomicUsize::new(0);
+                std::thread::scope(|scope| {
+                    for _ in 0..4 {
+                        scope.spawn(|| {
+                            let hit = cache.load(key).expect("the stored value");
+                            loads.fetch_add(usize::from(!hit), Ordering::Relaxed);
+                        });
+                    }
+                });
+                assert_eq!(loads.into_inner(), 1, "{} key {key}", cache.name());
+                assert_eq!(cache.load(key), Ok(true), "{}", cache.name());
+            }
+        }
+    }
 }
