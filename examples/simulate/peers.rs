@@ -115,51 +115,47 @@ fn moka_get_with(
     checked(name, key, value).map(|()| !loaded)
 }
 
-impl SharedCache for Moka {
-    fn name(&self) -> &'static str {
-        "moka"
-    }
-    fn access(&self, key: u64) -> Result<bool, String> {
-        read_through(
-            self.name(),
-            key,
-            || self.0.get(&key),
-            |value| {
-                self.0.insert(key, value);
-                Ok(())
-            },
-        )
-    }
-    fn load(&self, key: u64) -> Result<bool, String> {
-        moka_get_with(&self.0, self.name(), key, || {})
-    }
+/// Adapters for caches whose `get` returns the value and whose `insert` cannot fail;
+/// `$load` is their single-flight call, given the adapter and the key.
+macro_rules! infallible_adapter {
+    ($adapter:ident, $name:literal, $load:expr) => {
+        impl SharedCache for $adapter {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn access(&self, key: u64) -> Result<bool, String> {
+                read_through(
+                    self.name(),
+                    key,
+                    || self.0.get(&key),
+                    |value| {
+                        self.0.insert(key, value);
+                        Ok(())
+                    },
+                )
+            }
+            fn load(&self, key: u64) -> Result<bool, String> {
+                $load(self, key)
+            }
+        }
+    };
 }
 
-impl SharedCache for Quick {
-    fn name(&self) -> &'static str {
-        "quick_cache"
-    }
-    fn access(&self, key: u64) -> Result<bool, String> {
-        read_through(
-            self.name(),
-            key,
-            || self.0.get(&key),
-            |value| {
-                self.0.insert(key, value);
-                Ok(())
-            },
-        )
-    }
-    fn load(&self, key: u64) -> Result<bool, String> {
-        let mut loaded = false;
-        let value = self.0.get_or_insert_with(&key, || {
-            loaded = true;
-            Ok::<u64, std::convert::Infallible>(value_of(key))
-        });
-        let Ok(value) = value;
-        checked(self.name(), key, value).map(|()| !loaded)
-    }
-}
+infallible_adapter!(Moka, "moka", |moka: &Moka, key| moka_get_with(
+    &moka.0,
+    moka.name(),
+    key,
+    || {}
+));
+infallible_adapter!(Quick, "quick_cache", |quick: &Quick, key| {
+    let mut loaded = false;
+    let value = quick.0.get_or_insert_with(&key, || {
+        loaded = true;
+        Ok::<u64, std::convert::Infallible>(value_of(key))
+    });
+    let Ok(value) = value;
+    checked(quick.name(), key, value).map(|()| !loaded)
+});
 
 impl SharedCache for MokaBounded {
     fn name(&self) -> &'static str {

@@ -252,32 +252,9 @@ impl<K: 'static, V: 'static> Table<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let slots = self.slots(guard);
-        let hash = short_hash(hash);
-        let tag = hash_tag(hash);
-        // Probe order as in `free_slot`: home, then one step at a time, wrapping around.
-        let len = slots.slots.len();
-        let mut index = slots.home(hash);
-        for _ in 0..len {
-            // Acquire: the entry's contents, and its chunk's place in the directory, were
-            // written before the slot was stored with Release.
-            let slot = slots.slots[index].load(Ordering::Acquire);
-            if !is_occupied(slot) {
-                if slot != TOMBSTONE {
-                    return None;
-                }
-            } else if slot & TAG_MASK == tag {
-                let entry = self.live_entry(slot, guard);
-                if entry.hash == hash && entry.key.borrow() == key {
-                    return Some(Found { index, entry });
-                }
-            }
-            index += 1;
-            if index == len {
-                index = 0;
-            }
-        }
-        None
+        // Acquire: the entry's contents, and its chunk's place in the directory, were
+        // written before the slot was stored with Release.
+        self.walk(hash, key, guard, Ordering::Acquire, |_| {}).ok()
     }
 
     /// The writer's lookup: like [`Table::find`], but a miss also returns where to insert
@@ -295,24 +272,56 @@ impl<K: 'static, V: 'static> Table<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
+        let mut tombstone = None;
+        // Relaxed: only the lock holder, which the caller is, writes slots.
+        let walked = self.walk(hash, key, guard, Ordering::Relaxed, |index| {
+            tombstone.get_or_insert(index);
+        });
+        match walked {
+            Ok(found) => Probe::Found(found),
+            // The first tombstone passed, or else the empty slot that ended the run. (With no
+            // empty slot, which the fill limit rules out, a tombstone will do as well.)
+            Err(end) => Probe::Vacant(Vacant {
+                index: tombstone
+                    .or(end)
+                    .expect("a slot array below its fill limit has a free slot"),
+            }),
+        }
+    }
+
+    /// Walks `key`'s probe run, from its home slot one step at a time, wrapping around
+    /// (the order `free_slot` follows), loading slots with `order` and calling
+    /// `passed_tombstone` on each tombstone on the way. Returns the key's entry, or the
+    /// empty slot that ended the run (`None` if a whole lap found none).
+    #[inline(always)]
+    fn walk<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+        order: Ordering,
+        mut passed_tombstone: impl FnMut(usize),
+    ) -> Result<Found<'g, K, V>, Option<usize>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         let slots = self.slots(guard);
         let hash = short_hash(hash);
         let tag = hash_tag(hash);
         let len = slots.slots.len();
         let mut index = slots.home(hash);
-        let mut free = None;
         for _ in 0..len {
-            // Relaxed: only the lock holder, which the caller is, writes slots.
-            let slot = slots.slots[index].load(Ordering::Relaxed);
+            let slot = slots.slots[index].load(order);
             if !is_occupied(slot) {
-                let free = *free.get_or_insert(index);
-                if slot == EMPTY {
-                    return Probe::Vacant(Vacant { index: free });
+                if slot != TOMBSTONE {
+                    return Err(Some(index));
                 }
+                passed_tombstone(index);
             } else if slot & TAG_MASK == tag {
                 let entry = self.live_entry(slot, guard);
                 if entry.hash == hash && entry.key.borrow() == key {
-                    return Probe::Found(Found { index, entry });
+                    return Ok(Found { index, entry });
                 }
             }
             index += 1;
@@ -320,10 +329,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
                 index = 0;
             }
         }
-        // No empty slot: the fill limit rules that out, but a tombstone will do as well.
-        Probe::Vacant(Vacant {
-            index: free.expect("a slot array below its fill limit has a free slot"),
-        })
+        Err(None)
     }
 
     /// Starts fetching the slot a probe for `hash` begins at (see [`crate::sync::prefetch`]),
