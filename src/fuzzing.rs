@@ -6,7 +6,7 @@
 
 use crate::policy::sketch::FrequencySketch;
 use crate::raw::entry::{short_hash, Entry, NEVER};
-use crate::raw::table::{LooseCells, Table, TableCounts};
+use crate::raw::table::{LooseCells, Probe, Table, TableCounts};
 use crate::sync::pin;
 use crate::time::wheel::TrackedWheel;
 
@@ -115,8 +115,9 @@ impl Index {
     pub fn insert(&mut self, key: u64, value: u64, hash: u64) -> Option<u64> {
         let guard = pin();
         let cell = self.cells.place(Entry::new(key, value, hash, NEVER));
-        match self.table.find(hash, &key, &guard) {
-            Some(found) => {
+        // The writer's lookup, as the shard's insert makes it.
+        match self.table.probe(&self.counts, hash, &key, &guard) {
+            Probe::Found(found) => {
                 // SAFETY: a whole, unpublished entry of the same key, in a cell of the
                 // table's chunks.
                 let (old, _) = unsafe {
@@ -132,11 +133,18 @@ impl Index {
                 // (`LooseCells`), so it stays readable.
                 Some(unsafe { old.deref() }.value)
             }
-            None => {
-                // SAFETY: a whole, unpublished entry, in a cell of the table's chunks.
+            Probe::Vacant(vacant) => {
+                // SAFETY: a whole, unpublished entry, in a cell of the table's chunks; the
+                // slot is the probe's, under the same `&mut self`.
                 unsafe {
-                    self.table
-                        .insert(&mut self.counts, cell, short_hash(hash), &guard, |_, _| {})
+                    self.table.insert_vacant(
+                        &mut self.counts,
+                        vacant,
+                        cell,
+                        short_hash(hash),
+                        &guard,
+                        |_, _| {},
+                    )
                 };
                 None
             }

@@ -218,7 +218,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// from a slot under it (see the module docs).
     ///
     /// Safe to call within this module, whose invariant it relies on: every cell it is
-    /// passed was read from a slot (or handed in by [`Table::insert`] and
+    /// passed was read from a slot (or handed in by [`Table::insert_vacant`] and
     /// [`Table::replace`], whose callers promise a cell of the table's chunks).
     #[inline]
     fn entry<'g>(&self, cell: CellId, _guard: &'g Guard) -> Shared<'g, Entry<K, V>> {
@@ -352,32 +352,16 @@ impl<K: 'static, V: 'static> Table<K, V> {
     }
 
     /// Publishes the entry in `cell`, whose short hash is `hash` (the entry's `hash`, passed
-    /// so the write need not look the cell up) and whose key must not be in the table, and
-    /// returns its slot. If the table is rebuilt first, `moved(id, slot)` reports the new
-    /// slot of every entry already in it.
+    /// so the write need not look the cell up) and whose key a [`Table::probe`] under the
+    /// same lock found missing, in the slot that probe found for it (or, if the table is
+    /// rebuilt first, in the rebuilt one's first free slot for it), and returns the slot. A
+    /// rebuild reports the new slot of every entry already in the table through
+    /// `moved(id, slot)`.
     ///
     /// # Safety
     /// `cell` must be a cell of the table's chunks holding a whole, unpublished entry, which
     /// the table then owns until the entry is unlinked and retired through the epoch
     /// collector.
-    #[inline]
-    pub(crate) unsafe fn insert(
-        &self,
-        counts: &mut TableCounts,
-        cell: CellId,
-        hash: u32,
-        guard: &Guard,
-        moved: impl FnMut(u32, usize),
-    ) -> usize {
-        // SAFETY: the caller's contract.
-        unsafe { self.insert_at(counts, None, cell, hash, guard, moved) }
-    }
-
-    /// [`Table::insert`] into the slot a [`Table::probe`] under the same lock found for
-    /// the key (unless the table must be rebuilt first), without probing again.
-    ///
-    /// # Safety
-    /// As for [`Table::insert`].
     #[inline]
     pub(crate) unsafe fn insert_vacant(
         &self,
@@ -392,8 +376,26 @@ impl<K: 'static, V: 'static> Table<K, V> {
         unsafe { self.insert_at(counts, Some(vacant), cell, hash, guard, moved) }
     }
 
+    /// [`Table::insert_vacant`] without a probe first: the tests' shorthand. The key must
+    /// not be in the table.
+    ///
     /// # Safety
-    /// As for [`Table::insert`]; `vacant`, if given, from a probe for this entry's key
+    /// As for [`Table::insert_vacant`].
+    #[cfg(test)]
+    pub(crate) unsafe fn insert(
+        &self,
+        counts: &mut TableCounts,
+        cell: CellId,
+        hash: u32,
+        guard: &Guard,
+        moved: impl FnMut(u32, usize),
+    ) -> usize {
+        // SAFETY: the caller's contract.
+        unsafe { self.insert_at(counts, None, cell, hash, guard, moved) }
+    }
+
+    /// # Safety
+    /// As for [`Table::insert_vacant`]; `vacant`, if given, from a probe for this entry's key
     /// under the same lock.
     #[inline]
     unsafe fn insert_at(
@@ -435,7 +437,7 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// cell; the caller must retire it.
     ///
     /// # Safety
-    /// As for [`Table::insert`].
+    /// As for [`Table::insert_vacant`].
     #[inline]
     pub(crate) unsafe fn replace<'g>(
         &self,
