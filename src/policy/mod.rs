@@ -260,7 +260,8 @@ impl Policy {
                 rejected: false,
             });
         }
-        // Nothing moved the window's hand since it was swept: it is still the candidate.
+        // Nothing here moved the window's hand since it was swept, so it is still the
+        // candidate (a read since then counts as one just after the sweep would have).
         let (candidate, candidate_hash, candidate_weight) = match swept {
             Some(swept) => swept,
             None => {
