@@ -281,7 +281,7 @@ where
                 .unwrap_or_else(|| Arc::new(MonotonicClock::default())),
             listener: self.listener,
             expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
-            sample_size: crate::policy::climber::sample_accesses(expected_entries),
+            sample_size: expected_entries.saturating_mul(10).max(1024),
         });
         Ok(Cache::from_raw(raw))
     }

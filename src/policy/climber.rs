@@ -12,26 +12,6 @@
 /// Window share at start: 1% (Caffeine's), in per mille of capacity.
 pub(crate) const INITIAL_WINDOW_PER_MILLE: u32 = 10;
 
-/// Accesses in one hit-ratio sample: ten per expected entry, as Caffeine samples, within
-/// these bounds. Below the floor, samples of a small cache are all noise. Above the ceiling
-/// a sample only delays the climber: 65,536 accesses pin the hit ratio within 0.4 points
-/// (two standard errors at 50%), well inside its 2-point tolerance, while a cache of
-/// 93,440 entries sampled at ten per entry climbed once in ARC's 914,145-request OLTP
-/// trace. The ceiling took OLTP at 46,720 and 93,440 entries from 72.3% and 76.6% to
-/// 73.2% and 77.9% (LRU: 73.3%, 78.1%) and moved no other row of the 12 it touches by
-/// more than 0.08 points (5 runs against 4); 32,768 did as well on OLTP (3 runs) but cost
-/// the orm traces at 4,323 to 7,635 entries up to 0.3 points.
-pub(crate) const SAMPLE_ACCESSES_PER_ENTRY: u64 = 10;
-pub(crate) const MIN_SAMPLE_ACCESSES: u64 = 1024;
-pub(crate) const MAX_SAMPLE_ACCESSES: u64 = 1 << 16;
-
-/// Accesses per sample for a cache expected to hold `entries` entries.
-pub(crate) fn sample_accesses(entries: u64) -> u64 {
-    entries
-        .saturating_mul(SAMPLE_ACCESSES_PER_ENTRY)
-        .clamp(MIN_SAMPLE_ACCESSES, MAX_SAMPLE_ACCESSES)
-}
-
 /// Bounds of the window share. Some main region always remains so frequency still counts,
 /// and the window keeps at least its initial 1%: a new key needs a little time in the window
 /// to gather the accesses its admission duel weighs. With a window of one entry, where the
@@ -170,14 +150,6 @@ impl HillClimber {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn samples_are_ten_accesses_per_entry_within_bounds() {
-        assert_eq!(sample_accesses(0), MIN_SAMPLE_ACCESSES);
-        assert_eq!(sample_accesses(5_000), 50_000);
-        assert_eq!(sample_accesses(93_440), MAX_SAMPLE_ACCESSES);
-        assert_eq!(sample_accesses(u64::MAX), MAX_SAMPLE_ACCESSES);
-    }
 
     /// A workload whose hit ratio peaks at a window of `best` per mille and falls by 3
     /// points per full step away from it: a gradient above the tolerance.

@@ -62,7 +62,7 @@ pub(crate) struct RawCache<K, V, S> {
     window_per_mille: AtomicU32,
     /// Hit-ratio sampling for the window's hill climbing; writers only `try_lock` it.
     sampler: std::sync::Mutex<Sampler>,
-    /// Accesses per hit-ratio sample (see `climber::sample_accesses`).
+    /// Accesses per hit-ratio sample: ten per expected entry, as Caffeine samples.
     sample_size: u64,
 }
 
