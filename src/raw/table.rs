@@ -788,18 +788,23 @@ mod tests {
         assert_eq!(get(&table, 9), Some(9));
     }
 
+    /// Inserts keys `0..n` under hash 0, so they form one probe run from slot 0.
+    fn fill_one_run(table: &Table<u64, u64>, counts: &mut TableCounts, cells: &mut Cells, n: u64) {
+        let guard = pin();
+        for key in 0..n {
+            let cell = cells.place(Entry::new(key, key, 0, u64::MAX));
+            // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
+            unsafe { table.insert(counts, cell, 0, &guard, |_, _| {}) };
+        }
+    }
+
     /// A writer's probe finds a present key as a reader does, and for a missing key returns
     /// the first free slot of its run (a tombstone before the empty slot ending it).
     #[test]
     fn a_probe_finds_the_key_or_the_first_free_slot_of_its_run() {
         let (table, mut counts, mut cells) = Cells::table(0);
         let guard = pin();
-        // Hash 0 for every key: one run from slot 0.
-        for key in 0..4u64 {
-            let cell = cells.place(Entry::new(key, key, 0, u64::MAX));
-            // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-            unsafe { table.insert(&mut counts, cell, 0, &guard, |_, _| {}) };
-        }
+        fill_one_run(&table, &mut counts, &mut cells, 4);
         let probe = |counts: &TableCounts, key: u64| match table.probe(counts, 0, &key, &guard) {
             Probe::Found(found) => Ok(found.index),
             Probe::Vacant(vacant) => Err(vacant.index),
@@ -827,12 +832,7 @@ mod tests {
     fn a_run_end_removal_leaves_no_tombstones() {
         let (table, mut counts, mut cells) = Cells::table(0);
         let guard = pin();
-        // Hash 0 for every key: one run from slot 0.
-        for key in 0..5u64 {
-            let cell = cells.place(Entry::new(key, key, 0, u64::MAX));
-            // SAFETY: a whole, unpublished entry in a cell of the table's chunks.
-            unsafe { table.insert(&mut counts, cell, 0, &guard, |_, _| {}) };
-        }
+        fill_one_run(&table, &mut counts, &mut cells, 5);
         let remove = |counts: &mut TableCounts, key: u64| {
             let found = table.find(0, &key, &guard).expect("present");
             table.remove_at(counts, found.index, &guard);
