@@ -346,6 +346,58 @@ fn print_comparison(
             &setting,
         );
     }
+    if let Some((rows, means)) = policy_means(traces, find, &MEAN_POLICIES) {
+        let listed: Vec<String> = means
+            .iter()
+            .map(|(policy, mean)| format!("{policy} {mean:.2}"))
+            .collect();
+        println!(
+            "each policy's mean over the {rows} rows all of them ran (moka's rows above OPT included): {}",
+            listed.join(", ")
+        );
+    }
+}
+
+/// The policies whose own means the summary prints: larder and the peers it is judged by.
+const MEAN_POLICIES: [&str; 5] = ["larder", "moka", "moka_bounded", "quick_cache", "lru"];
+
+/// Each policy's mean hit ratio over the rows (trace and size) where every one of
+/// `policies` that ran anywhere ran: the other reading of the goal's "mean at least 2
+/// points above the best of theirs" (larder's mean against each peer's, rather than the
+/// mean of per-row differences). `None` if none of them ran, or no row has them all.
+fn policy_means<'p>(
+    traces: &[Trace],
+    find: &dyn Fn(usize, usize, &str) -> Option<f64>,
+    policies: &[&'p str],
+) -> Option<(usize, Vec<(&'p str, f64)>)> {
+    let rows: Vec<(usize, usize)> = traces
+        .iter()
+        .enumerate()
+        .flat_map(|(index, trace)| trace.sizes.iter().map(move |&size| (index, size)))
+        .collect();
+    let ran: Vec<&str> = policies
+        .iter()
+        .copied()
+        .filter(|p| rows.iter().any(|&(t, s)| find(t, s, p).is_some()))
+        .collect();
+    if ran.is_empty() {
+        return None;
+    }
+    let complete: Vec<(usize, usize)> = rows
+        .into_iter()
+        .filter(|&(t, s)| ran.iter().all(|p| find(t, s, p).is_some()))
+        .collect();
+    if complete.is_empty() {
+        return None;
+    }
+    let means = ran
+        .iter()
+        .map(|&p| {
+            let sum: f64 = complete.iter().filter_map(|&(t, s)| find(t, s, p)).sum();
+            (p, sum / complete.len() as f64)
+        })
+        .collect();
+    Some((complete.len(), means))
 }
 
 /// One row per trace and size: (trace, size, larder's ratio, the best of `peers` not above OPT).
@@ -473,4 +525,40 @@ fn write_plots(
         eprintln!("plot: {}", file.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_means_use_only_rows_every_policy_ran() {
+        let traces = vec![
+            Trace {
+                name: "a".into(),
+                keys: Vec::new(),
+                sizes: vec![10, 20],
+            },
+            Trace {
+                name: "b".into(),
+                keys: Vec::new(),
+                sizes: vec![5],
+            },
+        ];
+        // lru did not run on b at 5, and "arc" ran nowhere: the means cover a's two rows
+        // and list no arc.
+        let find = |trace: usize, size: usize, policy: &str| match (trace, size, policy) {
+            (0, 10, "larder") => Some(50.0),
+            (0, 20, "larder") => Some(70.0),
+            (1, 5, "larder") => Some(0.0),
+            (0, 10, "lru") => Some(40.0),
+            (0, 20, "lru") => Some(50.0),
+            _ => None,
+        };
+        let (rows, means) = policy_means(&traces, &find, &["larder", "lru", "arc"]).unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(means, vec![("larder", 60.0), ("lru", 45.0)]);
+        let nothing = |_: usize, _: usize, _: &str| None;
+        assert!(policy_means(&traces, &nothing, &["larder"]).is_none());
+    }
 }
