@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::load::Loads;
+use crate::load::{IfAbsent, Loads};
 use crate::raw::shard::Departures;
 use crate::raw::RawCache;
 use crate::sync::Guard;
@@ -276,7 +276,8 @@ where
         V: Clone,
     {
         let load = || load().map(Some);
-        let loaded = crate::load::get_or_load(self, &self.loads, key, false, None, load);
+        let loaded =
+            crate::load::get_or_load(self, &self.loads, key, false, None, IfAbsent::LoadOwn, load);
         present(untimed(loaded))
     }
 
@@ -313,6 +314,7 @@ where
             key,
             false,
             deadline,
+            IfAbsent::LoadOwn,
             load,
         ))
     }
@@ -335,6 +337,7 @@ where
             key,
             true,
             None,
+            IfAbsent::Share,
             load,
         ))
     }

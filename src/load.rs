@@ -419,17 +419,31 @@ where
     for_caller
 }
 
+/// What a waiter makes of the load it joined when that load found nothing (a read-through
+/// of a store, whose loader returns `Ok(None)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfAbsent {
+    /// The waiter's own loader could find nothing too (read-through): nothing is its
+    /// answer as well, rather than a second look at the store.
+    Share,
+    /// The waiter's own loader always returns a value (`get_or_insert_with` and its kin,
+    /// which may join a read-through's load of the same key): it looks again and loads, as
+    /// after an abandoned load.
+    LoadOwn,
+}
+
 /// Single-flight: the cached value of `key`, else one caller's load shared with the others.
 /// The loader may find nothing (`Ok(None)`, read-through of a store): then nothing is
-/// cached and the waiters learn it too. `counted`: the caller has just read `key`, missed,
-/// and had that miss counted. With a `deadline`, waiting for another caller's load gives up
-/// then ([`LoadError::TimedOut`]).
+/// cached and the waiters learn it too (what they make of it: `if_absent`). `counted`: the
+/// caller has just read `key`, missed, and had that miss counted. With a `deadline`,
+/// waiting for another caller's load gives up then ([`LoadError::TimedOut`]).
 pub(crate) fn get_or_load<K, V, S, E>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
     counted: bool,
     deadline: Option<std::time::Instant>,
+    if_absent: IfAbsent,
     load: impl FnOnce() -> Result<Option<V>, E>,
 ) -> Result<Option<V>, LoadError<E>>
 where
@@ -461,12 +475,12 @@ where
                         cache.raw().count_joined_load();
                         return Ok(Some(value));
                     }
-                    Ended::Absent => {
+                    Ended::Absent if if_absent == IfAbsent::Share => {
                         cache.raw().count_joined_load();
                         return Ok(None);
                     }
                     // Look again, and perhaps become the loader.
-                    Ended::Abandoned => key = handed_back,
+                    Ended::Absent | Ended::Abandoned => key = handed_back,
                 }
             }
             Step::Lead(registration) => break registration,

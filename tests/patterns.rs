@@ -163,6 +163,33 @@ fn write_through_reads_through_once_per_key() {
     assert_eq!(users.get(&6), Err("database is down".into()));
 }
 
+/// `get_or_insert_with` on the cache under a write-through joins a read-through's load of
+/// the same key; when that load finds nothing in the store, the joined caller runs its own
+/// loader (it used to panic: its loader always returns a value, so "absent" was taken to
+/// be impossible).
+#[test]
+fn get_or_insert_with_joining_a_read_through_that_finds_nothing_loads_its_own() {
+    let db = Sqlite::new();
+    let users = WriteThrough::new(cache(100), Db(Arc::clone(&db)));
+    db.slow_reads.store(true, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| users.get(&1));
+        // The read-through is now in its 100 ms store read.
+        std::thread::sleep(Duration::from_millis(30));
+        let own = users
+            .cache()
+            .get_or_insert_with(1, || "default".to_string());
+        assert_eq!(own, "default");
+        assert_eq!(reader.join().unwrap(), Ok(None));
+    });
+    assert_eq!(users.cache().get(&1).as_deref(), Some("default"));
+    assert_eq!(
+        db.row(1),
+        None,
+        "the cache's own loader writes nothing to the store"
+    );
+}
+
 /// The cache-aside race: a reader loads the old value, a writer replaces it in the store,
 /// then the reader caches what it read. Here the write waits for the load, so the cache ends
 /// with the new value.
@@ -357,4 +384,80 @@ fn flush_returns_while_other_threads_keep_writing() {
         assert_eq!(db.row(10_000).as_deref(), Some("flushed"));
         stop.store(true, Ordering::SeqCst);
     });
+}
+
+/// A value whose `Clone` panics on the write-behind thread (and only there).
+#[derive(Debug, PartialEq)]
+struct BrittleOnTheWorker(u64);
+
+impl Clone for BrittleOnTheWorker {
+    fn clone(&self) -> Self {
+        assert_ne!(
+            std::thread::current().name(),
+            Some("larder-write-behind"),
+            "clone on the write-behind thread"
+        );
+        Self(self.0)
+    }
+}
+
+#[derive(Default)]
+struct Kept(Mutex<std::collections::HashMap<u64, BrittleOnTheWorker>>);
+
+impl Store<u64, BrittleOnTheWorker> for Kept {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<BrittleOnTheWorker>, String> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+
+    fn store(&self, key: &u64, value: &BrittleOnTheWorker) -> Result<(), String> {
+        self.0.lock().unwrap().insert(*key, value.clone());
+        Ok(())
+    }
+
+    fn delete(&self, key: &u64) -> Result<(), String> {
+        self.0.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// When the key's or value's own code panics on the background thread, the thread is gone:
+/// `flush` and later writes panic instead of waiting for it forever (or queueing writes it
+/// will never store), and dropping re-raises the thread's panic.
+#[test]
+fn a_dead_write_behind_thread_makes_flush_and_writes_panic_instead_of_hang() {
+    let cache = Cache::<u64, BrittleOnTheWorker>::builder()
+        .max_entries(100)
+        .build()
+        .unwrap();
+    let store = WriteBehindBuilder::default()
+        .flush_interval(Duration::from_millis(5))
+        .build(cache, Kept::default());
+    store.insert(1, BrittleOnTheWorker(1)).unwrap();
+    // A detached thread, so that a flush that hangs fails the test instead of hanging it.
+    let store = Arc::new(store);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let flusher = Arc::clone(&store);
+    std::thread::spawn(move || {
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flusher.flush()));
+        drop(flusher);
+        done_tx.send(flushed.is_err()).unwrap();
+    });
+    let flush_panicked = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("flush returned or panicked within 10 s");
+    assert!(flush_panicked, "flush claimed the write was stored");
+    let store = Arc::into_inner(store).expect("the flusher's handle is gone once it answered");
+    let insert = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.insert(2, BrittleOnTheWorker(2))
+    }));
+    assert!(insert.is_err(), "a write was queued for a dead thread");
+    assert_eq!(
+        store.cache().get(&2),
+        None,
+        "the refused write left the cache unchanged"
+    );
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(store)));
+    assert!(dropped.is_err(), "drop re-raises the thread's panic");
 }

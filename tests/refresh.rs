@@ -338,3 +338,42 @@ fn a_remove_during_a_load_is_not_undone_by_it() {
         "the old value was not put back after the remove"
     );
 }
+
+/// A value is stamped fresh when its loader returns, and the engine's TTL starts at the
+/// insert, a moment later. In that moment a policy without a grace period must neither
+/// count a stale read nor start a refresh. Here the weigher stretches the moment (it
+/// advances the manual clock by 5 ms), and the read falls 2 ms past the stamp's TTL.
+#[test]
+fn without_a_grace_period_nothing_is_served_stale_between_the_stamp_and_the_engine_ttl() {
+    for refresh in [Refresh::Never, Refresh::Early { beta: 1.0 }] {
+        let clock = ManualClock::new();
+        let weigher_clock = clock.clone();
+        let cache = Cache::<u64, u64>::builder()
+            .max_bytes(1 << 20)
+            .weigher(move |_, _| {
+                weigher_clock.advance(Duration::from_millis(5));
+                8
+            })
+            .clock(clock.clone())
+            .default_ttl(Duration::from_secs(1))
+            .loader(|k: &u64| Ok::<_, ()>(*k))
+            .refresh(refresh)
+            .build()
+            .unwrap();
+        assert_eq!(cache.get(&1), Ok(1));
+        clock.set_nanos(1_002_000_000);
+        assert_eq!(cache.get(&1), Ok(1));
+        // A refresh, had one started, runs on a thread of its own.
+        std::thread::sleep(Duration::from_millis(50));
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.loads, stats.refreshes, stats.stale_served),
+            (1, 0, 0),
+            "{refresh:?}: {stats:?}"
+        );
+        // Once the engine's TTL ends too, the next read loads again.
+        clock.set_nanos(1_010_000_000);
+        assert_eq!(cache.get(&1), Ok(1));
+        assert_eq!(cache.stats().loads, 2, "{refresh:?}");
+    }
+}

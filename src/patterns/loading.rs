@@ -303,7 +303,14 @@ where
             }
             return Ok(stamped.value.clone());
         }
-        // Stale: only reachable with a grace period (otherwise the engine expired it).
+        // Past its freshness. Without a grace period the engine's TTL decides: it started at
+        // the insert, a little after the value was stamped (the insert's wait for the shard
+        // lock, the weigher), so for that moment the engine still holds a value the stamp
+        // calls stale. It is served as it is; the next caller after the engine expires it
+        // loads again.
+        if !matches!(shared.refresh, Refresh::StaleWhileRevalidate { .. }) {
+            return Ok(stamped.value.clone());
+        }
         shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
         if stamped.claim() {
             let this = self.clone();

@@ -171,6 +171,9 @@ struct Queue<K, V> {
     /// in queue order and complete in that order.
     taken: u64,
     closed: bool,
+    /// The background thread died (see [`StopOnUnwind`]): nothing queued will reach the
+    /// store, so writers and flushes must not wait on it.
+    stopped: bool,
     stats: WriteBehindStats,
 }
 
@@ -184,6 +187,7 @@ impl<K, V> Default for Queue<K, V> {
             flushing: 0,
             taken: 0,
             closed: false,
+            stopped: false,
             stats: WriteBehindStats::default(),
         }
     }
@@ -236,8 +240,12 @@ where
     }
 
     /// Queues a write of `key`, waiting for room or refusing as configured.
+    ///
+    /// # Panics
+    /// If the background thread has died: the write could never be stored.
     fn enqueue(&self, key: &K, value: Option<V>) -> Result<(), WriteBehindError<K, V>> {
         let mut queue = self.lock();
+        assert_running(&queue);
         if let Some(waiting) = queue.pending.get_mut(key) {
             *waiting = value;
             queue.stats.coalesced += 1;
@@ -251,6 +259,7 @@ where
                 });
             }
             queue = self.wait(queue, None);
+            assert_running(&queue);
         }
         queue.pending.insert(key.clone(), value);
         queue.order.push_back(key.clone());
@@ -261,6 +270,7 @@ where
 
     /// The background thread: takes batches and writes them until closed and drained.
     fn run(&self) {
+        let _stop_on_unwind = StopOnUnwind(self);
         while let Some(batch) = self.next_batch() {
             self.write(&batch);
             let mut queue = self.lock();
@@ -372,9 +382,43 @@ where
         queue.flushing += 1;
         self.changed.notify_all();
         while queue.stats.written < target {
+            assert_running(&queue);
             queue = self.wait(queue, None);
         }
         queue.flushing -= 1;
+    }
+}
+
+/// Panics if the background thread has died, rather than wait forever for it or queue a
+/// write it will never store.
+fn assert_running<K, V>(queue: &Queue<K, V>) {
+    assert!(
+        !queue.stopped,
+        "the write-behind thread has stopped: a key's or value's Hash, Eq or Clone panicked in it"
+    );
+}
+
+/// Marks the queue stopped and wakes every waiter if the background thread unwinds.
+struct StopOnUnwind<'a, K, V, St, S>(&'a Shared<K, V, St, S>)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher;
+
+impl<K, V, St, S> Drop for StopOnUnwind<'_, K, V, St, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    St: Store<K, V>,
+    S: BuildHasher,
+{
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // `lock` recovers the queue if the panic poisoned it.
+            self.0.lock().stopped = true;
+            self.0.changed.notify_all();
+        }
     }
 }
 
@@ -393,8 +437,9 @@ where
 /// ([`Backpressure`]). Cost: a write is acknowledged before it is durable, so a crash of the
 /// process loses what was queued; and a store that stays down makes `flush`, `close` and
 /// drop wait until it is back. The background thread runs the key's and value's `Hash`,
-/// `Eq` and `Clone`: if one of those panics there, the thread stops, and `close` or drop
-/// re-raises the panic (a panicking store, by contrast, is retried).
+/// `Eq` and `Clone`: if one of those panics there, the thread stops, what was queued is not
+/// stored, later writes and `flush` panic rather than wait for it, and `close` or drop
+/// re-raises the thread's panic (a panicking store, by contrast, is retried).
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -492,6 +537,9 @@ where
     /// # Errors
     /// [`WriteBehindError::QueueFull`] with [`Backpressure::Error`] when the queue is full;
     /// the cache is unchanged.
+    ///
+    /// # Panics
+    /// If the background thread has died (see the type's docs); the cache is unchanged.
     pub fn insert(&self, key: K, value: V) -> Result<(), WriteBehindError<K, V>> {
         self.shared.cache.write_with(key, |key| {
             self.shared.enqueue(key, Some(value.clone()))?;
@@ -503,6 +551,9 @@ where
     ///
     /// # Errors
     /// As [`insert`](Self::insert).
+    ///
+    /// # Panics
+    /// As [`insert`](Self::insert).
     pub fn remove(&self, key: &K) -> Result<(), WriteBehindError<K, V>> {
         self.shared.cache.write_with(key.clone(), |key| {
             self.shared.enqueue(key, None)?;
@@ -512,6 +563,9 @@ where
 
     /// Waits until every write queued before this call has reached the store (retrying
     /// failures as long as it takes). Writes queued meanwhile do not hold it up.
+    ///
+    /// # Panics
+    /// If the background thread has died (see the type's docs).
     pub fn flush(&self) {
         self.shared.drain();
     }
