@@ -23,8 +23,13 @@ const MIN_DEFAULT_SHARD_ENTRIES: u64 = 4096;
 /// Largest `max_entries`: slab ids are `u32` per shard, and memory for more is implausible.
 const MAX_ENTRIES: u64 = 1 << 40;
 
-/// Largest `max_bytes`: leaves headroom so weight sums cannot overflow `u64`.
-const MAX_BYTES: u64 = u64::MAX / 2;
+/// Largest `max_bytes`, 2^48 (256 TiB). Under concurrency the global weight counter can
+/// run over the budget by one entry per insert in flight (each entry weighs at most the
+/// budget) before the evictions catch up, so the headroom to `u64::MAX` must cover many of
+/// them: 2^16 inserts of the whole budget's weight at once. At `u64::MAX / 2`, the
+/// previous limit, three concurrent inserts of about the whole budget into different
+/// shards wrapped the counter, and the cache kept three times its budget at rest.
+const MAX_BYTES: u64 = 1 << 48;
 
 /// Sketch size a cache starts with; sketches grow with the entries they see, so a huge
 /// capacity allocates nothing up front.
@@ -163,6 +168,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// Entries are stored in chunks of memory the cache reuses and frees only when it is
     /// dropped: after a [`clear`](Cache::clear) or a wave of expirations it keeps the room
     /// of the most entries it has held (which the budget bounds), ready for new ones.
+    ///
+    /// `n` may be up to 2^48 (256 TiB); above that [`build`](Self::build) returns
+    /// [`BuildError::CapacityTooLarge`].
     pub fn max_bytes(mut self, n: u64) -> Self {
         self.max_bytes = Some(n);
         self

@@ -13,7 +13,7 @@ pub enum BuildError {
     /// The capacity is zero: such a cache could hold nothing.
     ZeroCapacity,
     /// The capacity is larger than larder can account for (entries above `u32::MAX` per
-    /// shard, or bytes above `u64::MAX / 2`).
+    /// shard, or bytes above 2^48).
     CapacityTooLarge {
         /// The capacity that was asked for.
         requested: u64,

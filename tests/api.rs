@@ -58,6 +58,63 @@ fn builder_rejects_bad_settings_with_clear_errors() {
 }
 
 #[test]
+fn the_largest_byte_budget_builds_and_one_more_byte_is_refused() {
+    assert!(Cache::<u64, u64>::builder()
+        .max_bytes(1 << 48)
+        .build()
+        .is_ok());
+    assert_eq!(
+        Cache::<u64, u64>::builder()
+            .max_bytes((1 << 48) + 1)
+            .build()
+            .unwrap_err(),
+        BuildError::CapacityTooLarge {
+            requested: (1 << 48) + 1
+        }
+    );
+}
+
+/// Entries of nearly the whole (largest) budget, inserted at once from several threads
+/// into different shards: each insert adds its weight before any evicts, and the global
+/// counter must not wrap (it did with a budget of `u64::MAX / 2`: the cache then kept
+/// three such entries at rest).
+#[test]
+fn concurrent_inserts_of_the_whole_largest_budget_end_within_it() {
+    let limit = 1u64 << 48;
+    for trial in 0..300u64 {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_bytes(limit)
+            .shards(64)
+            .weigher(move |_, _| limit - 200)
+            .build()
+            .unwrap();
+        cache.insert(1 << 40, 0).unwrap();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (cache, start) = (cache.clone(), std::sync::Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    cache.insert(t * 7_919 + trial * 13, t).unwrap();
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // One such entry fits. Racing evictions may also take the last one (each insert
+        // sees the counter over and evicts from the shards most over their share), which
+        // costs a miss but never the budget.
+        assert!(
+            cache.len() <= 1 && cache.weighted_size() <= limit,
+            "trial {trial}: {} entries weighing {}",
+            cache.len(),
+            cache.weighted_size()
+        );
+    }
+}
+
+#[test]
 fn huge_capacity_builds_without_allocating_for_it() {
     // 2^40 entries would need terabytes if anything were sized up front.
     let cache: Cache<u64, u64> = Cache::builder().max_entries(1 << 40).build().unwrap();
@@ -462,4 +519,50 @@ fn churn_by_removal_keeps_metadata_bounded() {
         churned <= filled * 2,
         "metadata grew from {filled} to {churned} bytes under removal churn"
     );
+}
+
+/// A clock that panics while `PANICKING` is set (and otherwise reads a fixed time).
+#[derive(Debug, Clone)]
+struct PanickingClock(Arc<std::sync::atomic::AtomicBool>);
+
+impl larder::Clock for PanickingClock {
+    fn now_nanos(&self) -> u64 {
+        assert!(!self.0.load(Ordering::Relaxed), "the clock panics");
+        1
+    }
+}
+
+/// The clock is user code. A TTL-free insert into a shard whose wheel holds an entry reads
+/// it under the shard lock; it used to read it after publishing the entry, so a panic
+/// there skipped the eviction and left the cache over budget, with its weight mirror
+/// stale. Read first, a panic leaves the shard as it was.
+#[test]
+fn a_panicking_clock_under_the_shard_lock_leaves_the_cache_consistent() {
+    let panicking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_entries(4)
+        .shards(1)
+        .clock(PanickingClock(Arc::clone(&panicking)))
+        .build()
+        .unwrap();
+    cache
+        .insert_with_ttl(100, 0, Duration::from_secs(3600))
+        .unwrap();
+    for k in 0..3 {
+        cache.insert(k, k).unwrap();
+    }
+    panicking.store(true, Ordering::Relaxed);
+    let insert = std::panic::catch_unwind(|| cache.insert(50, 50));
+    assert!(insert.is_err());
+    panicking.store(false, Ordering::Relaxed);
+    assert_eq!((cache.len(), cache.weighted_size()), (4, 4));
+    assert_eq!(
+        cache.get(&50),
+        None,
+        "the failed insert left nothing behind"
+    );
+    cache.validate();
+    cache.insert(50, 50).unwrap();
+    assert_eq!(cache.weighted_size(), 4);
+    cache.validate();
 }

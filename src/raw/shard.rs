@@ -237,7 +237,8 @@ where
     /// `budget::Pending`), none when they cancel: a rewrite at the same weight, or a new
     /// key that evicts one of its weight, touches no shared counter. Until then concurrent
     /// writers do not see this insert's weight, which is the documented overshoot.
-    /// `clock` is called only if an expiry must be checked. While the cache is over
+    /// `clock` is called at most once, only if the shard's wheel holds entries, and before
+    /// the shard changes. While the cache is over
     /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
     /// that to other shards).
     ///
@@ -273,6 +274,15 @@ where
         // back from the entry.
         let sketch_hash = u64::from(entry.hash);
         let tally = &self.tally;
+        // Expire first: the clock is user code, and read here, before the shard changes, a
+        // panicking clock leaves the shard as it was (what `Cache`'s `UnwindSafe` promises).
+        // An entry with an expiry is always in the wheel, so a replaced entry's expiry is
+        // checked against this reading (the wheel was not empty).
+        let wheel_busy = state.wheel.len() != 0;
+        let now = if wheel_busy { clock() } else { 0 };
+        if wheel_busy {
+            self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
+        }
         match self
             .table
             .probe(&state.counts, sketch_hash, &entry.key, guard)
@@ -283,7 +293,11 @@ where
                 entry.inherit(old);
                 // The write is an access (see `Policy::on_reweigh`).
                 entry.record_access();
-                let was_expired = old.expires_at != NEVER && old.is_expired_at(clock());
+                debug_assert!(
+                    old.expires_at == NEVER || wheel_busy,
+                    "an expiring entry off the wheel"
+                );
+                let was_expired = old.expires_at != NEVER && old.is_expired_at(now);
                 let was_scheduled = old.expires_at != NEVER;
                 let old_weight = state.slab.reweigh(id, weight);
                 pending.add(weight);
@@ -354,9 +368,6 @@ where
                 }
                 WriteTally::add(&tally.inserts, 1);
             }
-        }
-        if state.wheel.len() != 0 {
-            self.expire_locked(state, clock(), WHEEL_WORK_PER_WRITE, guard, out);
         }
         loop {
             pending.remove(std::mem::take(&mut out.weight));
