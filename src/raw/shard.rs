@@ -89,6 +89,7 @@ fn release_ids<K, V>(state: &mut State<K, V>) {
 /// The policy's view of the shard's entries, lent by the lock holder.
 struct SlabMembers<'a, K, V> {
     slab: &'a Slab,
+    counts: &'a TableCounts,
     table: &'a Table<K, V>,
     guard: &'a Guard,
 }
@@ -97,7 +98,8 @@ impl<'a, K: 'static, V: 'static> SlabMembers<'a, K, V> {
     /// An occupied id's live entry: only the lock holder (who lent us the slab) could
     /// retire it, and it vacates the id first.
     fn entry(&self, id: u32) -> &'a Entry<K, V> {
-        self.table.entry_at(self.slab.slot(id), self.guard)
+        self.table
+            .entry_at(self.counts, self.slab.slot(id), self.guard)
     }
 }
 
@@ -184,9 +186,15 @@ where
     }
 
     /// The policy's view of the entries, for the lock holder that owns `slab`.
-    fn members<'a>(&'a self, slab: &'a Slab, guard: &'a Guard) -> SlabMembers<'a, K, V> {
+    fn members<'a>(
+        &'a self,
+        slab: &'a Slab,
+        counts: &'a TableCounts,
+        guard: &'a Guard,
+    ) -> SlabMembers<'a, K, V> {
         SlabMembers {
             slab,
+            counts,
             table: &self.table,
             guard,
         }
@@ -378,7 +386,11 @@ where
             if !pending.is_over() || state.policy.len() <= 1 || state.weight < budget.share / 2 {
                 break;
             }
-            let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
+            let Some(eviction) =
+                state
+                    .policy
+                    .evict(&self.members(&state.slab, &state.counts, guard))
+            else {
                 // The hands may have released removed ids before finding the shard empty.
                 release_ids(state);
                 break;
@@ -428,7 +440,10 @@ where
     pub(crate) fn evict_one<'g>(&self, guard: &'g Guard, out: &mut Departures<'g, K, V>) -> bool {
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
-        let Some(eviction) = state.policy.evict(&self.members(&state.slab, guard)) else {
+        let Some(eviction) = state
+            .policy
+            .evict(&self.members(&state.slab, &state.counts, guard))
+        else {
             release_ids(state);
             return false;
         };
@@ -472,7 +487,7 @@ where
             return true;
         }
         let mut expired = Vec::new();
-        let members = self.members(&state.slab, guard);
+        let members = self.members(&state.slab, &state.counts, guard);
         let expiry_of = |id| members.entry(id).expires_at;
         let done = state.wheel.advance(now, max_work, expiry_of, &mut expired);
         for id in expired {
@@ -624,7 +639,7 @@ where
             let id = entry.id();
             let slot = state.slab.slot(id);
             assert!(
-                std::ptr::eq(self.table.entry_at(slot, guard), entry),
+                std::ptr::eq(self.table.entry_at(&state.counts, slot, guard), entry),
                 "slab id {id} does not point back"
             );
             table_weight += state.slab.weight(id);

@@ -341,9 +341,15 @@ impl<K: 'static, V: 'static> Table<K, V> {
     }
 
     /// The entry in slot `index`, which must hold one (an index the slab recorded, under
-    /// the lock that keeps it current).
+    /// the lock that keeps it current). `counts` proves the caller holds that lock: the
+    /// Relaxed load below is only current for the lock holder.
     #[inline]
-    pub(crate) fn entry_at<'g>(&self, index: usize, guard: &'g Guard) -> &'g Entry<K, V> {
+    pub(crate) fn entry_at<'g>(
+        &self,
+        _counts: &TableCounts,
+        index: usize,
+        guard: &'g Guard,
+    ) -> &'g Entry<K, V> {
         let slot = self.slots(guard).slots[index].load(Ordering::Relaxed);
         // A real check: a stale slot index must fail loudly rather than read a cell that
         // holds no entry.
@@ -768,7 +774,7 @@ mod tests {
             slot_of.insert(key as u32, slot);
             for (&id, &slot) in &slot_of {
                 // SAFETY: every inserted entry is live in the table while `guard` is pinned.
-                assert_eq!(table.entry_at(slot, &guard).id(), id);
+                assert_eq!(table.entry_at(&counts, slot, &guard).id(), id);
             }
         }
     }
