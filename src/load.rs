@@ -252,30 +252,40 @@ where
 /// callers that waited, `None` removes the key (they look again).
 fn finish_write<K, V, S>(
     cache: &Cache<K, V, S>,
-    mut registration: Registration<'_, K, V>,
-    key: &K,
+    registration: Registration<'_, K, V>,
     outcome: Option<V>,
 ) where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    let Some(value) = outcome else {
-        // Remove under the loads lock, as `publish` inserts: a newcomer then finds the
-        // registration or the key gone. The listener runs after the lock is released.
-        let guard = crate::sync::pin();
-        let mut departed = cache.raw().departures();
-        {
-            let mut table = lock(registration.loads.shard(registration.hash));
-            registration.unregister(&mut table);
-            cache.raw().remove(key, &guard, &mut departed);
-        }
-        // Waiters look again: the key is gone, so one of them loads it.
-        registration.end(Outcome::Abandoned);
-        cache.raw().finish(departed);
-        return;
-    };
-    publish(cache, registration, value, None);
+    match outcome {
+        Some(value) => drop(publish(cache, registration, value, None)),
+        None => withdraw(cache, registration),
+    }
+}
+
+/// Ends a registration by removing its key from the cache: what a write of "no value"
+/// publishes, and what a publish that cannot clone its value leaves (the write it ends may
+/// already be in the store, so the older cached value must not stay).
+fn withdraw<K, V, S>(cache: &Cache<K, V, S>, mut registration: Registration<'_, K, V>)
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    // Remove under the loads lock, as `publish` inserts: a newcomer then finds the
+    // registration or the key gone. The listener runs after the lock is released.
+    let guard = crate::sync::pin();
+    let mut departed = cache.raw().departures();
+    {
+        let mut table = lock(registration.loads.shard(registration.hash));
+        let key = registration.unregister(&mut table);
+        cache.raw().remove(&key, &guard, &mut departed);
+    }
+    // Waiters look again: the key is gone, so one of them loads it.
+    registration.end(Outcome::Abandoned);
+    cache.raw().finish(departed);
 }
 
 /// Runs `write` with exclusive hold of `key` against every load and write of it through
@@ -305,7 +315,7 @@ where
         }
     };
     let outcome = write(&key)?;
-    finish_write(cache, registration, &key, outcome);
+    finish_write(cache, registration, outcome);
     Ok(())
 }
 
@@ -330,8 +340,8 @@ where
             Claim::Busy(slot) => drop(std::future::poll_fn(|cx| slot.poll_wait(cx)).await),
         }
     };
-    let outcome = write(key.clone()).await?;
-    finish_write(cache, registration, &key, outcome);
+    let outcome = write(key).await?;
+    finish_write(cache, registration, outcome);
     Ok(())
 }
 
@@ -396,10 +406,19 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    // Clone first: a panicking `Clone` then leaves nothing half done (the registration's
-    // drop releases the waiters).
-    let for_waiters = value.clone();
-    let for_caller = value.clone();
+    // Clone first, so a panicking `Clone` leaves nothing half done: the key leaves the cache
+    // (a write-through's store may already hold this value, so an older cached one must not
+    // stay), the waiters are released and look again, and the panic goes on to the caller.
+    let clones = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (value.clone(), value.clone())
+    }));
+    let (for_waiters, for_caller) = match clones {
+        Ok(clones) => clones,
+        Err(panic) => {
+            withdraw(cache, registration);
+            std::panic::resume_unwind(panic);
+        }
+    };
     let guard = crate::sync::pin();
     // Unregister and publish to the cache under the shard's lock: a newcomer then finds
     // either the registration or the cached value, so loads of one key never run twice.

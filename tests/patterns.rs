@@ -461,3 +461,81 @@ fn a_dead_write_behind_thread_makes_flush_and_writes_panic_instead_of_hang() {
     let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(store)));
     assert!(dropped.is_err(), "drop re-raises the thread's panic");
 }
+
+/// A value whose `Clone` panics once `armed` is set.
+#[derive(Debug)]
+struct Armed {
+    value: u64,
+    armed: Arc<AtomicBool>,
+}
+
+impl Clone for Armed {
+    fn clone(&self) -> Self {
+        assert!(!self.armed.load(Ordering::SeqCst), "clone while armed");
+        Self {
+            value: self.value,
+            armed: Arc::clone(&self.armed),
+        }
+    }
+}
+
+/// Stores by cloning, then arms values from 2 on: the clones that follow, when the write
+/// is published to the cache, panic.
+#[derive(Default)]
+struct ArmsAfterStoring(Mutex<std::collections::HashMap<u64, Armed>>);
+
+impl Store<u64, Armed> for ArmsAfterStoring {
+    type Error = String;
+
+    fn load(&self, key: &u64) -> Result<Option<Armed>, String> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+
+    fn store(&self, key: &u64, value: &Armed) -> Result<(), String> {
+        self.0.lock().unwrap().insert(*key, value.clone());
+        // Values from 2 on: the first write of the test goes through whole.
+        if value.value >= 2 {
+            value.armed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn delete(&self, key: &u64) -> Result<(), String> {
+        self.0.lock().unwrap().remove(key);
+        Ok(())
+    }
+}
+
+/// A write-through whose value's `Clone` panics after the store took the write: the store
+/// holds the new value, so the cache must not keep serving the old one.
+#[test]
+fn a_write_through_whose_clone_panics_after_storing_drops_the_old_cached_value() {
+    let cache = Cache::<u64, Armed>::builder()
+        .max_entries(100)
+        .build()
+        .unwrap();
+    let users = WriteThrough::new(cache, ArmsAfterStoring::default());
+    let armed = Arc::new(AtomicBool::new(false));
+    let old = Armed {
+        value: 1,
+        armed: Arc::clone(&armed),
+    };
+    users.insert(7, old).unwrap();
+    assert_eq!(users.cache().get(&7).map(|a| a.value), Some(1));
+    let new = Armed {
+        value: 2,
+        armed: Arc::clone(&armed),
+    };
+    let write = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| users.insert(7, new)));
+    assert!(write.is_err(), "the clone's panic reaches the writer");
+    armed.store(false, Ordering::SeqCst);
+    assert!(
+        users.cache().get(&7).is_none(),
+        "the old value left the cache"
+    );
+    assert_eq!(
+        users.get(&7).unwrap().map(|a| a.value),
+        Some(2),
+        "read from the store"
+    );
+}

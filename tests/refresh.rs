@@ -377,3 +377,50 @@ fn without_a_grace_period_nothing_is_served_stale_between_the_stamp_and_the_engi
         assert_eq!(cache.stats().loads, 2, "{refresh:?}");
     }
 }
+
+/// Set to make [`FragileKey`]'s `Clone` panic.
+static KEY_CLONE_PANICS: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FragileKey(u64);
+
+impl Clone for FragileKey {
+    fn clone(&self) -> Self {
+        assert!(
+            !KEY_CLONE_PANICS.load(Ordering::SeqCst),
+            "the key's clone panics"
+        );
+        Self(self.0)
+    }
+}
+
+/// A stale read claims the entry's refresh, then clones the key for the refreshing thread.
+/// If that clone panics, the claim is released: the next stale read refreshes, rather than
+/// none until the grace period ends.
+#[test]
+fn a_panic_while_starting_a_background_refresh_releases_the_claim() {
+    let clock = ManualClock::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let loads = Arc::clone(&loads);
+        Cache::<FragileKey, usize>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .loader(move |_key: &FragileKey| Ok::<_, ()>(loads.fetch_add(1, Ordering::SeqCst)))
+            .refresh(Refresh::StaleWhileRevalidate {
+                grace: Duration::from_secs(5),
+            })
+            .build()
+            .unwrap()
+    };
+    assert_eq!(cache.get(&FragileKey(1)), Ok(0));
+    clock.advance(Duration::from_secs(12)); // past the TTL, within the grace period
+    KEY_CLONE_PANICS.store(true, Ordering::SeqCst);
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.get(&FragileKey(1))));
+    KEY_CLONE_PANICS.store(false, Ordering::SeqCst);
+    assert!(read.is_err(), "the clone's panic reaches the reader");
+    assert_eq!(cache.get(&FragileKey(1)), Ok(0), "still served stale");
+    eventually(|| cache.get(&FragileKey(1)) == Ok(1));
+    assert_eq!(cache.stats().refreshes, 1);
+}

@@ -313,12 +313,17 @@ where
         }
         shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
         if stamped.claim() {
+            // Until the thread's refresh owns the claim, a panic here (the key's `Clone`, a
+            // thread the system refuses) releases it: otherwise the entry would get no
+            // refresh until its grace period ended.
+            let claimed = Release(&stamped.refreshing);
             let this = self.clone();
             let key = key.clone();
             let stale = Arc::clone(&stamped);
             std::thread::spawn(move || {
                 this.refresh_in_line(&key, &stale);
             });
+            std::mem::forget(claimed);
         }
         Ok(stamped.value.clone())
     }
