@@ -568,3 +568,28 @@ fn a_panicking_clock_under_the_shard_lock_leaves_the_cache_consistent() {
     assert_eq!(cache.weighted_size(), 4);
     cache.validate();
 }
+
+/// An entry without a TTL never expires, even with the clock at its very end (`u64::MAX`
+/// nanoseconds, the value that stands for "never"): `remove` returns it as removed.
+#[test]
+fn an_entry_without_ttl_is_removed_not_expired_at_the_clock_s_end() {
+    let clock = ManualClock::new();
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_entries(10)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    cache.insert(2, 2).unwrap();
+    clock.set_nanos(u64::MAX);
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.remove(&1), Some(1));
+    assert_eq!((cache.stats().removals, cache.stats().expirations), (1, 0));
+    cache.clear();
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.removals, stats.expirations),
+        (2, 0),
+        "clear removes, not expires"
+    );
+}

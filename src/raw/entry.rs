@@ -77,10 +77,11 @@ impl<K, V> Entry<K, V> {
         self.id_reads.store(reads | id, Ordering::Relaxed);
     }
 
-    /// True once `now` has reached the expiry time.
+    /// True once `now` has reached the expiry time; never for an entry without one (even
+    /// at `now == u64::MAX`, which equals `NEVER`).
     #[inline]
     pub(crate) fn is_expired_at(&self, now: u64) -> bool {
-        now >= self.expires_at
+        self.expires_at != NEVER && now >= self.expires_at
     }
 
     /// Notes a read. Loads first so a saturated (hot) entry is never written again.

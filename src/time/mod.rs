@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 /// [`MonotonicClock`] (`Instant`, a vDSO call on Linux) costs nothing on TTL-free caches.
 /// A clock that stops makes entries live longer; a clock that jumps forward expires them
 /// early. Neither corrupts the cache. A clock must not go backwards by more than it has
-/// already advanced (values are compared, never subtracted below zero).
+/// already advanced (values are compared, never subtracted below zero). One that does go
+/// back corrupts nothing either, and reads never return an entry past its expiry by the
+/// clock's reading, but the expiry wheel keeps its highest reading: entries that fall due
+/// while the clock stands below it are reaped (counted as expirations, handed to the
+/// eviction listener) only once the clock passes that reading again, or evicted before.
 pub trait Clock: Send + Sync + Debug + 'static {
     /// The current time in nanoseconds.
     fn now_nanos(&self) -> u64;
