@@ -606,3 +606,45 @@ async fn a_redis_that_refuses_tracking_gets_the_pubsub_fallback() {
     assert!(a.is_tracked() && b.is_tracked());
     tiers_invalidate_each_other(&a, &b).await;
 }
+
+/// A caller that gives up on `insert` (a request timeout, `select!`) after the SET was sent:
+/// Redis still takes the write and, since a connection gets no invalidation for its own
+/// writes (`NOLOOP`), L1 must drop the old value itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_insert_leaves_no_old_value_in_l1() {
+    let server = Server::start();
+    let a = tier(&server.url()).await;
+    assert_eq!(a.get_or_load(1, load("old")).await.unwrap(), "old");
+    server.signal("-STOP");
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(30), a.insert(1, "new".to_string())).await;
+    assert!(cancelled.is_err(), "the caller gave up");
+    server.signal("-CONT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg("t:1")
+        .query(&mut server.client())
+        .unwrap();
+    let stored: String = rmp_serde::from_slice(&stored).unwrap();
+    assert_eq!(stored, "new", "the write reached Redis");
+    assert_eq!(a.get(&1).await.as_deref(), Some("new"));
+}
+
+/// The same for `invalidate`: the delete reaches Redis, and L1 must not keep the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_invalidate_leaves_no_deleted_value_in_l1() {
+    let server = Server::start();
+    let a = tier(&server.url()).await;
+    assert_eq!(a.get_or_load(1, load("old")).await.unwrap(), "old");
+    server.signal("-STOP");
+    let cancelled = tokio::time::timeout(Duration::from_millis(30), a.invalidate(&1)).await;
+    assert!(cancelled.is_err(), "the caller gave up");
+    server.signal("-CONT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("t:1")
+        .query(&mut server.client())
+        .unwrap();
+    assert!(!exists, "the delete reached Redis");
+    assert_eq!(a.get(&1).await, None);
+}

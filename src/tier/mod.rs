@@ -458,6 +458,35 @@ struct Shared<K, V, C, S> {
     pubsub: AtomicBool,
 }
 
+/// Drops `key` from L1 if a write's future is dropped (its caller gave up: a timeout,
+/// `select!`) while the write is in flight. The write may still reach Redis, which reports
+/// no change to the connection that made it (`NOLOOP`), and the cancelled L1 write leaves
+/// the old value: without this, L1 would serve it until its TTL. A write that completes
+/// forgets the guard and settles L1 itself.
+struct DropOnCancel<'a, K, V, C, S>
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    shared: &'a Shared<K, V, C, S>,
+    key: &'a K,
+}
+
+impl<K, V, C, S> Drop for DropOnCancel<'_, K, V, C, S>
+where
+    K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        self.shared.coherence.invalidate(self.key);
+        self.shared.l1.remove(self.key);
+    }
+}
+
 impl<K, V, C, S> Drop for Shared<K, V, C, S> {
     fn drop(&mut self) {
         // The tracking task holds only a weak handle: woken, it finds the tier gone and ends.
@@ -608,6 +637,7 @@ where
         let shared = &self.shared;
         let bytes = shared.codec.encode(&value).map_err(TierError::Codec)?;
         let redis_key = shared.redis_key(&key);
+        let cancelled = DropOnCancel { shared, key: &key };
         let written = shared
             .l1
             .write_with_async(key.clone(), |_| async {
@@ -618,6 +648,7 @@ where
                 shared.l2_call(set).await.map(|()| Some(value))
             })
             .await;
+        std::mem::forget(cancelled);
         // Redis sends no invalidation for this connection's own writes (`NOLOOP`): void the
         // fills that read the old value before it (a `get_many` reads outside the key's
         // single flight).
@@ -638,6 +669,7 @@ where
     pub async fn invalidate(&self, key: &K) -> Result<(), TierError> {
         let shared = &self.shared;
         let redis_key = shared.redis_key(key);
+        let cancelled = DropOnCancel { shared, key };
         let deleted = shared
             .l1
             .write_with_async(key.clone(), |_| async {
@@ -651,6 +683,7 @@ where
                     .map(|()| None)
             })
             .await;
+        std::mem::forget(cancelled);
         // As in `insert`: no invalidation comes back for our own delete.
         shared.coherence.invalidate(key);
         shared.l1.remove(key);
