@@ -648,3 +648,29 @@ async fn a_cancelled_invalidate_leaves_no_deleted_value_in_l1() {
     assert!(!exists, "the delete reached Redis");
     assert_eq!(a.get(&1).await, None);
 }
+
+/// A key under the prefix holding another Redis type answers `GET` with `WRONGTYPE`: a miss
+/// for that key only. Redis answered, so the breaker (3 failures here) stays closed and the
+/// other keys are still read from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_redis_type_is_a_miss_and_leaves_the_breaker_closed() {
+    let server = Server::start();
+    let a = tier(&server.url()).await;
+    let mut c = server.client();
+    let one = rmp_serde::to_vec_named("one").unwrap();
+    let _: () = redis::cmd("SET").arg("t:1").arg(one).query(&mut c).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("t:9")
+        .arg("f")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(a.get(&9).await, None);
+    }
+    assert!(
+        !a.l2_is_shut_off(),
+        "a per-key data error opened the breaker"
+    );
+    assert_eq!(a.get(&1).await.as_deref(), Some("one"));
+}

@@ -69,6 +69,18 @@ fn reads<'k>(keys: impl Iterator<Item = &'k [u8]>) -> Pipeline {
     pipe
 }
 
+/// What one key's pair of replies to [`reads`] found. A reply that is an error or of an
+/// unexpected shape (another type stored under the key: `WRONGTYPE`) is a miss for that key
+/// only: Redis answered, so the call did not fail (and the breaker hears a success).
+fn found_in(replies: &[Value]) -> Found {
+    let [value, pttl] = replies else {
+        return None;
+    };
+    let value = redis::from_redis_value_ref(value).ok().flatten();
+    let pttl = redis::from_redis_value_ref(pttl).unwrap_or(-2);
+    found(value, pttl)
+}
+
 fn found(value: Option<Vec<u8>>, pttl: i64) -> Found {
     value.map(|bytes| {
         // -1: no expiry; -2 (gone between the two commands) is covered by `value`.
@@ -167,9 +179,8 @@ impl L2 {
     /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
     pub(crate) async fn get(&self, key: &[u8]) -> Result<Found, L2Error> {
         let pipe = reads(std::iter::once(key));
-        let (value, pttl): (Option<Vec<u8>>, i64) =
-            self.call(|c| async move { query(c, &pipe).await }).await?;
-        Ok(found(value, pttl))
+        let replies: Vec<Value> = self.call(|c| async move { query(c, &pipe).await }).await?;
+        Ok(found_in(&replies))
     }
 
     /// [`get`](Self::get) for each of `keys`, in one round of requests: one pipeline on a
@@ -223,14 +234,7 @@ impl L2 {
         for (group, reply) in groups.iter().zip(replies) {
             let Some(values) = reply else { continue };
             for (&i, pair) in group.iter().zip(values.chunks(2)) {
-                out[i] = Some(match pair {
-                    [value, pttl] => {
-                        let value = redis::from_redis_value_ref(value).ok().flatten();
-                        let pttl = redis::from_redis_value_ref(pttl).unwrap_or(-2);
-                        found(value, pttl)
-                    }
-                    _ => None,
-                });
+                out[i] = Some(found_in(pair));
             }
         }
         Ok(out)
