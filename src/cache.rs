@@ -418,10 +418,12 @@ where
         crate::load::get_or_load_async(self, &self.loads, key, true, load).await
     }
 
-    /// The future form of [`write_with`](Self::write_with).
+    /// The future form of [`write_with`](Self::write_with), caching the written value for
+    /// `ttl` (`None`: the default TTL).
     pub(crate) async fn write_with_async<E, Fut>(
         &self,
         key: K,
+        ttl: Option<Duration>,
         write: impl FnOnce(K) -> Fut,
     ) -> Result<(), E>
     where
@@ -429,7 +431,8 @@ where
         V: Clone,
         Fut: Future<Output = Result<Option<V>, E>>,
     {
-        crate::load::write_exclusive_async(self, &self.loads, key, write).await
+        let ttl = ttl.map(duration_to_nanos);
+        crate::load::write_exclusive_async(self, &self.loads, key, ttl, write).await
     }
 
     /// Runs `write` holding `key` exclusively against every load and write of it through

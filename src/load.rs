@@ -254,13 +254,14 @@ fn finish_write<K, V, S>(
     cache: &Cache<K, V, S>,
     registration: Registration<'_, K, V>,
     outcome: Option<V>,
+    ttl: Option<u64>,
 ) where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
     match outcome {
-        Some(value) => drop(publish(cache, registration, value, None)),
+        Some(value) => drop(publish(cache, registration, value, ttl)),
         None => withdraw(cache, registration),
     }
 }
@@ -315,16 +316,18 @@ where
         }
     };
     let outcome = write(&key)?;
-    finish_write(cache, registration, outcome);
+    finish_write(cache, registration, outcome, None);
     Ok(())
 }
 
-/// The future form of [`write_exclusive`]. Cancelling it before `write` completes leaves
-/// the cache unchanged and releases the waiters.
+/// The future form of [`write_exclusive`], caching the written value for `ttl` nanoseconds
+/// (`None`: the cache's default). Cancelling it before `write` completes leaves the cache
+/// unchanged and releases the waiters.
 pub(crate) async fn write_exclusive_async<K, V, S, E, Fut>(
     cache: &Cache<K, V, S>,
     loads: &Loads<K, V>,
     key: K,
+    ttl: Option<u64>,
     write: impl FnOnce(K) -> Fut,
 ) -> Result<(), E>
 where
@@ -341,7 +344,7 @@ where
         }
     };
     let outcome = write(key).await?;
-    finish_write(cache, registration, outcome);
+    finish_write(cache, registration, outcome, ttl);
     Ok(())
 }
 

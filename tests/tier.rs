@@ -674,3 +674,31 @@ async fn a_key_of_another_redis_type_is_a_miss_and_leaves_the_breaker_closed() {
     );
     assert_eq!(a.get(&1).await.as_deref(), Some("one"));
 }
+
+/// `insert` caches its value in L1 for no longer than its Redis copy lives (and the L1 TTL
+/// cap). In pub/sub mode Redis reports no expiry, so an L1 copy cached for L1's own default
+/// TTL (none here) outlived the key in Redis and hid the newer value another tier loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inserted_value_does_not_outlive_its_redis_copy_under_pubsub() {
+    let server = Server::start();
+    let build = || async {
+        let l1 = Cache::builder().max_entries(100).build().unwrap();
+        TieredCache::<u64, String>::builder(l1, &server.url())
+            .prefix(PREFIX)
+            .l2_ttl(Duration::from_millis(500))
+            .invalidations(Invalidations::PubSub)
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (build().await, build().await);
+    a.insert(1, "v1".to_string()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("t:1")
+        .query(&mut server.client())
+        .unwrap();
+    assert!(!exists, "expired in Redis");
+    assert_eq!(b.get_or_load(1, load("v2")).await.unwrap(), "v2");
+    assert_eq!(a.get(&1).await.as_deref(), Some("v2"));
+}

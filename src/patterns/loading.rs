@@ -429,7 +429,10 @@ where
             *newest_ref.lock().unwrap_or_else(|e| e.into_inner()) = fresh.value.clone();
             Ok(Some(fresh))
         };
-        let _ = shared.cache.write_with_async(key.clone(), write).await;
+        let _ = shared
+            .cache
+            .write_with_async(key.clone(), None, write)
+            .await;
         newest.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 

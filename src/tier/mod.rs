@@ -638,9 +638,13 @@ where
         let bytes = shared.codec.encode(&value).map_err(TierError::Codec)?;
         let redis_key = shared.redis_key(&key);
         let cancelled = DropOnCancel { shared, key: &key };
+        // As for a fill: L1's copy lives no longer than Redis's, nor than the L1 TTL cap
+        // (shorter while untracked, and in pub/sub mode, where no expiry is reported).
+        let ticket = shared.coherence.ticket(&key);
+        let ttl = shared.l1_ttl_for(ticket, Some(shared.l2_ttl));
         let written = shared
             .l1
-            .write_with_async(key.clone(), |_| async {
+            .write_with_async(key.clone(), Some(ttl), |_| async {
                 let notice = shared.notice(&redis_key);
                 let set = shared
                     .l2
@@ -649,6 +653,10 @@ where
             })
             .await;
         std::mem::forget(cancelled);
+        // An invalidation of the key (another process wrote it after this SET) or a change
+        // of tracking while the write was in flight was applied to L1 before this value
+        // got there: the value may be stale already.
+        let overtaken = !shared.coherence.unchanged_since(ticket);
         // Redis sends no invalidation for this connection's own writes (`NOLOOP`): void the
         // fills that read the old value before it (a `get_many` reads outside the key's
         // single flight).
@@ -657,6 +665,9 @@ where
             // The write may have reached Redis before the reply was lost: drop L1's copy.
             shared.l1.remove(&key);
             return Err(e.into());
+        }
+        if overtaken {
+            shared.l1.remove(&key);
         }
         Ok(())
     }
@@ -672,7 +683,7 @@ where
         let cancelled = DropOnCancel { shared, key };
         let deleted = shared
             .l1
-            .write_with_async(key.clone(), |_| async {
+            .write_with_async(key.clone(), None, |_| async {
                 shared
                     .l2_call(
                         shared
