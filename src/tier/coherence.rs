@@ -106,9 +106,40 @@ impl Coherence {
     }
 
     /// Tracking is on again, on a new connection.
+    #[cfg(test)]
     pub(crate) fn regain_tracking(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.tracked.store(true, Ordering::SeqCst);
+    }
+
+    /// The current generation, read before turning tracking on (see
+    /// [`Coherence::regain_tracking_since`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Tracking is on again, on a connection that was turned on after `seen` was read:
+    /// unless the connection dropped (or anything else changed the generation) since, which
+    /// leaves tracking off and returns false. Setting it anyway would have the tier believe
+    /// a new, untracked connection tracks, with no one left to turn it on.
+    pub(crate) fn regain_tracking_since(&self, seen: u64) -> bool {
+        let next = seen.wrapping_add(1);
+        let exchanged =
+            self.generation
+                .compare_exchange(seen, next, Ordering::SeqCst, Ordering::SeqCst);
+        if exchanged.is_err() {
+            return false;
+        }
+        self.tracked.store(true, Ordering::SeqCst);
+        // A loss between the exchange and the store found tracking still off, and so left
+        // it as it was: undo, and move the generation on so that no fill keeps the tracked
+        // TTL a ticket may have read in between.
+        if self.generation.load(Ordering::SeqCst) != next {
+            self.tracked.store(false, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     pub(crate) fn is_tracked(&self) -> bool {
@@ -141,5 +172,22 @@ mod tests {
         let ticket = coherence.ticket(&"a");
         coherence.invalidate_all();
         assert!(!coherence.unchanged_since(ticket), "flushed");
+    }
+
+    /// The tracking task reads the generation, turns tracking on, then regains: a
+    /// disconnection in between (its push lost tracking while it was still off) must leave
+    /// the tier untracked, so the task tries again.
+    #[test]
+    fn a_loss_while_turning_tracking_on_keeps_it_off() {
+        let coherence = Coherence::new();
+        let seen = coherence.generation();
+        assert!(!coherence.lose_tracking(), "not tracked yet");
+        assert!(!coherence.regain_tracking_since(seen));
+        assert!(!coherence.is_tracked());
+        let seen = coherence.generation();
+        let ticket = coherence.ticket(&"a");
+        assert!(coherence.regain_tracking_since(seen));
+        assert!(coherence.is_tracked());
+        assert!(!coherence.unchanged_since(ticket), "regained tracking");
     }
 }

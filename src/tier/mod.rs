@@ -823,6 +823,8 @@ where
     /// In pub/sub mode, or once Redis refuses tracking, subscribes to the tiers' channel.
     async fn try_enable_tracking(&self) -> bool {
         let openings = self.openings.replacing();
+        // A disconnection from here on must keep tracking off (see `regain_tracking_since`).
+        let generation = self.coherence.generation();
         let enabled = if self.pubsub.load(Ordering::SeqCst) {
             self.subscribe().await
         } else {
@@ -844,7 +846,9 @@ where
                 self.openings.set_tracked(nodes);
                 // Whatever L1 filled while untracked may have missed invalidations.
                 self.l1.clear();
-                self.coherence.regain_tracking();
+                if !self.coherence.regain_tracking_since(generation) {
+                    return false;
+                }
                 Counters::bump(&self.counters.tracking_enabled);
                 true
             }
