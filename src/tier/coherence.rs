@@ -87,6 +87,12 @@ impl Coherence {
             && self.generation.load(Ordering::SeqCst) == ticket.generation
     }
 
+    /// Whether tracking neither dropped nor came back (and nothing was flushed) since
+    /// `ticket`; invalidations of single keys do not count.
+    pub(crate) fn generation_unchanged_since(&self, ticket: Ticket) -> bool {
+        self.generation.load(Ordering::SeqCst) == ticket.generation
+    }
+
     /// Called for each invalidated key, before dropping it from L1.
     pub(crate) fn invalidate<K: Hash>(&self, key: &K) {
         self.stripes[self.stripe(key)].fetch_add(1, Ordering::SeqCst);

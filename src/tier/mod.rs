@@ -640,8 +640,10 @@ where
         let cancelled = DropOnCancel { shared, key: &key };
         // As for a fill: L1's copy lives no longer than Redis's, nor than the L1 TTL cap
         // (shorter while untracked, and in pub/sub mode, where no expiry is reported).
-        let ticket = shared.coherence.ticket(&key);
-        let ttl = shared.l1_ttl_for(ticket, Some(shared.l2_ttl));
+        let started = shared.coherence.ticket(&key);
+        let ttl = shared.l1_ttl_for(started, Some(shared.l2_ttl));
+        // What the coherence counters read once Redis took the write.
+        let stored = std::sync::OnceLock::new();
         let written = shared
             .l1
             .write_with_async(key.clone(), Some(ttl), |_| async {
@@ -649,24 +651,33 @@ where
                 let set = shared
                     .l2
                     .set(&redis_key, &bytes, shared.l2_ttl, notice.as_ref());
-                shared.l2_call(set).await.map(|()| Some(value))
+                shared.l2_call(set).await.map(|()| {
+                    // Redis sends no invalidation for this connection's own writes
+                    // (`NOLOOP`): void the fills that read the old value before this SET (a
+                    // `get_many` reads outside the key's single flight), before this value
+                    // reaches L1, so that one landing after it is dropped when it settles.
+                    shared.coherence.invalidate(&key);
+                    let _ = stored.set(shared.coherence.ticket(&key));
+                    Some(value)
+                })
             })
             .await;
         std::mem::forget(cancelled);
-        // An invalidation of the key (another process wrote it after this SET) or a change
-        // of tracking while the write was in flight was applied to L1 before this value
-        // got there: the value may be stale already.
-        let overtaken = !shared.coherence.unchanged_since(ticket);
-        // Redis sends no invalidation for this connection's own writes (`NOLOOP`): void the
-        // fills that read the old value before it (a `get_many` reads outside the key's
-        // single flight).
-        shared.coherence.invalidate(&key);
         if let Err(e) = written {
-            // The write may have reached Redis before the reply was lost: drop L1's copy.
+            // The write may have reached Redis before the reply was lost: void the fills
+            // that read the old value and drop L1's copy.
+            shared.coherence.invalidate(&key);
             shared.l1.remove(&key);
             return Err(e.into());
         }
-        if overtaken {
+        // An invalidation of the key (another process wrote it after this SET), or a change
+        // of tracking, may have reached L1 before this value did: then it may be stale
+        // already (and, untracked, cached for too long).
+        let current = stored
+            .get()
+            .is_some_and(|&stored| shared.coherence.unchanged_since(stored))
+            && shared.coherence.generation_unchanged_since(started);
+        if !current {
             shared.l1.remove(&key);
         }
         Ok(())
