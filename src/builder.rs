@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::raw::{Config, Listener, RawCache, Weigher};
+use crate::raw::{Config, Listener, RawCache, Weigher, SHARD_ENTRY_LIMIT};
 use crate::time::{duration_to_nanos, Clock, MonotonicClock};
 use crate::{BuildError, Cache, RemovalCause};
 
@@ -20,8 +20,9 @@ pub const MAX_SHARDS: usize = 256;
 /// those caches into 2 to 8 shards.
 const MIN_DEFAULT_SHARD_ENTRIES: u64 = 4096;
 
-/// Largest `max_entries`: slab ids are `u32` per shard, and memory for more is implausible.
-const MAX_ENTRIES: u64 = 1 << 40;
+/// Largest `max_entries`, 2^36: [`MAX_SHARDS`] shards of `SHARD_ENTRY_LIMIT` (2^28)
+/// entries each (a shard's entries are numbered by 29-bit ids).
+const MAX_ENTRIES: u64 = MAX_SHARDS as u64 * SHARD_ENTRY_LIMIT as u64;
 
 /// Largest `max_bytes`, 2^48 (256 TiB). Under concurrency the global weight counter can
 /// run over the budget by one entry per insert in flight (each entry weighs at most the
@@ -63,6 +64,8 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     hasher: S,
     clock: Option<Arc<dyn Clock>>,
     listener: Option<Listener<K, V>>,
+    /// Most entries per shard: `SHARD_ENTRY_LIMIT`, lowered only by tests.
+    shard_entry_limit: usize,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -88,6 +91,7 @@ impl<K, V> CacheBuilder<K, V> {
             hasher: ahash::RandomState::new(),
             clock: None,
             listener: None,
+            shard_entry_limit: SHARD_ENTRY_LIMIT,
             _types: PhantomData,
         }
     }
@@ -116,6 +120,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             hasher: self.hasher,
             clock: self.clock,
             listener,
+            shard_entry_limit: self.shard_entry_limit,
             _types: PhantomData,
         }
     }
@@ -155,6 +160,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// Count mode: at most `n` entries, each weighing 1.
+    ///
+    /// `n` may be up to 2^28 per shard: 2^36 with the most shards, which is what the
+    /// default shard count gives a budget that needs them (see [`shards`](Self::shards)).
+    /// Above that [`build`](Self::build) returns [`BuildError::CapacityTooLarge`].
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = Some(n);
         self
@@ -178,8 +187,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// The heap bytes an entry's key and value own beyond their inline size, such as a
     /// `String`'s or `Vec`'s capacity (byte mode only; larder adds the inline size and its own
-    /// overhead). Called once per insert, outside any lock; a weigher that panics makes that
-    /// insert panic and leaves the cache unchanged. Sums saturate, so `u64::MAX` is simply
+    /// overhead). Called once per insert, outside the shard's lock (a single-flight load
+    /// stores its value under the lock of the cache's table of loads in flight, so a weigher
+    /// must not call back into the cache's loading methods); a weigher that panics makes
+    /// that insert panic and leaves the cache unchanged. Sums saturate, so `u64::MAX` is simply
     /// "too heavy".
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u64 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Arc::new(weigher));
@@ -193,9 +204,23 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 
     /// Number of shards: a power of two from 1 to [`MAX_SHARDS`]. The default scales with
-    /// available parallelism and keeps shards at least a few hundred entries large.
+    /// available parallelism, keeps shards at least 4,096 entries large, and gives a count
+    /// budget above 2^28 entries (a shard's most) as many shards as it needs.
+    ///
+    /// In count mode, `max_entries` above 2^28 per shard is refused by
+    /// [`build`](Self::build) ([`BuildError::CapacityTooLarge`]). In byte mode a shard that
+    /// reaches 2^28 entries (at least 20 GiB of them) evicts its own entries to take more,
+    /// even below the budget.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
+        self
+    }
+
+    /// Lowers the most entries a shard holds (2^28), so tests can reach it.
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn shard_entry_limit(mut self, n: usize) -> Self {
+        self.shard_entry_limit = n.clamp(1, SHARD_ENTRY_LIMIT);
         self
     }
 
@@ -211,6 +236,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             hasher,
             clock: self.clock,
             listener: self.listener,
+            shard_entry_limit: self.shard_entry_limit,
             _types: PhantomData,
         }
     }
@@ -271,13 +297,18 @@ where
             None => budget,
             Some(_) => budget / crate::raw::entry_overhead::<K, V>().max(1),
         };
+        let limit = self.shard_entry_limit as u64;
         let shards = match self.shards {
             Some(n) if n == 0 || !n.is_power_of_two() || n > MAX_SHARDS => {
                 return Err(BuildError::BadShardCount { requested: n })
             }
             Some(n) => n,
-            None => default_shards(expected_entries),
+            None => default_shards(expected_entries).max(shards_needed(expected_entries, limit)),
         };
+        // Byte mode leaves it to the shards (see `shards`).
+        if weigher.is_none() && budget.div_ceil(shards as u64) > limit {
+            return Err(BuildError::CapacityTooLarge { requested: budget });
+        }
         let raw = RawCache::new(Config {
             budget,
             shards,
@@ -290,9 +321,17 @@ where
             listener: self.listener,
             expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
             sample_size: expected_entries.saturating_mul(10).max(1024),
+            shard_entry_limit: self.shard_entry_limit,
         });
         Ok(Cache::from_raw(raw))
     }
+}
+
+/// The fewest shards (a power of two, at most [`MAX_SHARDS`]) that hold `entries` at
+/// `limit` entries each.
+fn shards_needed(entries: u64, limit: u64) -> usize {
+    let needed = entries.div_ceil(limit.max(1)).next_power_of_two();
+    usize::try_from(needed).map_or(MAX_SHARDS, |n| n.min(MAX_SHARDS))
 }
 
 /// Four shards per core (so two threads rarely meet on a lock), fewer for small caches.

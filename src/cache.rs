@@ -265,8 +265,9 @@ where
     /// Like [`get_or_insert_with`](Self::get_or_insert_with) with a fallible loader.
     ///
     /// # Errors
-    /// The loader's error. Nothing is cached; callers that were waiting on this load run
-    /// their own loaders (the error is not shared, so `E` need not be `Clone`).
+    /// The loader's error. Nothing is cached; of the callers that were waiting on this load,
+    /// one runs its own loader and the others wait for it (the error is not shared, so `E`
+    /// need not be `Clone`).
     pub fn try_get_or_insert_with<E>(
         &self,
         key: K,
@@ -374,7 +375,8 @@ where
     /// The async form of [`try_get_or_insert_with`](Self::try_get_or_insert_with).
     ///
     /// # Errors
-    /// The loader's error. Nothing is cached; waiting callers run their own loaders.
+    /// The loader's error. Nothing is cached; of the waiting callers, one runs its own
+    /// loader and the others wait for it.
     pub async fn try_get_or_insert_async<E>(
         &self,
         key: K,

@@ -291,6 +291,39 @@ fn write_behind_retries_while_the_database_is_down_and_loses_nothing() {
     }
 }
 
+/// A retry backoff the clock cannot count (`Duration::MAX`) waits for good instead of
+/// panicking on the background thread the first time a batch fails: that killed the
+/// thread, lost the batch and everything queued, and made later writes panic.
+#[test]
+fn a_retry_backoff_of_duration_max_keeps_the_thread_and_the_writes() {
+    let db = Sqlite::new();
+    db.down.store(true, Ordering::SeqCst);
+    let store = WriteBehindBuilder::default()
+        .flush_interval(Duration::from_millis(5))
+        .retry_backoff(Duration::MAX, Duration::MAX)
+        .build(cache(50), Db(Arc::clone(&db)));
+    store.insert(1, "one".to_string()).unwrap();
+    let start = std::time::Instant::now();
+    while store.stats().failed_batches == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never tried");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The thread is past the failure and waiting out the backoff, not dead: writes are still
+    // queued (a dead thread makes them panic) and reads see what is waiting.
+    std::thread::sleep(Duration::from_millis(50));
+    store.insert(2, "two".to_string()).unwrap();
+    store.remove(&1).unwrap();
+    store.cache().clear();
+    assert_eq!(store.get(&1).unwrap(), None);
+    assert_eq!(store.get(&2).unwrap().as_deref(), Some("two"));
+    let stats = store.stats();
+    assert_eq!(stats.failed_batches, 1, "{stats:?}");
+    assert_eq!(stats.pending, 2, "{stats:?}");
+    // The retry is due at the end of time, and dropping waits for it (as documented): leak
+    // the store, and with it the waiting thread.
+    std::mem::forget(store);
+}
+
 #[test]
 fn close_in_the_middle_of_a_burst_writes_everything_queued() {
     let db = Sqlite::new();

@@ -399,6 +399,13 @@ async fn bad_tier_settings_are_refused_with_the_setting_named() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("l2_ttl"), "{error}");
+    // Every L1 fill would be stored already expired.
+    let error = TieredCache::builder(l1(), "redis://127.0.0.1:1")
+        .l1_ttl(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("l1_ttl"), "{error}");
     let error = TieredCache::builder(l1(), "redis://127.0.0.1:1")
         .response_timeout(Duration::ZERO)
         .build()
@@ -417,6 +424,98 @@ async fn bad_tier_settings_are_refused_with_the_setting_named() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("invalidations"), "{error}");
+}
+
+/// `Duration::MAX` timeouts mean no limit: the tier builds and works (their sum, the call
+/// timeout, once overflowed and panicked in `build`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_of_duration_max_mean_no_limit() {
+    let server = Server::start();
+    let l1 = Cache::builder().max_entries(100).build().unwrap();
+    let tier = TieredCache::<u64, String>::builder(l1, &server.url())
+        .prefix(PREFIX)
+        .connect_timeout(Duration::MAX)
+        .response_timeout(Duration::MAX)
+        .build()
+        .await
+        .unwrap();
+    assert!(tier.is_tracked());
+    assert_eq!(tier.get_or_load(1, load("one")).await.unwrap(), "one");
+    tier.insert(2, "two".to_string()).await.unwrap();
+    tier.l1().clear();
+    assert_eq!(tier.get(&2).await.as_deref(), Some("two"));
+}
+
+/// A cooldown of `Duration::MAX` keeps the breaker open for good once it opens, and reads
+/// are misses. The first failed call (the tracking attempt in `build`, here) once panicked
+/// computing the cooldown's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_cooldown_of_duration_max_keeps_it_open_and_reads_miss() {
+    let l1 = Cache::builder().max_entries(100).build().unwrap();
+    // Nothing listens on port 1: every call fails at once.
+    let tier = TieredCache::<u64, String>::builder(l1, "redis://127.0.0.1:1")
+        .prefix(PREFIX)
+        .connect_timeout(Duration::from_millis(100))
+        .response_timeout(Duration::from_millis(100))
+        .breaker(1, Duration::MAX)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(tier.get(&1).await, None);
+    assert!(tier.l2_is_shut_off());
+    assert_eq!(tier.get_or_load(1, load("loaded")).await.unwrap(), "loaded");
+    let stats = tier.stats();
+    assert!(stats.l2_skipped > 0, "{stats:?}");
+    assert!(tier.insert(2, "two".to_string()).await.is_err());
+    assert!(!tier.l1().contains_key(&2));
+}
+
+/// `l2_ttl(Duration::MAX)` means no expiry, as for L1 entries: values go to Redis without
+/// one (Redis refuses `PX 18446744073709551615`, which failed every write) and L1 keeps them
+/// without one. A finite TTL still gets its `PX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_ttl_of_duration_max_means_no_expiry() {
+    let server = Server::start();
+    let build = |ttl: Duration| {
+        let url = server.url();
+        async move {
+            let l1 = Cache::builder().max_entries(100).build().unwrap();
+            TieredCache::<u64, String>::builder(l1, &url)
+                .prefix(PREFIX)
+                .l2_ttl(ttl)
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (build(Duration::MAX).await, build(Duration::MAX).await);
+    let pttl = |key: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut server.client())
+            .unwrap()
+    };
+    a.insert(1, "one".to_string()).await.unwrap();
+    assert_eq!(pttl("t:1"), -1, "no expiry");
+    assert_eq!(a.get_or_load(2, load("two")).await.unwrap(), "two");
+    assert_eq!(pttl("t:2"), -1, "no expiry");
+    assert_eq!(b.get(&1).await.as_deref(), Some("one"));
+    assert_eq!(b.stats().l2_hits, 1);
+    assert!(a.l1().contains_key(&1) && b.l1().contains_key(&1));
+    assert_eq!(a.stats().l2_errors, 0);
+    // 1,000 years is past the engine's horizon too; 100 years is not.
+    let years = |n: u64| Duration::from_secs(n * 365 * 86_400);
+    let far = build(years(1_000)).await;
+    far.insert(3, "three".into()).await.unwrap();
+    assert_eq!(pttl("t:3"), -1, "no expiry");
+    let near = build(years(100)).await;
+    near.insert(4, "four".into()).await.unwrap();
+    let left = pttl("t:4");
+    assert!(left > 0, "{left}");
+    assert!(
+        Duration::from_millis(left as u64) > years(99),
+        "{left} ms left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

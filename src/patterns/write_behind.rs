@@ -113,7 +113,10 @@ impl WriteBehindBuilder {
 
     /// Backoff between retries of a failed batch: starts at `initial`, doubles, stops
     /// growing at `max` (defaults 10 ms and 5 s). Retries never give up while the
-    /// `WriteBehind` lives: an acknowledged write is never dropped.
+    /// `WriteBehind` lives: an acknowledged write is never dropped. A backoff too long for
+    /// the clock to count (`Duration::MAX`) waits for good: a batch that failed once stays
+    /// queued (reads still see it) and is not retried, so [`flush`](WriteBehind::flush),
+    /// [`close`](WriteBehind::close) and drop wait for good too.
     pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
         // At least a millisecond: a zero backoff would spin on a failing store.
         self.retry_initial = initial.max(Duration::from_millis(1));
@@ -360,14 +363,16 @@ where
             let mut queue = self.lock();
             queue.stats.failed_batches += 1;
             queue.stats.last_error = Some(error);
-            // Sleep the whole backoff: every queue change wakes this condvar.
-            let until = Instant::now() + backoff;
+            // Sleep the whole backoff: every queue change wakes this condvar. A backoff the
+            // clock cannot count (`None`) never ends, rather than panic here: that would kill
+            // this thread and lose the batch and everything queued behind it.
+            let until = Instant::now().checked_add(backoff);
             loop {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                let left = until.map(|until| until.saturating_duration_since(Instant::now()));
+                if left.is_some_and(|left| left.is_zero()) {
                     break;
                 }
-                queue = self.wait(queue, Some(left));
+                queue = self.wait(queue, left);
             }
             drop(queue);
             backoff = backoff.saturating_mul(2).min(self.settings.retry_max);

@@ -42,7 +42,17 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) expected_entries: usize,
     /// Accesses per hit-ratio sample of the window's hill climbing.
     pub(crate) sample_size: u64,
+    /// Most entries one shard holds (see [`SHARD_ENTRY_LIMIT`]; lowered only by tests).
+    pub(crate) shard_entry_limit: usize,
 }
+
+/// Most entries one shard holds: half its id space (2^29 ids), which leaves room for the
+/// cells of replaced entries that readers may still see. The builder spreads a large count
+/// budget over enough shards and refuses one that would need more than 256 of them; in
+/// byte mode the weights bound the entries, but a shard that reaches this many evicts its
+/// own before taking another (a shard's slab or arena running out of ids panics).
+pub(crate) const SHARD_ENTRY_LIMIT: usize = 1 << 28;
+const _: () = assert!(SHARD_ENTRY_LIMIT < entry::MAX_ID as usize);
 
 /// The shared state of a cache.
 pub(crate) struct RawCache<K, V, S> {
@@ -96,6 +106,7 @@ where
                 .map(|index| {
                     let shard_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                     Shard::new(share, per_shard_entries, shard_seed, now, unit_weights)
+                        .limited_to(config.shard_entry_limit)
                 })
                 .collect(),
             shard_shift: 64 - shards.trailing_zeros(),

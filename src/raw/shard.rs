@@ -133,6 +133,8 @@ pub(crate) struct Shard<K, V> {
     weight: AtomicU64,
     /// What writes did here; written under the lock, read without it.
     tally: WriteTally,
+    /// Most entries the shard holds, whatever the budget (see `SHARD_ENTRY_LIMIT`).
+    entry_limit: usize,
 }
 
 impl<K, V> Shard<K, V>
@@ -177,7 +179,14 @@ where
             }),
             weight: AtomicU64::new(0),
             tally: WriteTally::default(),
+            entry_limit: super::SHARD_ENTRY_LIMIT,
         }
+    }
+
+    /// The same shard, holding at most `entry_limit` entries.
+    pub(crate) fn limited_to(mut self, entry_limit: usize) -> Self {
+        self.entry_limit = entry_limit.clamp(1, super::SHARD_ENTRY_LIMIT);
+        self
     }
 
     /// Weight of the shard's live entries.
@@ -375,6 +384,9 @@ where
                     state.wheel.schedule(id, expires_at);
                 }
                 WriteTally::add(&tally.inserts, 1);
+                if state.policy.len() > self.entry_limit {
+                    self.evict_to_entry_limit(state, guard, out);
+                }
             }
         }
         loop {
@@ -404,6 +416,34 @@ where
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
+    }
+
+    /// Evicts until the shard is back within its entry limit, whatever the budget: in byte
+    /// mode the weights alone do not keep a shard within its ids.
+    #[cold]
+    #[inline(never)]
+    fn evict_to_entry_limit<'g>(
+        &self,
+        state: &mut State<K, V>,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) {
+        while state.policy.len() > self.entry_limit {
+            let Some(eviction) =
+                state
+                    .policy
+                    .evict(&self.members(&state.slab, &state.counts, guard))
+            else {
+                break;
+            };
+            WriteTally::add(
+                &self.tally.admission_rejections,
+                u64::from(eviction.rejected),
+            );
+            self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
+            state.slab.release(eviction.id);
+            release_ids(state);
+        }
     }
 
     /// Removes `key`'s entry. Returns it if it was live; an expired one is removed as expired.

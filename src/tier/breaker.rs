@@ -5,6 +5,8 @@
 //! for `cooldown`. Then it lets one probe through: a success closes it, a failure opens it
 //! for another cooldown. A probe whose caller gave up (its future dropped) never reports, so
 //! after a further cooldown the breaker lets another probe through rather than stay shut.
+//! A cooldown too long for the clock to count (`Duration::MAX`) lasts for good: once open,
+//! the breaker stays open, rather than panic in the call that opened it.
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,7 @@ impl Breaker {
             State::Closed { .. } => true,
             State::Open { until } | State::Probing { since: until } if now >= until => {
                 *state = State::Probing {
-                    since: now + self.cooldown,
+                    since: later(now, self.cooldown),
                 };
                 true
             }
@@ -68,7 +70,7 @@ impl Breaker {
             (State::Closed { failures }, false) => {
                 if failures + 1 >= self.threshold {
                     *state = State::Open {
-                        until: now + self.cooldown,
+                        until: later(now, self.cooldown),
                     };
                     Transition::Opened
                 } else {
@@ -84,7 +86,7 @@ impl Breaker {
             }
             (State::Probing { .. }, false) => {
                 *state = State::Open {
-                    until: now + self.cooldown,
+                    until: later(now, self.cooldown),
                 };
                 Transition::Opened
             }
@@ -100,6 +102,19 @@ impl Breaker {
             State::Closed { .. } => false,
             State::Open { until } | State::Probing { since: until } => now < until,
         }
+    }
+}
+
+/// `now + by`, or if the clock cannot count that far, about as late as it can (within a
+/// factor of two). The cooldown is the user's, and `Instant + Duration` panics on overflow:
+/// a failed read, which is only a miss, would panic instead.
+fn later(now: Instant, mut by: Duration) -> Instant {
+    loop {
+        if let Some(then) = now.checked_add(by) {
+            return then;
+        }
+        // Ends: `now + 0` is `now`.
+        by /= 2;
     }
 }
 
@@ -149,5 +164,20 @@ mod tests {
         // The probe's caller gave up and never reports: another probe later.
         assert!(!breaker.allow(probe + COOLDOWN / 2));
         assert!(breaker.allow(probe + COOLDOWN));
+    }
+
+    #[test]
+    fn a_cooldown_too_long_for_the_clock_keeps_the_breaker_open_without_panicking() {
+        let breaker = Breaker::new(1, Duration::MAX);
+        let t0 = Instant::now();
+        assert_eq!(breaker.record(false, t0), Transition::Opened);
+        let years = t0 + Duration::from_secs(10 * 365 * 86_400);
+        assert!(!breaker.allow(years) && breaker.is_open(years));
+        // At the far end of the clock the probe's own cooldown saturates too.
+        let end = later(t0, Duration::MAX);
+        assert!(breaker.allow(end), "probe at the end of time");
+        assert!(!breaker.allow(end));
+        assert_eq!(breaker.record(false, end), Transition::Opened);
+        assert!(breaker.is_open(end));
     }
 }

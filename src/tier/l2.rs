@@ -89,6 +89,18 @@ fn found(value: Option<Vec<u8>>, pttl: i64) -> Found {
     })
 }
 
+/// The `PX` of a value stored for `ttl` (at least 1 ms); `None` for no expiry. As in the
+/// engine (`Cache::insert_with_ttl`), `Duration::MAX` or any TTL beyond about 584 years
+/// (`u64::MAX` nanoseconds) means no expiry. Redis refuses a `PX` past its own clock's end
+/// (`i64::MAX` ms from its epoch): without this, such a TTL would fail every write.
+fn expiry_millis(ttl: Duration) -> Option<u64> {
+    if crate::time::duration_to_nanos(ttl) == u64::MAX {
+        return None;
+    }
+    // Below 2^64 ns: about 1.8e13 ms, far within what Redis takes.
+    Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
 /// A message for other tiers: the channel, and what to publish on it.
 pub(crate) type Notice = (Vec<u8>, Vec<u8>);
 
@@ -240,8 +252,8 @@ impl L2 {
         Ok(out)
     }
 
-    /// Stores `key` → `bytes` for `ttl` (at least 1 ms), and publishes `notice` in the same
-    /// round trip if given.
+    /// Stores `key` → `bytes` for `ttl` (at least 1 ms; see [`expiry_millis`] for TTLs that
+    /// mean no expiry), and publishes `notice` in the same round trip if given.
     pub(crate) async fn set(
         &self,
         key: &[u8],
@@ -271,9 +283,11 @@ impl L2 {
         only_if_absent: bool,
         notice: Option<&Notice>,
     ) -> Result<(), L2Error> {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut set = redis::cmd("SET");
-        set.arg(key).arg(bytes).arg("PX").arg(millis);
+        set.arg(key).arg(bytes);
+        if let Some(millis) = expiry_millis(ttl) {
+            set.arg("PX").arg(millis);
+        }
         if only_if_absent {
             set.arg("NX");
         }
@@ -400,5 +414,15 @@ mod tests {
             "not bcast"
         );
         assert!(!tracks(&Value::Nil));
+    }
+
+    #[test]
+    fn ttls_past_the_engine_s_horizon_mean_no_expiry() {
+        assert_eq!(expiry_millis(Duration::MAX), None);
+        assert_eq!(expiry_millis(Duration::from_nanos(u64::MAX)), None);
+        let below = Duration::from_nanos(u64::MAX - 1);
+        assert_eq!(expiry_millis(below), Some(18_446_744_073_709));
+        assert_eq!(expiry_millis(Duration::from_micros(10)), Some(1));
+        assert_eq!(expiry_millis(Duration::from_secs(300)), Some(300_000));
     }
 }

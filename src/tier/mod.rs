@@ -145,14 +145,20 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
         self
     }
 
-    /// TTL of values the tier writes to Redis (default 5 minutes).
+    /// TTL of values the tier writes to Redis (default 5 minutes). As for L1 entries
+    /// ([`Cache::insert_with_ttl`]), `Duration::MAX`, or any TTL beyond about 584 years,
+    /// means no expiry: values are written without one (Redis refuses an expiry that far
+    /// out) and stay until written over, deleted or evicted (a `volatile-*` maxmemory
+    /// policy never evicts them). L1 copies then have no expiry either, unless
+    /// [`l1_ttl`](Self::l1_ttl) sets one.
     pub fn l2_ttl(mut self, ttl: Duration) -> Self {
         self.l2_ttl = ttl;
         self
     }
 
     /// Upper bound on an L1 entry's TTL (default: the L2 TTL). An entry filled from Redis
-    /// never outlives its Redis copy whatever this says.
+    /// never outlives its Redis copy whatever this says. Zero is refused by
+    /// [`build`](Self::build): every fill would be stored already expired.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
         self.l1_ttl = Some(ttl);
         self
@@ -165,13 +171,18 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
         self
     }
 
-    /// Time allowed to (re)connect to Redis (default 250 ms).
+    /// Time allowed to (re)connect to Redis (default 250 ms). Timeouts too long to count
+    /// (`Duration::MAX`) are as good as none: a call to a hung Redis waits until it answers.
+    /// On a cluster, the tier also waits a call timeout (both timeouts) for a connection the
+    /// client opens to settle before checking or turning on its tracking, so then tracking
+    /// lost to a reconnection stays off (L1 keeps fills for `untracked_l1_ttl` only).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Time allowed for one Redis reply (default 100 ms).
+    /// Time allowed for one Redis reply (default 100 ms). As for
+    /// [`connect_timeout`](Self::connect_timeout), `Duration::MAX` is as good as none.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -184,7 +195,9 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     }
 
     /// Opens the circuit breaker after `failures` consecutive failed calls, for `cooldown`
-    /// before one probe (default 5 failures, 1 s).
+    /// before one probe (default 5 failures, 1 s). A cooldown too long for the clock to
+    /// count (`Duration::MAX`) lasts for good: once open, the breaker lets no probe through
+    /// and the tier runs on L1 and the loader alone.
     pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_cooldown = cooldown;
@@ -245,11 +258,14 @@ where
     /// re-enables tracking after reconnections.
     ///
     /// # Errors
-    /// [`TierError::Config`] for a malformed URL, a zero timeout or TTL;
+    /// [`TierError::Config`] for a malformed URL, a zero timeout, TTL (`l1_ttl` included)
+    /// or `tracking_check`, naming the setting;
     /// [`TierError::Unavailable`] if a cluster does not answer within the timeouts.
     pub async fn build(self) -> Result<TieredCache<K, V, C, S>, TierError> {
         for (name, value) in [
             ("l2_ttl", self.l2_ttl),
+            // Every L1 fill would be stored already expired.
+            ("l1_ttl", self.l1_ttl.unwrap_or(self.l2_ttl)),
             ("untracked_l1_ttl", self.untracked_l1_ttl),
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
@@ -289,7 +305,8 @@ where
                 Ok::<(), redis::aio::SendError>(())
             }
         };
-        let call_timeout = self.connect_timeout + self.response_timeout;
+        // Saturating: `Duration::MAX` timeouts mean no limit, not a panic.
+        let call_timeout = self.connect_timeout.saturating_add(self.response_timeout);
         let connection = match &self.target {
             Target::Node(url) => {
                 let info = url
