@@ -194,27 +194,58 @@ impl SharedCache for Stretto {
     }
 }
 
-/// Every real cache, each holding at most `capacity` entries.
-pub fn all(capacity: usize) -> Vec<Box<dyn SharedCache>> {
-    let larder = larder::Cache::builder()
-        .max_entries(capacity as u64)
-        .build()
-        .expect("capacity is at least 1");
-    let stretto =
-        stretto::Cache::new(capacity * 10, capacity as i64).expect("valid stretto settings");
-    vec![
-        Box::new(Larder(larder)),
-        Box::new(Moka(moka::sync::Cache::new(capacity as u64))),
-        Box::new(MokaBounded(moka::sync::Cache::new(capacity as u64))),
-        Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
-        Box::new(Stretto(stretto)),
-    ]
+/// The real caches' names, in table order.
+pub const NAMES: [&str; 5] = ["larder", "moka", "moka_bounded", "quick_cache", "stretto"];
+
+/// The real cache called `name` (one of [`NAMES`]), holding at most `capacity` entries;
+/// `None` for any other name. Only that cache is built: the others' allocations (stretto's
+/// counters grow with the capacity) and threads (stretto runs one per cache) would cost
+/// every replay, and fail it at a capacity only they cannot allocate.
+pub fn one(name: &str, capacity: usize) -> Option<Box<dyn SharedCache>> {
+    let entries = u64::try_from(capacity).unwrap_or(u64::MAX);
+    let cache: Box<dyn SharedCache> = match name {
+        "larder" => Box::new(Larder(
+            larder::Cache::builder()
+                .max_entries(entries)
+                .build()
+                .unwrap_or_else(|e| panic!("larder at {capacity} entries: {e}")),
+        )),
+        "moka" => Box::new(Moka(moka::sync::Cache::new(entries))),
+        "moka_bounded" => Box::new(MokaBounded(moka::sync::Cache::new(entries))),
+        "quick_cache" => Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
+        "stretto" => {
+            // Ten counters per entry, as stretto's documentation advises; saturating, as
+            // the cost limit is, so a huge capacity asks too much rather than wraps.
+            let counters = capacity.saturating_mul(10);
+            let cost = i64::try_from(capacity).unwrap_or(i64::MAX);
+            let stretto = stretto::Cache::new(counters, cost).expect("valid stretto settings");
+            Box::new(Stretto(stretto))
+        }
+        _ => return None,
+    };
+    Some(cache)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn each_name_builds_its_own_cache_and_no_other() {
+        for name in NAMES {
+            assert_eq!(one(name, 10).map(|c| c.name()), Some(name));
+        }
+        assert!(one("lru", 10).is_none());
+        // A capacity whose stretto (10 counters an entry) could not be allocated: the
+        // peers that allocate as they fill build without building it. (larder refuses
+        // capacities above 2^36 itself.)
+        for name in ["moka", "moka_bounded", "quick_cache"] {
+            let cache = one(name, usize::MAX / 8).unwrap();
+            assert_eq!(cache.access(3), Ok(false), "{name}");
+            assert_eq!(cache.access(3), Ok(true), "{name}");
+        }
+    }
 
     #[test]
     fn patterns_parse_by_name() {
@@ -227,7 +258,8 @@ mod tests {
     /// between them, and every later call is a hit. (Stretto has no such call.)
     #[test]
     fn single_flight_loads_a_key_once_however_many_threads_ask() {
-        for cache in all(1_000).iter().filter(|c| c.name() != "stretto") {
+        for name in NAMES.into_iter().filter(|&n| n != "stretto") {
+            let cache = one(name, 1_000).unwrap();
             for key in 0..20 {
                 let loads = AtomicUsize::new(0);
                 std::thread::scope(|scope| {

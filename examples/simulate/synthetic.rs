@@ -13,11 +13,24 @@ pub struct Workload {
     pub keys: Vec<u64>,
 }
 
+/// Multiplies ranks to scatter them: Knuth's multiplicative-hash prime, larger than any
+/// key count here and so coprime to it.
+const SCATTER: u64 = 2_654_435_761;
+
+/// Rank `rank` (1 to `keys`) of a Zipf distribution over `keys` keys as a key in
+/// `0..keys`, scattered so hot keys are not also the smallest numbers. Multiplying by a
+/// number coprime to `keys` modulo `keys` is a bijection: every key has a rank, so a
+/// workload over 100,000 keys has 100,000 to draw from.
+fn scatter(rank: u64, keys: u64) -> u64 {
+    debug_assert!(keys < SCATTER && (1..=keys).contains(&rank));
+    // In u128: rank times the multiplier overflows u64 past 2^32 keys' ranks.
+    (u128::from(rank) * u128::from(SCATTER) % u128::from(keys)) as u64
+}
+
 fn zipf(rng: &mut StdRng, keys: u64, exponent: f64, count: usize, offset: u64) -> Vec<u64> {
     let zipf = Zipf::new(keys as f64, exponent).expect("valid Zipf parameters");
-    // Scatter ranks so hot keys are not also the smallest numbers.
     (0..count)
-        .map(|_| offset + (zipf.sample(rng) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys)
+        .map(|_| offset + scatter(zipf.sample(rng) as u64, keys))
         .collect()
 }
 
@@ -57,4 +70,21 @@ pub fn workloads() -> Vec<Workload> {
         keys: shifting,
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_key_has_one_rank() {
+        for keys in [1, 2, 50_000, 100_000] {
+            let scattered: HashSet<u64> = (1..=keys).map(|rank| scatter(rank, keys)).collect();
+            assert_eq!(scattered.len() as u64, keys, "{keys} keys");
+            assert!(scattered.iter().all(|&key| key < keys), "{keys} keys");
+        }
+        // Neighbouring ranks land far apart.
+        assert!(scatter(1, 100_000).abs_diff(scatter(2, 100_000)) > 1_000);
+    }
 }

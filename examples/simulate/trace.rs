@@ -1,5 +1,6 @@
 //! Trace loading for the hit-ratio simulator: turns ARC, LIRS, cache2k and plain-text
-//! traces (optionally zstd- or gzip-compressed) into the sequence of requested keys.
+//! traces (zstd- or gzip-compressed when named `.zst` or `.gz`) into the sequence of
+//! requested keys.
 //!
 //! Self-contained (only `zstd` and `flate2`) so a cargo-fuzz target can include it with
 //! `#[path]`. It is fuzzed, so no input may make it panic: every error is a [`TraceError`].
@@ -11,8 +12,11 @@ use std::str::FromStr;
 
 /// Most keys one `.lis` line may expand to; a larger range is taken to be garbage input.
 pub const MAX_LINE_KEYS: u64 = 100_000_000;
-/// Most keys a trace may hold when read with [`parse`] or [`load`] (8 GB of keys).
-pub const MAX_TOTAL_KEYS: u64 = 1_000_000_000;
+/// Most keys a trace may hold when read with [`parse`] or [`load`] (800 MB of keys): over
+/// seven times the largest real trace (P12, 13.2M requests), and little enough that a few
+/// bytes of `.lis` asking for more are refused rather than run the machine out of memory.
+pub const MAX_TOTAL_KEYS: u64 = 100_000_000;
+const _: () = assert!(MAX_TOTAL_KEYS >= 5 * 13_208_930, "real traces must load");
 
 /// Largest decompressed trace accepted: above any real trace, below this machine's memory.
 pub const MAX_DECOMPRESSED_BYTES: u64 = 16 << 30;
@@ -116,29 +120,81 @@ pub fn detect_format(path: &str) -> Format {
     }
 }
 
-/// Decompresses zstd or gzip data, recognised by magic bytes whatever the file is called;
-/// other bytes are returned unchanged. `name` is only used in errors.
-pub fn decompress(name: &str, bytes: &[u8]) -> Result<Vec<u8>, TraceError> {
-    decompress_with_limit(name, bytes, MAX_DECOMPRESSED_BYTES)
+/// How a trace's bytes are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Not compressed: the bytes are the trace.
+    None,
+    /// zstd.
+    Zstd,
+    /// gzip, possibly several members concatenated.
+    Gzip,
 }
 
-/// [`decompress`] refusing output beyond `max` bytes, so a small crafted stream (a
-/// "decompression bomb", or a fuzz input) cannot exhaust memory.
-pub fn decompress_with_limit(name: &str, bytes: &[u8], max: u64) -> Result<Vec<u8>, TraceError> {
-    let kind = if bytes.starts_with(&ZSTD_MAGIC) {
-        "zstd"
-    } else if bytes.starts_with(&GZIP_MAGIC) {
-        "gzip"
-    } else {
-        return Ok(bytes.to_vec());
-    };
+impl Compression {
+    /// From a file name: a `.zst` suffix means zstd, `.gz` gzip, anything else none. Case is
+    /// ignored. The name decides, not the first bytes: a raw binary trace may start with a
+    /// key that reads as a magic number (a `.u32be` key 0x1F8B_0001 starts like gzip).
+    pub fn of_name(path: &str) -> Self {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".zst") {
+            Self::Zstd
+        } else if lower.ends_with(".gz") {
+            Self::Gzip
+        } else {
+            Self::None
+        }
+    }
+
+    /// From the magic bytes, for data that has no file name (the fuzz target's), and for
+    /// hinting at a missing suffix.
+    pub fn sniff(bytes: &[u8]) -> Self {
+        if bytes.starts_with(&ZSTD_MAGIC) {
+            Self::Zstd
+        } else if bytes.starts_with(&GZIP_MAGIC) {
+            Self::Gzip
+        } else {
+            Self::None
+        }
+    }
+
+    /// The file name suffix that says so, without its dot.
+    fn suffix(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Zstd => Some("zst"),
+            Self::Gzip => Some("gz"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "uncompressed",
+            Self::Zstd => "zstd",
+            Self::Gzip => "gzip",
+        }
+    }
+}
+
+/// Decompresses `bytes` as `compression` says, refusing output beyond `max` bytes so a
+/// small crafted stream (a "decompression bomb", or a fuzz input) cannot exhaust memory.
+/// [`Compression::None`] returns the bytes unchanged. `name` is only used in errors.
+pub fn decompress(
+    name: &str,
+    compression: Compression,
+    bytes: &[u8],
+    max: u64,
+) -> Result<Vec<u8>, TraceError> {
+    let kind = compression.name();
     let corrupt =
         |e: std::io::Error| error(name, None, format!("corrupt or truncated {kind} data: {e}"));
-    let decoder: Box<dyn Read + '_> = if kind == "zstd" {
-        Box::new(zstd::stream::read::Decoder::with_buffer(bytes).map_err(corrupt)?)
-    } else {
+    let decoder: Box<dyn Read + '_> = match compression {
+        Compression::None => return Ok(bytes.to_vec()),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(bytes).map_err(corrupt)?)
+        }
         // Multi-member, like `gzip -d`: concatenated .gz files are one valid stream.
-        Box::new(flate2::read::MultiGzDecoder::new(bytes))
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
     };
     let mut out = Vec::new();
     // One byte past the limit tells "exactly at the limit" from "over it".
@@ -154,6 +210,12 @@ pub fn decompress_with_limit(name: &str, bytes: &[u8], max: u64) -> Result<Vec<u
         ));
     }
     Ok(out)
+}
+
+/// [`decompress`] of whatever compression the magic bytes show ([`Compression::sniff`]),
+/// for data that has no file name to tell it (the fuzz target's).
+pub fn decompress_with_limit(name: &str, bytes: &[u8], max: u64) -> Result<Vec<u8>, TraceError> {
+    decompress(name, Compression::sniff(bytes), bytes, max)
 }
 
 /// Parses decompressed trace bytes into keys, refusing traces of more than
@@ -181,15 +243,31 @@ pub fn parse_with_limit(
     Ok(keys)
 }
 
-/// Reads, decompresses and parses a trace file; `format: None` means [`detect_format`].
+/// Reads, decompresses ([`Compression::of_name`]) and parses a trace file; `format: None`
+/// means [`detect_format`].
 pub fn load(path: &Path, format: Option<Format>) -> Result<Vec<u64>, TraceError> {
     let name = path.display().to_string();
     let raw = std::fs::read(path).map_err(|e| error(&name, None, format!("cannot read: {e}")))?;
-    let bytes = decompress(&name, &raw)?;
-    // The compressed copy is dead weight while the key vector grows.
-    drop(raw);
+    let compression = Compression::of_name(&name);
+    let bytes = if compression == Compression::None {
+        raw
+    } else {
+        let bytes = decompress(&name, compression, &raw, MAX_DECOMPRESSED_BYTES);
+        // The compressed copy is dead weight while the keys are parsed.
+        drop(raw);
+        bytes?
+    };
     let format = format.unwrap_or_else(|| detect_format(&name));
-    parse(&name, format, &bytes)
+    parse(&name, format, &bytes).map_err(|mut e| {
+        // Compressed data under a name that does not say so: the likely cause, told.
+        let looks = Compression::sniff(&bytes);
+        if let (Compression::None, Some(suffix)) = (compression, looks.suffix()) {
+            let kind = looks.name();
+            let hint = format!(" (the file starts like {kind} data: name it *.{suffix}?)");
+            e.message.push_str(&hint);
+        }
+        e
+    })
 }
 
 fn parse_binary<const W: usize>(
@@ -211,9 +289,22 @@ fn parse_binary<const W: usize>(
         let why = format!("trace exceeds the limit of {max} keys");
         return Err(error(name, None, why));
     }
+    let mut keys = reserve(name, len / W)?;
     // A fold rather than `from_be_bytes(chunk.try_into())` leaves nothing to unwrap.
     let key = |c: &[u8]| c.iter().fold(0, |k, &b| (k << 8) | u64::from(b));
-    Ok(bytes.chunks_exact(W).map(key).collect())
+    keys.extend(bytes.chunks_exact(W).map(key));
+    Ok(keys)
+}
+
+/// An empty vector with room for `count` keys, or the trace error that memory ran out: a
+/// failed allocation would otherwise abort the simulator with no word of which trace.
+fn reserve(name: &str, count: usize) -> Result<Vec<u64>, TraceError> {
+    let mut keys = Vec::new();
+    keys.try_reserve_exact(count).map_err(|e| {
+        let why = format!("cannot allocate memory for {count} keys: {e}");
+        error(name, None, why)
+    })?;
+    Ok(keys)
 }
 
 fn parse_lines(name: &str, format: Format, bytes: &[u8], max: u64) -> Result<Vec<u64>, TraceError> {
@@ -225,30 +316,52 @@ fn parse_lines(name: &str, format: Format, bytes: &[u8], max: u64) -> Result<Vec
         let why = format!("invalid UTF-8 at byte offset {at}");
         return Err(error(name, Some(line), why));
     }
-    // One key per line is exact for LIRS/text and a lower bound for ARC; capped so that a
-    // small `max` really bounds memory.
-    let lines = newlines(bytes) + 1;
-    let mut keys = Vec::with_capacity(lines.min(usize::try_from(max).unwrap_or(usize::MAX)));
-    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = raw.trim_ascii(); // also drops the `\r` of CRLF files
-        if line.is_empty() || (format == Format::Lirs && line == b"*") {
-            continue;
+    // Two passes: the first checks every line and counts the keys, so a trace over `max` is
+    // refused (at the line that crosses it) before anything is allocated, and the second
+    // fills a vector allocated once at its exact size, not doubled past it as it grows.
+    let mut total = 0u64;
+    for range in ranges(name, format, bytes) {
+        let (line, _, count) = range?;
+        total = total.saturating_add(count);
+        if total > max {
+            let why = format!("trace exceeds the limit of {max} keys");
+            return Err(error(name, Some(line), why));
         }
-        let at_line = |why: String| error(name, Some(index as u64 + 1), why);
-        let (first, count) = match format {
-            Format::Arc => arc_range(line),
-            Format::Lirs => number(line, "key").map(|key| (key, 1)),
-            _ => Ok((parse_u64(line).unwrap_or_else(|_| fnv1a(line)), 1)),
-        }
-        .map_err(at_line)?;
-        // Checked before extending, so refused garbage is never allocated.
-        if keys.len() as u64 + count > max {
-            return Err(at_line(format!("trace exceeds the limit of {max} keys")));
-        }
+    }
+    let mut keys = reserve(name, usize::try_from(total).unwrap_or(usize::MAX))?;
+    for range in ranges(name, format, bytes) {
+        let (_, first, count) = range?;
         // `first + i` cannot overflow: `arc_range` checked `first + count`.
         keys.extend((0..count).map(|i| first + i));
     }
     Ok(keys)
+}
+
+/// Each request line of a text trace as (1-based line number, first key, key count), or
+/// the error on it; blank lines and LIRS checkpoints are skipped.
+fn ranges<'a>(
+    name: &'a str,
+    format: Format,
+    bytes: &'a [u8],
+) -> impl Iterator<Item = Result<(u64, u64, u64), TraceError>> + 'a {
+    let lines = bytes.split(|&b| b == b'\n').enumerate();
+    lines.filter_map(move |(index, raw)| {
+        let line = raw.trim_ascii(); // also drops the `\r` of CRLF files
+        if line.is_empty() || (format == Format::Lirs && line == b"*") {
+            return None;
+        }
+        let at = index as u64 + 1;
+        let range = match format {
+            Format::Arc => arc_range(line),
+            Format::Lirs => number(line, "key").map(|key| (key, 1)),
+            _ => Ok((parse_u64(line).unwrap_or_else(|_| fnv1a(line)), 1)),
+        };
+        Some(
+            range
+                .map(|(first, count)| (at, first, count))
+                .map_err(|why| error(name, Some(at), why)),
+        )
+    })
 }
 
 /// The first key and key count of one `.lis` line.
@@ -374,14 +487,20 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
-        for packed in [&plain, &zst, &gz] {
-            // Named `.txt` on purpose: detection is by magic bytes, not by extension.
-            let bytes = decompress("x.txt", packed).unwrap();
-            assert_eq!(parse("x.txt", Format::Lirs, &bytes).unwrap(), [3, 4]);
+        for (compression, packed) in [
+            (Compression::None, &plain),
+            (Compression::Zstd, &zst),
+            (Compression::Gzip, &gz),
+        ] {
+            let bytes = decompress("x", compression, packed, MAX_DECOMPRESSED_BYTES).unwrap();
+            assert_eq!(parse("x", Format::Lirs, &bytes).unwrap(), [3, 4]);
+            // The fuzz target's way in, by magic bytes.
+            assert_eq!(decompress_with_limit("x", packed, 1 << 10).unwrap(), bytes);
         }
         for packed in [&zst, &gz] {
-            let cut = decompress("c.zst", &packed[..packed.len() - 3]).unwrap_err();
-            assert!(cut.to_string().starts_with("c.zst: corrupt or truncated"));
+            let cut = decompress_with_limit("c.zst", &packed[..packed.len() - 3], 1 << 10);
+            let cut = cut.unwrap_err().to_string();
+            assert!(cut.starts_with("c.zst: corrupt or truncated"), "{cut}");
         }
         let path = std::env::temp_dir().join(format!("h_trace_{}.trc.gz", std::process::id()));
         std::fs::write(&path, &gz).unwrap();
@@ -392,17 +511,65 @@ mod tests {
         assert!(missing.to_string().starts_with("/no/such.lis: cannot read"));
     }
 
+    /// Writes `bytes` to a temporary file called `name`, and [`load`]s it.
+    fn load_file(name: &str, bytes: &[u8]) -> Result<Vec<u64>, TraceError> {
+        let path = std::env::temp_dir().join(format!("h_trace_{}_{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let loaded = load(&path, None);
+        std::fs::remove_file(&path).unwrap();
+        loaded
+    }
+
+    /// The file name, not the first bytes, says whether a trace is compressed: raw binary
+    /// keys may start like gzip or zstd data.
+    #[test]
+    fn a_raw_trace_starting_like_compressed_data_loads_as_keys() {
+        let gzip_like = [0x1F, 0x8B, 0x00, 0x01, 0, 0, 0, 2];
+        assert_eq!(load_file("g.u32be", &gzip_like).unwrap(), [0x1F8B_0001, 2]);
+        let mut zstd_like = 0x28B5_2FFD_0000_0001_u64.to_be_bytes().to_vec();
+        zstd_like.extend(7u64.to_be_bytes());
+        assert_eq!(
+            load_file("z.u64be", &zstd_like).unwrap(),
+            [0x28B5_2FFD_0000_0001, 7]
+        );
+        // The same keys compressed are read through their suffix, in any case.
+        let zst = zstd::encode_all(&gzip_like[..], 3).unwrap();
+        assert_eq!(load_file("g.U32BE.ZST", &zst).unwrap(), [0x1F8B_0001, 2]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&zstd_like).unwrap();
+        assert_eq!(
+            load_file("z.u64be.gz", &gz.finish().unwrap()).unwrap()[1],
+            7
+        );
+        // Compressed data under a plain name is parsed raw, and the error says what it looks like.
+        let text = load_file("keys.txt", &zst).unwrap_err().message;
+        assert!(
+            text.ends_with("(the file starts like zstd data: name it *.zst?)"),
+            "{text}"
+        );
+    }
+
+    /// A few bytes of `.lis` can ask for any number of keys: past [`MAX_TOTAL_KEYS`] they are
+    /// refused, naming the file and the line that crossed it, before any is allocated.
+    #[test]
+    fn a_lis_asking_for_too_many_keys_is_refused_at_its_line() {
+        let err = load_file("big.lis", b"0 60000000 0 0\n\n7 50000000 0 1\n").unwrap_err();
+        assert!(err.file.ends_with("big.lis"), "{err}");
+        assert_eq!(err.line, Some(3), "{err}");
+        assert_eq!(err.message, "trace exceeds the limit of 100000000 keys");
+    }
+
     #[test]
     fn a_decompression_bomb_is_refused() {
         let zeros = vec![b'0'; 1 << 20];
         let zst = zstd::encode_all(&zeros[..], 19).unwrap();
         assert!(zst.len() < 1 << 10, "{} compressed bytes", zst.len());
-        let err = decompress_with_limit("bomb.zst", &zst, 1 << 16).unwrap_err();
+        let err = decompress("bomb.zst", Compression::Zstd, &zst, 1 << 16).unwrap_err();
         assert_eq!(
             err.to_string(),
             "bomb.zst: decompresses to more than 65536 bytes"
         );
-        let exact = decompress_with_limit("fits.zst", &zst, 1 << 20).unwrap();
+        let exact = decompress("fits.zst", Compression::Zstd, &zst, 1 << 20).unwrap();
         assert_eq!(exact.len(), 1 << 20);
     }
 
@@ -465,7 +632,7 @@ mod tests {
                     _ => input.truncate(at),
                 }
             }
-            let bytes = decompress("f", &input).unwrap_or(input);
+            let bytes = decompress_with_limit("f", &input, 1 << 20).unwrap_or(input);
             for format in Format::ALL {
                 let _ = parse_with_limit("f", format, &bytes, 1 << 16);
             }
