@@ -46,6 +46,8 @@ const ENTRIES_PER_BLOCK: usize = 8;
 /// 1,024 +0.076 (3 runs). Both halves matter: the longer period alone gave -0.046, the wider
 /// table alone -0.127 (3 runs each). The cost is a fixed 4 KiB per shard.
 const MIN_ENTRIES: usize = 512;
+/// The shortest period between agings, in increments (ten per entry sized for).
+pub(crate) const MIN_PERIOD: usize = 10 * MIN_ENTRIES;
 /// Keeps block indexes within the 32 well-mixed bits `spread` provides and bounds memory on
 /// absurd input.
 const MAX_ENTRIES: usize = 1 << 30;
