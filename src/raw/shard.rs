@@ -428,22 +428,7 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
-        while state.policy.len() > self.entry_limit {
-            let Some(eviction) =
-                state
-                    .policy
-                    .evict(&self.members(&state.slab, &state.counts, guard))
-            else {
-                break;
-            };
-            WriteTally::add(
-                &self.tally.admission_rejections,
-                u64::from(eviction.rejected),
-            );
-            self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
-            state.slab.release(eviction.id);
-            release_ids(state);
-        }
+        while state.policy.len() > self.entry_limit && self.evict_locked(state, guard, out) {}
     }
 
     /// Removes `key`'s entry. Returns it if it was live; an expired one is removed as expired.
@@ -480,10 +465,23 @@ where
     pub(crate) fn evict_one<'g>(&self, guard: &'g Guard, out: &mut Departures<'g, K, V>) -> bool {
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
+        let evicted = self.evict_locked(state, guard, out);
+        self.weight.store(state.weight, Ordering::Relaxed);
+        evicted
+    }
+
+    /// [`Shard::evict_one`] for the lock holder, who publishes the weight.
+    fn evict_locked<'g>(
+        &self,
+        state: &mut State<K, V>,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> bool {
         let Some(eviction) = state
             .policy
             .evict(&self.members(&state.slab, &state.counts, guard))
         else {
+            // The hands may have released removed ids before finding the shard empty.
             release_ids(state);
             return false;
         };
@@ -494,7 +492,6 @@ where
         self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
         state.slab.release(eviction.id);
         release_ids(state);
-        self.weight.store(state.weight, Ordering::Relaxed);
         true
     }
 
