@@ -221,7 +221,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     ///
     /// In count mode, `max_entries` above 2^28 per shard is refused by
     /// [`build`](Self::build) ([`BuildError::CapacityTooLarge`]). In byte mode a shard that
-    /// reaches 2^28 entries (at least 20 GiB of them) evicts its own entries to take more,
+    /// reaches 2^28 entries (about 20 GB of them at the least) evicts its own entries to take more,
     /// even below the budget.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
