@@ -332,7 +332,9 @@ where
                 .unwrap_or_else(|| Arc::new(MonotonicClock::default())),
             listener: self.listener,
             expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
-            sample_size: expected_entries.saturating_mul(10).max(MIN_CLIMBER_SAMPLE),
+            sample_size: expected_entries
+                .saturating_mul(crate::policy::sketch::PERIOD_PER_ENTRY as u64)
+                .max(MIN_CLIMBER_SAMPLE),
             shard_entry_limit: self.shard_entry_limit,
         });
         Ok(Cache::from_raw(raw))
