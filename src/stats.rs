@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use crossbeam_utils::CachePadded;
 
+use crate::policy::shift::GhostCounts;
+
 /// A point-in-time snapshot of a cache's counters.
 ///
 /// Counters are summed across stripes and shards without a lock, so a snapshot taken while
@@ -89,6 +91,8 @@ pub(crate) struct WriteTally {
     /// New keys the ghost recognised (see `Policy::on_insert`); for the window's climber,
     /// not reported in [`Stats`].
     pub(crate) returning: AtomicU64,
+    /// New keys main's ghost recognised; for the shift detector, not reported.
+    pub(crate) recalled: AtomicU64,
 }
 
 impl WriteTally {
@@ -98,9 +102,13 @@ impl WriteTally {
         counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
-    /// New keys inserted, and those of them the ghost recognised.
-    pub(crate) fn inserts_and_returning(&self) -> (u64, u64) {
-        (self.inserts.load(Relaxed), self.returning.load(Relaxed))
+    /// New keys inserted, and those of them each ghost recognised.
+    pub(crate) fn ghost_counts(&self) -> GhostCounts {
+        GhostCounts {
+            inserts: self.inserts.load(Relaxed),
+            returning: self.returning.load(Relaxed),
+            recalled: self.recalled.load(Relaxed),
+        }
     }
 
     /// Adds this shard's counts to `stats`.

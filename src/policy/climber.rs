@@ -25,7 +25,8 @@ pub(crate) const INITIAL_WINDOW_PER_MILLE: u32 = 10;
 /// against an 80% ceiling; 90% gave -0.10, 99% -0.12. Before the climber's tolerance, a 99%
 /// ceiling changed nothing: the window wandered too much to stay up there.
 const MIN_WINDOW_PER_MILLE: f64 = 10.0;
-const MAX_WINDOW_PER_MILLE: f64 = 950.0;
+pub(crate) const CEILING_PER_MILLE: u32 = 950;
+const MAX_WINDOW_PER_MILLE: f64 = CEILING_PER_MILLE as f64;
 
 /// First and restarted step: 6.25% of capacity.
 const STEP_PER_MILLE: f64 = 62.5;

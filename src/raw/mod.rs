@@ -12,7 +12,8 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use crate::policy::climber::{HillClimber, INITIAL_WINDOW_PER_MILLE};
+use crate::policy::climber::{HillClimber, CEILING_PER_MILLE, INITIAL_WINDOW_PER_MILLE};
+use crate::policy::shift::{GhostCounts, ShiftDetector, MIN_PERIOD_INSERTS, PERIODS_PER_SAMPLE};
 use crate::stats::Counters;
 use crate::sync::{AtomicU32, AtomicUsize, Guard, Ordering};
 use crate::time::Clock;
@@ -76,15 +77,38 @@ pub(crate) struct RawCache<K, V, S> {
     sample_size: u64,
 }
 
-/// The hit-ratio sample in progress.
-#[derive(Debug, Default)]
+/// The hit-ratio sample and the shift detector's period in progress.
+#[derive(Debug)]
 struct Sampler {
     climber: HillClimber,
-    /// Hits, misses, new keys and new keys the ghost recognised at the start of the sample.
+    /// The window the climber last asked for.
+    climbed: u32,
+    /// Hits, misses and the ghosts' counts at the start of the sample.
     hits: u64,
     misses: u64,
-    inserts: u64,
-    returning: u64,
+    ghosts: GhostCounts,
+    detector: ShiftDetector,
+    /// Whether the detector last said the hot set is moving.
+    moving: bool,
+    /// Accesses and the ghosts' counts at the start of the detector's period.
+    period_accesses: u64,
+    period_ghosts: GhostCounts,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self {
+            climber: HillClimber::default(),
+            climbed: INITIAL_WINDOW_PER_MILLE,
+            hits: 0,
+            misses: 0,
+            ghosts: GhostCounts::default(),
+            detector: ShiftDetector::default(),
+            moving: false,
+            period_accesses: 0,
+            period_ghosts: GhostCounts::default(),
+        }
+    }
 }
 
 impl<K, V, S> RawCache<K, V, S>
@@ -225,34 +249,62 @@ where
         }
     }
 
-    /// Ends the hit-ratio sample if it holds enough accesses, and moves the window. Whoever
-    /// holds the sampler does it; others skip rather than wait.
+    /// Ends the shift detector's period and the hit-ratio sample if they hold enough
+    /// accesses, and moves the window. Whoever holds the sampler does it; others skip rather
+    /// than wait.
     fn sample_hit_ratio(&self) {
         let Ok(mut sampler) = self.sampler.try_lock() else {
             return;
         };
+        let sampler = &mut *sampler;
         let stats = self.counters.snapshot();
+        let accesses = stats.hits + stats.misses;
         let hits = stats.hits.saturating_sub(sampler.hits);
         let misses = stats.misses.saturating_sub(sampler.misses);
-        if hits + misses < self.sample_size {
+        let sample_done = hits + misses >= self.sample_size;
+        let period_done = accesses.saturating_sub(sampler.period_accesses)
+            >= self.sample_size / PERIODS_PER_SAMPLE;
+        if !sample_done && !period_done {
             return;
         }
-        let (all_inserts, returning) = self
-            .shards
+        let ghosts = self.ghost_counts();
+        let mut changed = false;
+        let period = ghosts.since(sampler.period_ghosts);
+        if period_done && period.inserts >= MIN_PERIOD_INSERTS {
+            sampler.period_accesses = accesses;
+            sampler.period_ghosts = ghosts;
+            sampler.moving = sampler.detector.observe(period);
+            changed = true;
+        }
+        if sample_done {
+            let sample = ghosts.since(sampler.ghosts);
+            let returning_share = sample.returning as f64 / sample.inserts.max(1) as f64;
+            sampler.hits = stats.hits;
+            sampler.misses = stats.misses;
+            sampler.ghosts = ghosts;
+            sampler.climbed = sampler
+                .climber
+                .adjust(hits as f64 / (hits + misses) as f64, returning_share);
+            changed = true;
+        }
+        if changed {
+            // A moving hot set opens the window to the climber's ceiling (see `shift.rs`).
+            let floor = if sampler.moving { CEILING_PER_MILLE } else { 0 };
+            self.window_per_mille
+                .store(sampler.climbed.max(floor), Ordering::Relaxed);
+        }
+    }
+
+    /// The ghosts' counts, summed over the shards.
+    fn ghost_counts(&self) -> GhostCounts {
+        self.shards
             .iter()
-            .map(|shard| shard.tally().inserts_and_returning())
-            .fold((0, 0), |(i, r), (si, sr)| (i + si, r + sr));
-        let inserts = all_inserts.saturating_sub(sampler.inserts);
-        let returning_share =
-            returning.saturating_sub(sampler.returning) as f64 / inserts.max(1) as f64;
-        sampler.hits = stats.hits;
-        sampler.misses = stats.misses;
-        sampler.inserts = all_inserts;
-        sampler.returning = returning;
-        let window = sampler
-            .climber
-            .adjust(hits as f64 / (hits + misses) as f64, returning_share);
-        self.window_per_mille.store(window, Ordering::Relaxed);
+            .map(|shard| shard.tally().ghost_counts())
+            .fold(GhostCounts::default(), |sum, shard| GhostCounts {
+                inserts: sum.inserts + shard.inserts,
+                returning: sum.returning + shard.returning,
+                recalled: sum.recalled + shard.recalled,
+            })
     }
 
     /// Takes the weight that left the shards off the global total.

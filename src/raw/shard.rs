@@ -376,8 +376,12 @@ where
                 };
                 slab.set_slot(id, slot);
                 pending.add(weight);
-                if state.policy.on_insert(id, sketch_hash, weight) {
+                let arrival = state.policy.on_insert(id, sketch_hash, weight);
+                if arrival.returning {
                     WriteTally::add(&tally.returning, 1);
+                }
+                if arrival.recalled {
+                    WriteTally::add(&tally.recalled, 1);
                 }
                 state.weight += weight;
                 if expires_at != NEVER {
