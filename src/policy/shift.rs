@@ -87,6 +87,11 @@ pub(crate) struct ShiftDetector {
 }
 
 impl ShiftDetector {
+    /// Whether the hot set is moving, as the periods observed so far tell it.
+    pub(crate) fn moving(&self) -> bool {
+        self.moving
+    }
+
     /// Takes one period's counts and returns whether the hot set is moving.
     pub(crate) fn observe(&mut self, period: GhostCounts) -> bool {
         match period.evidence() {

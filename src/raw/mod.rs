@@ -88,8 +88,6 @@ struct Sampler {
     misses: u64,
     ghosts: GhostCounts,
     detector: ShiftDetector,
-    /// Whether the detector last said the hot set is moving.
-    moving: bool,
     /// Accesses and the ghosts' counts at the start of the detector's period.
     period_accesses: u64,
     period_ghosts: GhostCounts,
@@ -104,7 +102,6 @@ impl Default for Sampler {
             misses: 0,
             ghosts: GhostCounts::default(),
             detector: ShiftDetector::default(),
-            moving: false,
             period_accesses: 0,
             period_ghosts: GhostCounts::default(),
         }
@@ -273,7 +270,7 @@ where
         if period_done && period.inserts >= MIN_PERIOD_INSERTS {
             sampler.period_accesses = accesses;
             sampler.period_ghosts = ghosts;
-            sampler.moving = sampler.detector.observe(period);
+            sampler.detector.observe(period);
             changed = true;
         }
         if sample_done {
@@ -289,7 +286,11 @@ where
         }
         if changed {
             // A moving hot set opens the window to the climber's ceiling (see `shift.rs`).
-            let floor = if sampler.moving { CEILING_PER_MILLE } else { 0 };
+            let floor = if sampler.detector.moving() {
+                CEILING_PER_MILLE
+            } else {
+                0
+            };
             self.window_per_mille
                 .store(sampler.climbed.max(floor), Ordering::Relaxed);
         }
