@@ -53,6 +53,18 @@ pub(crate) struct GhostCounts {
     pub(crate) recalled: u64,
 }
 
+impl std::ops::Add for GhostCounts {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            inserts: self.inserts + other.inserts,
+            returning: self.returning + other.returning,
+            recalled: self.recalled + other.recalled,
+        }
+    }
+}
+
 impl GhostCounts {
     /// The counts since `earlier`, a reading of the same running totals.
     pub(crate) fn since(self, earlier: Self) -> Self {

@@ -301,11 +301,7 @@ where
         self.shards
             .iter()
             .map(|shard| shard.tally().ghost_counts())
-            .fold(GhostCounts::default(), |sum, shard| GhostCounts {
-                inserts: sum.inserts + shard.inserts,
-                returning: sum.returning + shard.returning,
-                recalled: sum.recalled + shard.recalled,
-            })
+            .fold(GhostCounts::default(), |sum, shard| sum + shard)
     }
 
     /// Takes the weight that left the shards off the global total.
