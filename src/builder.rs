@@ -336,6 +336,7 @@ where
                 .saturating_mul(crate::policy::sketch::PERIOD_PER_ENTRY as u64)
                 .max(MIN_CLIMBER_SAMPLE),
             shard_entry_limit: self.shard_entry_limit,
+            capacity_entries: expected_entries,
         });
         Ok(Cache::from_raw(raw))
     }

@@ -5,10 +5,10 @@
 //! under loom (modelling them would only slow the models down).
 
 use std::sync::atomic::{
-    AtomicU64, AtomicUsize,
-    Ordering::{AcqRel, Acquire, Relaxed},
+    AtomicU32, AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crossbeam_utils::CachePadded;
 
@@ -70,6 +70,29 @@ pub(crate) struct Stripe {
     pub(crate) misses: AtomicU64,
     pub(crate) loads: AtomicU64,
     pub(crate) loads_joined: AtomicU64,
+    /// Sampled reads recorded so far, for the shadow LRU (`policy::shadow`).
+    samples_written: AtomicU64,
+    /// The shadow keys of the last few of them (see [`Counters::new`]); allocated
+    /// by the stripe's first sampled read, so a thread that never reads costs nothing.
+    samples: OnceLock<Box<[AtomicU32]>>,
+}
+
+/// The most sampled reads a stripe keeps until the sampler drains them (see
+/// [`Counters::new`]).
+const MAX_SAMPLE_RING: usize = 1024;
+
+impl Stripe {
+    /// Records a sampled read in a ring of `ring_len` slots (a power of two). Only the
+    /// stripe's owner calls this, so a plain load and store of the count suffice; the
+    /// release store publishes the slot to the sampler.
+    fn record_sample(&self, key: u32, ring_len: usize) {
+        let ring = self
+            .samples
+            .get_or_init(|| (0..ring_len).map(|_| AtomicU32::new(0)).collect());
+        let written = self.samples_written.load(Relaxed);
+        ring[written as usize & (ring_len - 1)].store(key, Relaxed);
+        self.samples_written.store(written + 1, Release);
+    }
 }
 
 /// What writes did in one shard.
@@ -136,6 +159,8 @@ const SHARED_STRIPES: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Counters {
     stripes: Box<[CachePadded<Stripe>]>,
+    /// Slots of each stripe's ring of sampled reads.
+    sample_ring: usize,
 }
 
 /// Stripe numbers of threads that exited, for reuse, so a long-lived process that spawns
@@ -166,11 +191,18 @@ thread_local! {
 }
 
 impl Counters {
-    pub(crate) fn new() -> Self {
+    /// Counters whose stripes each keep up to `sampled_reads` sampled reads between two
+    /// drains (rounded up to a power of two, at most [`MAX_SAMPLE_RING`]). The sampler
+    /// drains on writes (see `RawCache::sample_hit_ratio`), every few hundred at most; a
+    /// thread that reads more sampled keys than its ring holds meanwhile loses the older
+    /// ones. Lossy, as the shadow may be: it measures the workload, it is not part of the
+    /// cache's state.
+    pub(crate) fn new(sampled_reads: usize) -> Self {
         Self {
             stripes: (0..OWNED_STRIPES + SHARED_STRIPES)
                 .map(|_| CachePadded::default())
                 .collect(),
+            sample_ring: sampled_reads.clamp(1, MAX_SAMPLE_RING).next_power_of_two(),
         }
     }
 
@@ -184,6 +216,53 @@ impl Counters {
             counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
         } else {
             pick(&self.stripes[OWNED_STRIPES + number % SHARED_STRIPES]).fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Counts a read in this thread's stripe.
+    #[inline]
+    pub(crate) fn count_read(&self, hit: bool) {
+        if hit {
+            self.add(|s| &s.hits, 1);
+        } else {
+            self.add(|s| &s.misses, 1);
+        }
+    }
+
+    /// Records a read of a sampled key for the shadow LRU (`key`: its shadow key). Out of
+    /// line and apart from the count: on a large cache few reads are sampled, and the two
+    /// together inlined into the read path cost every read about ten instructions
+    /// (`examples/op_cost.rs` get-only under cachegrind).
+    #[inline(never)]
+    pub(crate) fn record_sample(&self, key: u32) {
+        let number = STRIPE.try_with(|stripe| stripe.0).unwrap_or(usize::MAX);
+        // Threads beyond the owned stripes take no samples: sharing a ring would need its
+        // writers to agree on slots, for a measure that needs no more samples.
+        if number < OWNED_STRIPES {
+            self.stripes[number].record_sample(key, self.sample_ring);
+        }
+    }
+
+    /// Hands `sample` the shadow key of every stripe's sampled reads since the last call,
+    /// oldest first within a stripe. `drained` holds how far each stripe was read
+    /// (the caller keeps it between calls); reads overwritten meanwhile are skipped.
+    pub(crate) fn drain_samples(&self, drained: &mut Vec<u64>, mut sample: impl FnMut(u32)) {
+        let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
+        if drained.len() < owned_in_use {
+            drained.resize(owned_in_use, 0);
+        }
+        for (stripe, done) in self.stripes[..owned_in_use].iter().zip(drained.iter_mut()) {
+            let written = stripe.samples_written.load(Acquire);
+            let Some(ring) = stripe.samples.get() else {
+                continue;
+            };
+            let from = (*done).max(written.saturating_sub(ring.len() as u64));
+            for at in from..written {
+                // A slot the owner overwrote since `written` was read gives a newer sample
+                // in place of the older one: no harm to a measure.
+                sample(ring[at as usize & (ring.len() - 1)].load(Relaxed));
+            }
+            *done = written;
         }
     }
 
@@ -213,5 +292,75 @@ impl Counters {
         self.stripes[..owned_in_use]
             .iter()
             .chain(&self.stripes[OWNED_STRIPES..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(counters: &Counters, drained: &mut Vec<u64>) -> Vec<u32> {
+        let mut keys = Vec::new();
+        counters.drain_samples(drained, |key| keys.push(key));
+        keys
+    }
+
+    #[test]
+    fn sampled_reads_reach_the_drain_once_in_order() {
+        let counters = Counters::new(64);
+        let mut drained = Vec::new();
+        for key in 0..10 {
+            counters.record_sample(key);
+        }
+        assert_eq!(drain(&counters, &mut drained), (0..10).collect::<Vec<_>>());
+        assert!(drain(&counters, &mut drained).is_empty());
+        counters.record_sample(77);
+        assert_eq!(drain(&counters, &mut drained), vec![77]);
+    }
+
+    #[test]
+    fn a_full_ring_keeps_the_newest_reads() {
+        let counters = Counters::new(64);
+        let mut drained = Vec::new();
+        for key in 0..200 {
+            counters.record_sample(key);
+        }
+        assert_eq!(
+            drain(&counters, &mut drained),
+            (136..200).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn sampled_reads_of_several_threads_all_reach_the_drain() {
+        // A thread that exits hands its stripe to the next, which writes on in the same
+        // ring: room for all 400 here.
+        let counters = Counters::new(1024);
+        std::thread::scope(|scope| {
+            for thread in 0..4u32 {
+                let counters = &counters;
+                scope.spawn(move || {
+                    for i in 0..100 {
+                        counters.record_sample(thread * 1000 + i);
+                    }
+                });
+            }
+        });
+        let mut keys = drain(&counters, &mut Vec::new());
+        keys.sort_unstable();
+        let expected: Vec<u32> = (0..4)
+            .flat_map(|t| (0..100).map(move |i| t * 1000 + i))
+            .collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn a_thread_that_never_samples_allocates_no_ring() {
+        let counters = Counters::new(64);
+        counters.count_read(true);
+        assert!(counters
+            .stripes
+            .iter()
+            .all(|stripe| stripe.samples.get().is_none()));
     }
 }

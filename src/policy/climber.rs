@@ -131,11 +131,24 @@ impl HillClimber {
     /// Takes the hit ratio (0..=1) of the sample that just ended and the share of its new keys
     /// the ghost recognised (0..=1), and returns the window share to use next, in per mille
     /// of capacity. The share sets a floor under what is returned (see [`RETURNING_FACTOR`])
-    /// and lifts the climber's own window (see [`RETURNING_LIFT`]).
-    pub(crate) fn adjust(&mut self, hit_ratio: f64, returning_share: f64) -> u32 {
+    /// and lifts the climber's own window (see [`RETURNING_LIFT`]). When `workload_moved`
+    /// (the shadow LRU's hit ratio changed, see `shadow.rs`), the sample becomes the
+    /// baseline for the next one and the window stays: the change in hit ratio was the
+    /// workload's, not the window's.
+    pub(crate) fn adjust(
+        &mut self,
+        hit_ratio: f64,
+        returning_share: f64,
+        workload_moved: bool,
+    ) -> u32 {
         let floor = (returning_share * 1000.0 * RETURNING_FACTOR)
             .clamp(MIN_WINDOW_PER_MILLE, MAX_WINDOW_PER_MILLE);
-        let window = self.climb(hit_ratio);
+        let window = if workload_moved && self.previous.is_some() {
+            self.previous = Some(hit_ratio);
+            self.window.round() as u32
+        } else {
+            self.climb(hit_ratio)
+        };
         self.window = self.window.max(floor * RETURNING_LIFT);
         window.max(floor.round() as u32)
     }
@@ -190,9 +203,10 @@ mod tests {
             warm_up(&mut climber, hit_ratio_at(INITIAL_WINDOW_PER_MILLE, best));
             // At the floor a steady hit ratio holds the window: returning keys (2% of new
             // ones here) are what lift it off, and the climber takes over from there.
-            let mut window = climber.adjust(hit_ratio_at(INITIAL_WINDOW_PER_MILLE, best), 0.02);
+            let mut window =
+                climber.adjust(hit_ratio_at(INITIAL_WINDOW_PER_MILLE, best), 0.02, false);
             for _ in 0..300 {
-                window = climber.adjust(hit_ratio_at(window, best), 0.0);
+                window = climber.adjust(hit_ratio_at(window, best), 0.0, false);
             }
             assert!(
                 (f64::from(window) - best).abs() <= 70.0,
@@ -211,7 +225,7 @@ mod tests {
             state ^= state << 17;
             // A flat workload sampled with up to +-0.9 points of noise.
             let noise = (state >> 11) as f64 / (1u64 << 53) as f64 * 0.018 - 0.009;
-            let window = climber.adjust(0.5 + noise, 0.0);
+            let window = climber.adjust(0.5 + noise, 0.0, false);
             assert!(window <= 100, "wandered to {window}");
         }
     }
@@ -221,9 +235,12 @@ mod tests {
         for round in 0..WARM_UP_SAMPLES {
             // Rising fast, as while a cache fills.
             let rising = baseline * f64::from(round + 1) / f64::from(WARM_UP_SAMPLES + 1);
-            assert_eq!(climber.adjust(rising, 0.0), INITIAL_WINDOW_PER_MILLE);
+            assert_eq!(climber.adjust(rising, 0.0, false), INITIAL_WINDOW_PER_MILLE);
         }
-        assert_eq!(climber.adjust(baseline, 0.0), INITIAL_WINDOW_PER_MILLE);
+        assert_eq!(
+            climber.adjust(baseline, 0.0, false),
+            INITIAL_WINDOW_PER_MILLE
+        );
     }
 
     #[test]
@@ -231,7 +248,7 @@ mod tests {
         let mut climber = HillClimber::default();
         warm_up(&mut climber, 0.5);
         // The first comparison moves it: better by the tolerance keeps going up.
-        assert!(climber.adjust(0.6, 0.0) > INITIAL_WINDOW_PER_MILLE);
+        assert!(climber.adjust(0.6, 0.0, false) > INITIAL_WINDOW_PER_MILLE);
     }
 
     #[test]
@@ -240,37 +257,61 @@ mod tests {
         warm_up(&mut climber, 0.45);
         // A better sample steps up; a worse one turns it back, and a better one takes it
         // down to the floor.
-        climber.adjust(0.50, 0.0);
-        climber.adjust(0.45, 0.0);
-        assert_eq!(climber.adjust(0.50, 0.0), INITIAL_WINDOW_PER_MILLE);
+        climber.adjust(0.50, 0.0, false);
+        climber.adjust(0.45, 0.0, false);
+        assert_eq!(climber.adjust(0.50, 0.0, false), INITIAL_WINDOW_PER_MILLE);
         for round in 0..50 {
             let noise = if round % 2 == 0 { 0.005 } else { -0.005 };
-            assert_eq!(climber.adjust(0.50 + noise, 0.0), INITIAL_WINDOW_PER_MILLE);
+            assert_eq!(
+                climber.adjust(0.50 + noise, 0.0, false),
+                INITIAL_WINDOW_PER_MILLE
+            );
         }
         // A sample worse by the tolerance moves it again.
-        assert!(climber.adjust(0.40, 0.0) > INITIAL_WINDOW_PER_MILLE);
+        assert!(climber.adjust(0.40, 0.0, false) > INITIAL_WINDOW_PER_MILLE);
     }
 
     #[test]
     fn returning_keys_raise_the_window_and_lift_the_climb() {
         let mut climber = HillClimber::default();
         // 4% of new keys returning: a window of at least 20%.
-        assert_eq!(climber.adjust(0.5, 0.04), 200);
+        assert_eq!(climber.adjust(0.5, 0.04, false), 200);
         // The climber's own window went to half that, and moves on from there by a step
         // at most.
-        let next = climber.adjust(0.5, 0.0);
+        let next = climber.adjust(0.5, 0.0, false);
         assert!(next < 200);
         assert!(next >= 100 - STEP_PER_MILLE as u32);
         // Every key returning: still within the ceiling.
-        assert!(f64::from(climber.adjust(0.5, 1.0)) <= MAX_WINDOW_PER_MILLE);
+        assert!(f64::from(climber.adjust(0.5, 1.0, false)) <= MAX_WINDOW_PER_MILLE);
     }
 
     #[test]
     fn stays_within_bounds() {
         let mut climber = HillClimber::default();
         for round in 0..1000 {
-            let window = climber.adjust(if round % 2 == 0 { 1.0 } else { 0.0 }, 0.0);
+            let window = climber.adjust(if round % 2 == 0 { 1.0 } else { 0.0 }, 0.0, false);
             assert!(f64::from(window) <= MAX_WINDOW_PER_MILLE);
         }
+    }
+
+    #[test]
+    fn a_sample_whose_workload_moved_is_a_new_baseline_not_a_gradient() {
+        // Phases whose hit ratios differ by far more than the tolerance: read as gradients
+        // they walk the window; with the shadow saying the workload moved, it stays.
+        let phases = [0.44, 0.10, 0.40, 0.12, 0.43, 0.09];
+        let mut walked = HillClimber::default();
+        let mut held = HillClimber::default();
+        warm_up(&mut walked, 0.3);
+        warm_up(&mut held, 0.3);
+        let (mut walked_moves, mut last) = (0, INITIAL_WINDOW_PER_MILLE);
+        for &hit_ratio in phases.iter().cycle().take(60) {
+            let window = walked.adjust(hit_ratio, 0.0, false);
+            walked_moves += u32::from(window != last);
+            last = window;
+            assert_eq!(held.adjust(hit_ratio, 0.0, true), INITIAL_WINDOW_PER_MILLE);
+        }
+        assert!(walked_moves > 10, "{walked_moves} moves");
+        // The next sample without a move is compared with the last one held.
+        assert!(held.adjust(0.09 + TOLERANCE * 2.0, 0.0, false) > INITIAL_WINDOW_PER_MILLE);
     }
 }

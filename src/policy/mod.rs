@@ -8,7 +8,8 @@
 //! probation's CLOCK victim on estimated frequency (TinyLFU) and the loser is evicted. A
 //! small ghost (`ghost.rs`) remembers rejected candidates: one that returns soon wins its
 //! next duel. A second ghost remembers main's evicted victims; the two ghosts' counts tell
-//! a hot set that moves (`shift.rs`).
+//! a hot set that moves (`shift.rs`). A miniature LRU over a sample of the reads
+//! (`shadow.rs`) tells the climber when the workload, not its window, moved the hit ratio.
 //! Reads never touch this code: they bump a lossy counter in the entry, which the CLOCK
 //! hands read, clear and feed into the frequency sketch as they sweep.
 //!
@@ -17,6 +18,7 @@
 pub(crate) mod climber;
 pub(crate) mod clock;
 pub(crate) mod ghost;
+pub(crate) mod shadow;
 pub(crate) mod shift;
 pub(crate) mod sketch;
 

@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use crate::policy::climber::{HillClimber, CEILING_PER_MILLE, INITIAL_WINDOW_PER_MILLE};
+use crate::policy::shadow::{shadow_key, Sampling, ShadowLru, MIN_SAMPLED_READS, WORKLOAD_MOVED};
 use crate::policy::shift::{GhostCounts, ShiftDetector, MIN_PERIOD_INSERTS, PERIODS_PER_SAMPLE};
 use crate::stats::Counters;
 use crate::sync::{AtomicU32, AtomicUsize, Guard, Ordering};
@@ -43,6 +44,8 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) expected_entries: usize,
     /// Accesses per hit-ratio sample of the window's hill climbing.
     pub(crate) sample_size: u64,
+    /// Entries the whole cache holds (an estimate in byte mode): sizes the shadow LRU.
+    pub(crate) capacity_entries: u64,
     /// Most entries one shard holds (see [`SHARD_ENTRY_LIMIT`]; lowered only by tests).
     pub(crate) shard_entry_limit: usize,
 }
@@ -75,6 +78,8 @@ pub(crate) struct RawCache<K, V, S> {
     sampler: std::sync::Mutex<Sampler>,
     /// Accesses per hit-ratio sample: ten per expected entry, as Caffeine samples.
     sample_size: u64,
+    /// Which reads the shadow LRU sees.
+    sampling: Sampling,
 }
 
 /// The hit-ratio sample and the shift detector's period in progress.
@@ -91,10 +96,18 @@ struct Sampler {
     /// Accesses and the ghosts' counts at the start of the detector's period.
     period_accesses: u64,
     period_ghosts: GhostCounts,
+    /// The workload's control (see `policy::shadow`), how far each stripe's sampled reads
+    /// were drained, and the shadow's reads and hits in the climber's sample so far.
+    shadow: ShadowLru,
+    drained: Vec<u64>,
+    shadow_reads: u64,
+    shadow_hits: u64,
+    /// The shadow's hit ratio over the previous climber sample.
+    previous_shadow_ratio: Option<f64>,
 }
 
-impl Default for Sampler {
-    fn default() -> Self {
+impl Sampler {
+    fn new(shadow_capacity: usize) -> Self {
         Self {
             climber: HillClimber::default(),
             climbed: INITIAL_WINDOW_PER_MILLE,
@@ -104,7 +117,24 @@ impl Default for Sampler {
             detector: ShiftDetector::default(),
             period_accesses: 0,
             period_ghosts: GhostCounts::default(),
+            shadow: ShadowLru::new(shadow_capacity),
+            drained: Vec::new(),
+            shadow_reads: 0,
+            shadow_hits: 0,
+            previous_shadow_ratio: None,
         }
+    }
+
+    /// Whether the workload moved since the previous climber sample by the shadow's hit
+    /// ratio, which starts the next sample's count. `false` when either sample had too
+    /// few sampled reads to tell.
+    fn workload_moved(&mut self) -> bool {
+        let ratio = (self.shadow_reads >= MIN_SAMPLED_READS)
+            .then(|| self.shadow_hits as f64 / self.shadow_reads as f64);
+        self.shadow_reads = 0;
+        self.shadow_hits = 0;
+        let previous = std::mem::replace(&mut self.previous_shadow_ratio, ratio);
+        matches!((previous, ratio), (Some(a), Some(b)) if (a - b).abs() >= WORKLOAD_MOVED)
     }
 }
 
@@ -122,6 +152,7 @@ where
         let now = config.clock.now_nanos();
         let seed = config.hasher.hash_one(0x5eed_u64);
         let unit_weights = config.weigher.is_none();
+        let sampling = Sampling::for_entries(config.capacity_entries);
         Self {
             shards: (0..shards)
                 .map(|index| {
@@ -138,10 +169,11 @@ where
             clock: config.clock,
             listener: config.listener,
             sweep: AtomicUsize::new(0),
-            counters: Counters::new(),
+            counters: Counters::new(sampling.capacity),
             window_per_mille: AtomicU32::new(INITIAL_WINDOW_PER_MILLE),
-            sampler: std::sync::Mutex::new(Sampler::default()),
+            sampler: std::sync::Mutex::new(Sampler::new(sampling.capacity)),
             sample_size: config.sample_size,
+            sampling,
         }
     }
 
@@ -170,9 +202,9 @@ where
     {
         let hash = self.hash(key);
         let found = self.shard(hash).get(hash, key, || self.now(), guard);
-        match found {
-            Some(_) => self.counters.add(|s| &s.hits, 1),
-            None => self.counters.add(|s| &s.misses, 1),
+        self.counters.count_read(found.is_some());
+        if self.sampling.samples(hash) {
+            self.counters.record_sample(shadow_key(hash));
         }
         found
     }
@@ -254,6 +286,17 @@ where
             return;
         };
         let sampler = &mut *sampler;
+        let Sampler {
+            shadow,
+            drained,
+            shadow_reads,
+            shadow_hits,
+            ..
+        } = sampler;
+        self.counters.drain_samples(drained, |key| {
+            *shadow_reads += 1;
+            *shadow_hits += u64::from(shadow.access(key));
+        });
         let stats = self.counters.snapshot();
         let accesses = stats.hits + stats.misses;
         let hits = stats.hits.saturating_sub(sampler.hits);
@@ -279,9 +322,12 @@ where
             sampler.hits = stats.hits;
             sampler.misses = stats.misses;
             sampler.ghosts = ghosts;
-            sampler.climbed = sampler
-                .climber
-                .adjust(hits as f64 / (hits + misses) as f64, returning_share);
+            let workload_moved = sampler.workload_moved();
+            sampler.climbed = sampler.climber.adjust(
+                hits as f64 / (hits + misses) as f64,
+                returning_share,
+                workload_moved,
+            );
             changed = true;
         }
         if changed {
