@@ -25,7 +25,7 @@ pub(crate) const MIN_SAMPLED_READS: u64 = 256;
 /// A change of the shadow's hit ratio between two climber samples this large means the
 /// workload moved. Measured with the simulator at 32,768 entries (`--policies larder`,
 /// averages of 3 to 10 runs, the random hasher making each run differ): ARC's P2 29.19%
-/// without the rule (28.81–29.43) and 31.45% with it (31.20–31.62); P6 28.44% and 28.32%;
+/// without the rule (28.81–29.43) and 31.42% with it (31.20–31.62); P6 28.44% and 28.32%;
 /// P3 18.69% and 18.51%; P12 15.15% (12.40–17.76, 10 runs) and 15.90% (13.88–17.51).
 /// Over the 113 rows of the real traces −0.015 points (4 runs against 6; a 4-run mean
 /// moves by about ±0.02). A threshold of 2 points also gave P2 31.6%, but −0.042 over the
