@@ -46,6 +46,8 @@ struct Options {
     out: PathBuf,
     /// Only these policies, if given.
     policies: Option<Vec<String>>,
+    /// Replays of each real cache per row (see [`plan`]).
+    runs: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -57,6 +59,7 @@ fn parse_args() -> Result<Options, String> {
         pattern: peers::Pattern::CacheAside,
         out: PathBuf::from("target/simulate"),
         policies: None,
+        runs: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -83,6 +86,13 @@ fn parse_args() -> Result<Options, String> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or("--threads needs a whole number >= 1")?;
+            }
+            "--runs" => {
+                options.runs = value("--runs")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or("--runs needs a whole number >= 1")?;
             }
             "--pattern" => options.pattern = value("--pattern")?.parse()?,
             "--out" => options.out = PathBuf::from(value("--out")?),
@@ -160,22 +170,33 @@ struct Job {
     policy: &'static str,
     /// In the table and plots; false for an OPT run only for the check against it.
     shown: bool,
+    /// Which of the row's replays of a real cache this is, from 0 (see [`plan`]).
+    run: usize,
 }
 
 /// Every replay to run: each of `policies` at each size of each trace, in table order.
 /// OPT runs at every size even when `policies` leaves it out, unshown: the check for
 /// policies above it needs it, and it costs about what a replay of LRU does.
-fn plan(traces: &[Trace], policies: &[&'static str]) -> Vec<Job> {
+///
+/// A real cache is replayed `runs` times per row, one job each, and its row shows their
+/// mean: each replay builds a new cache, whose hasher is seeded at random (larder's and
+/// quick_cache's), so single replays of one build differ, on ARC's P12 by up to 1.5
+/// points. The reference policies are deterministic and run once.
+fn plan(traces: &[Trace], policies: &[&'static str], runs: usize) -> Vec<Job> {
     let unshown_opt = !policies.contains(&"opt");
     let at = |trace, size| {
-        let job = move |policy, shown| Job {
+        let job = move |policy, shown, run| Job {
             trace,
             size,
             policy,
             shown,
+            run,
         };
-        let chosen = policies.iter().map(move |&policy| job(policy, true));
-        chosen.chain(unshown_opt.then(|| job("opt", false)))
+        let chosen = policies.iter().flat_map(move |&policy| {
+            let replays = if REAL.contains(&policy) { runs } else { 1 };
+            (0..replays).map(move |run| job(policy, true, run))
+        });
+        chosen.chain(unshown_opt.then(|| job("opt", false, 0)))
     };
     traces
         .iter()
@@ -292,7 +313,7 @@ fn main() -> ExitCode {
         .copied()
         .filter(chosen)
         .collect();
-    let jobs = plan(&traces, &policies);
+    let jobs = plan(&traces, &policies, options.runs);
     let total: u64 = jobs.iter().map(|j| traces[j.trace].keys.len() as u64).sum();
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {percent:>3}% {pos}/{len} accesses, eta {eta}")
@@ -346,8 +367,8 @@ fn print_comparison(
     }
     println!();
     let setting = format!(
-        "{} thread(s) per real cache, {:?}",
-        options.threads, options.pattern
+        "{} thread(s) per real cache, {:?}, mean of {} run(s)",
+        options.threads, options.pattern, options.runs
     );
     print_summary("larder vs best peer", &rows, &setting);
     if let Some(bounded) = compare(traces, find, ["moka_bounded", "quick_cache", "lru"]) {
@@ -460,30 +481,57 @@ fn report(
         let job = jobs[index];
         100.0 * results[&index].hits as f64 / traces[job.trace].keys.len() as f64
     };
+    // The jobs replaying `policy` at `size` on `trace` (one per run).
+    let replays = |trace: usize, size: usize, policy: &str| -> Vec<usize> {
+        (0..jobs.len())
+            .filter(|&i| {
+                let job = jobs[i];
+                job.trace == trace && job.size == size && job.policy == policy
+            })
+            .collect()
+    };
+    // A row's hit ratio: the mean of its runs.
     let find = |trace: usize, size: usize, policy: &str| {
-        jobs.iter()
-            .position(|j| j.trace == trace && j.size == size && j.policy == policy)
-            .map(ratio)
+        let runs = replays(trace, size, policy);
+        (!runs.is_empty()).then(|| runs.iter().map(|&i| ratio(i)).sum::<f64>() / runs.len() as f64)
     };
     let mut broken = false;
     println!("| trace | size | policy | hit ratio % | note |");
     println!("|---|---:|---|---:|---|");
-    for (index, job) in jobs.iter().enumerate().filter(|(_, job)| job.shown) {
+    for job in jobs.iter().filter(|job| job.shown && job.run == 0) {
         let trace = &traces[job.trace];
         let opt = find(job.trace, job.size, "opt").expect("`plan` runs OPT at every size");
-        let error = results[&index].error.as_deref();
-        let (note, fails) = note(job.policy, ratio(index), opt, error, options.threads);
-        broken |= fails;
+        let runs = replays(job.trace, job.size, job.policy);
+        let mut notes = Vec::new();
+        if runs.len() > 1 {
+            let (low, high) = runs
+                .iter()
+                .map(|&i| ratio(i))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), r| {
+                    (low.min(r), high.max(r))
+                });
+            notes.push(format!("mean of {} runs, {low:.2}–{high:.2}", runs.len()));
+        }
+        // Every run is checked: one above OPT or one wrong value is a broken cache.
+        for &index in &runs {
+            let error = results[&index].error.as_deref();
+            let (note, fails) = note(job.policy, ratio(index), opt, error, options.threads);
+            broken |= fails;
+            if !note.is_empty() && !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+        let mean = find(job.trace, job.size, job.policy).expect("the row's own runs");
         println!(
-            "| {} | {} | {} | {:.2} | {note} |",
+            "| {} | {} | {} | {mean:.2} | {} |",
             trace.name,
             job.size,
             job.policy,
-            ratio(index)
+            notes.join("; ")
         );
     }
     print_comparison(options, traces, &find);
-    if let Err(message) = write_plots(options, traces, jobs, results) {
+    if let Err(message) = write_plots(options, traces, jobs, &find) {
         eprintln!("warning: plots not written: {message}");
     }
     if broken {
@@ -519,22 +567,22 @@ fn note(policy: &str, ratio: f64, opt: f64, error: Option<&str>, threads: usize)
     (notes.join("; "), fails)
 }
 
+/// One plot per trace, of each row's hit ratio as `find` gives it (the mean of its runs).
 fn write_plots(
     options: &Options,
     traces: &[Trace],
     jobs: &[Job],
-    results: &BTreeMap<usize, Outcome>,
+    find: &dyn Fn(usize, usize, &str) -> Option<f64>,
 ) -> Result<(), String> {
     std::fs::create_dir_all(&options.out).map_err(|e| format!("{}: {e}", options.out.display()))?;
     for (index, trace) in traces.iter().enumerate() {
         let points: Vec<plot::Point<'_>> = jobs
             .iter()
-            .enumerate()
-            .filter(|(_, job)| job.trace == index && job.shown)
-            .map(|(at, job)| plot::Point {
+            .filter(|job| job.trace == index && job.shown && job.run == 0)
+            .map(|job| plot::Point {
                 policy: job.policy,
                 size: job.size,
-                hit_ratio: 100.0 * results[&at].hits as f64 / trace.keys.len() as f64,
+                hit_ratio: find(index, job.size, job.policy).expect("a job's own row"),
             })
             .collect();
         let file_name: String = trace
@@ -575,9 +623,10 @@ mod tests {
             size,
             policy,
             shown,
+            run: 0,
         };
         assert_eq!(
-            plan(&traces, &["larder", "lru"]),
+            plan(&traces, &["larder", "lru"], 1),
             [
                 job(0, 10, "larder", true),
                 job(0, 10, "lru", true),
@@ -592,8 +641,30 @@ mod tests {
         );
         // Chosen, it runs once, shown.
         assert_eq!(
-            plan(&traces[1..], &["opt", "lru"]),
+            plan(&traces[1..], &["opt", "lru"], 1),
             [job(0, 5, "opt", true), job(0, 5, "lru", true)]
+        );
+    }
+
+    #[test]
+    fn only_real_caches_replay_once_per_run() {
+        let traces = [trace("a", vec![10])];
+        let job = |policy, shown, run| Job {
+            trace: 0,
+            size: 10,
+            policy,
+            shown,
+            run,
+        };
+        assert_eq!(
+            plan(&traces, &["larder", "lru"], 3),
+            [
+                job("larder", true, 0),
+                job("larder", true, 1),
+                job("larder", true, 2),
+                job("lru", true, 0),
+                job("opt", false, 0),
+            ]
         );
     }
 
