@@ -32,11 +32,11 @@ const MAX_ENTRIES: u64 = MAX_SHARDS as u64 * SHARD_ENTRY_LIMIT as u64;
 /// shards wrapped the counter, and the cache kept three times its budget at rest.
 const MAX_BYTES: u64 = 1 << 48;
 
-/// The fewest accesses in a sample of the window's hill climber (otherwise ten per entry,
-/// as the sketch's period): the sketch's shortest period between agings. The estimates
+/// The fewest accesses in a sample of the window (otherwise ten per entry, as the sketch's
+/// period; see `policy::miniature`): the sketch's shortest period between agings. The estimates
 /// the admission duels weigh saw-tooth over each period, so a shorter sample's hit ratio
-/// depends on where in the period it falls, and the climber reads that as a gradient.
-/// Over the 113 rows of the real traces (larder vs the best of moka held to its capacity,
+/// depends on where in the period it falls. Measured for session 13's hill climber, which
+/// read that as a gradient: over the 113 rows of the real traces (larder vs the best of moka held to its capacity,
 /// quick_cache and LRU, two sets of 10 runs each against one peer run), the mean gap went
 /// from +0.234 with 1,024 to +0.286, and the rows within 0.5 points from 83 to 88 (sprite
 /// at 71 entries +1.6, multi2 at 57 +1.1, 2_pools at 99 +1.0; cpp at 122 -1.0, web12 at 14

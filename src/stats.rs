@@ -70,9 +70,9 @@ pub(crate) struct Stripe {
     pub(crate) misses: AtomicU64,
     pub(crate) loads: AtomicU64,
     pub(crate) loads_joined: AtomicU64,
-    /// Sampled reads recorded so far, for the shadow LRU (`policy::shadow`).
+    /// Sampled reads recorded so far, for the window's miniatures (`policy::miniature`).
     samples_written: AtomicU64,
-    /// The shadow keys of the last few of them (see [`Counters::new`]); allocated
+    /// The sample keys of the last few of them (see [`Counters::new`]); allocated
     /// by the stripe's first sampled read, so a thread that never reads costs nothing.
     samples: OnceLock<Box<[AtomicU32]>>,
 }
@@ -111,8 +111,8 @@ pub(crate) struct WriteTally {
     pub(crate) evictions: AtomicU64,
     pub(crate) admission_rejections: AtomicU64,
     pub(crate) expirations: AtomicU64,
-    /// New keys the ghost recognised (see `Policy::on_insert`); for the window's climber,
-    /// not reported in [`Stats`].
+    /// New keys the ghost recognised (see `Policy::on_insert`); for the shift detector, not
+    /// reported in [`Stats`].
     pub(crate) returning: AtomicU64,
     /// New keys main's ghost recognised; for the shift detector, not reported.
     pub(crate) recalled: AtomicU64,
@@ -195,8 +195,8 @@ impl Counters {
     /// drains (rounded up to a power of two, at most [`MAX_SAMPLE_RING`]). The sampler
     /// drains on writes (see `RawCache::sample_hit_ratio`), every few hundred at most; a
     /// thread that reads more sampled keys than its ring holds meanwhile loses the older
-    /// ones. Lossy, as the shadow may be: it measures the workload, it is not part of the
-    /// cache's state.
+    /// ones. Lossy, as the miniatures may be: they measure the workload, they are not part
+    /// of the cache's state.
     pub(crate) fn new(sampled_reads: usize) -> Self {
         Self {
             stripes: (0..OWNED_STRIPES + SHARED_STRIPES)
@@ -229,7 +229,7 @@ impl Counters {
         }
     }
 
-    /// Records a read of a sampled key for the shadow LRU (`key`: its shadow key). Out of
+    /// Records a read of a sampled key for the window's miniatures (`key`: its sample key). Out of
     /// line and apart from the count: on a large cache few reads are sampled, and the two
     /// together inlined into the read path cost every read about ten instructions
     /// (`examples/op_cost.rs` get-only under cachegrind).
@@ -243,7 +243,7 @@ impl Counters {
         }
     }
 
-    /// Hands `sample` the shadow key of every stripe's sampled reads since the last call,
+    /// Hands `sample` the sample key of every stripe's sampled reads since the last call,
     /// oldest first within a stripe. `drained` holds how far each stripe was read
     /// (the caller keeps it between calls); reads overwritten meanwhile are skipped.
     pub(crate) fn drain_samples(&self, drained: &mut Vec<u64>, mut sample: impl FnMut(u32)) {

@@ -141,9 +141,9 @@ fn over_key_sets(trace: &[u64], capacity: u64, shards: usize, lru: f64) -> f64 {
 }
 
 /// Pins larder's hit ratio on the embedded trace, averaged over [`KEY_MASKS`], above floors
-/// half a point below measured values (at 1,000 entries: 1 shard 49.98%, 2 shards 49.82%,
-/// 4 shards 49.59%; LRU 41.38%; 50.02%, 49.86% and 49.94% with session 14's shift
-/// detector), so a policy change that loses more than half a point fails
+/// half a point below measured values (at 1,000 entries: 1 shard 49.86%, 2 shards 49.63%,
+/// 4 shards 49.93% since session 16's miniatures chose the window; LRU 41.38%; 50.02%,
+/// 49.86% and 49.94% with session 14's hill climber and shift detector), so a policy change that loses more than half a point fails
 /// here before it reaches the simulator. Raise the floors when the policy improves.
 #[test]
 #[cfg_attr(
@@ -153,7 +153,7 @@ fn over_key_sets(trace: &[u64], capacity: u64, shards: usize, lru: f64) -> f64 {
 fn embedded_trace_hit_ratio_stays_above_its_measured_floor() {
     let trace = embedded_trace();
     let lru = lru_hit_ratio(&trace, 1000);
-    for (shards, floor) in [(1, 49.4), (2, 49.3), (4, 49.0)] {
+    for (shards, floor) in [(1, 49.3), (2, 49.1), (4, 49.4)] {
         let ratio = over_key_sets(&trace, 1000, shards, lru);
         assert!(
             ratio > floor,
@@ -178,7 +178,8 @@ fn moving_hot_set(phases: u64, keys: usize, per_phase: usize) -> Vec<u64> {
 /// Pins larder's hit ratio on a hot set that moves (four phases of Zipf(1.0) requests over
 /// 5,000 fresh keys each, 25,000 requests a phase, a cache of half a phase's keys), where
 /// LRU is near the optimum (87.46%), above floors half a point below the measured values
-/// (averaged over [`KEY_MASKS`]: 1 shard 85.71%, 2 shards 85.52%, 4 shards 85.70%). Before
+/// (averaged over [`KEY_MASKS`]: 1 shard 86.11%, 2 shards 86.17%, 4 shards 86.22% since
+/// session 16's miniatures; 85.71%, 85.52% and 85.70% with the hill climber). Before
 /// the shift detector and main's paying for a grown window, larder hit 81.58%, 79.59% and
 /// 79.38% here: its window stayed small while the old phase's keys won their duels.
 #[test]
@@ -189,7 +190,7 @@ fn moving_hot_set(phases: u64, keys: usize, per_phase: usize) -> Vec<u64> {
 fn a_moving_hot_set_stays_near_lru() {
     let trace = moving_hot_set(4, 5_000, 25_000);
     let lru = lru_hit_ratio(&trace, 2_500);
-    for (shards, floor) in [(1, 85.2), (2, 85.0), (4, 85.2)] {
+    for (shards, floor) in [(1, 85.6), (2, 85.6), (4, 85.7)] {
         let ratio = over_key_sets(&trace, 2_500, shards, lru);
         assert!(
             ratio > floor,

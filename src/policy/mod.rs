@@ -1,24 +1,22 @@
 //! Which entry leaves when a shard is over budget: W-TinyLFU over CLOCK rings.
 //!
-//! New entries enter a *window* ring, a recency buffer whose share of the shard the hill
-//! climber (`climber.rs`) adapts to the workload. When the window is over its share, its
+//! New entries enter a *window* ring, a recency buffer whose share of the shard is chosen
+//! by replaying a sample of the reads through miniature copies of this policy at a few
+//! fixed windows (`miniature.rs`). When the window is over its share, its
 //! CLOCK victim becomes a *candidate* for *main*. Main is segmented as in Caffeine:
 //! admitted entries start on *probation*, entries read there move to *protected* (80% of
 //! main), and protected overflow returns to probation. If main is full, the candidate duels
 //! probation's CLOCK victim on estimated frequency (TinyLFU) and the loser is evicted. A
 //! small ghost (`ghost.rs`) remembers rejected candidates: one that returns soon wins its
 //! next duel. A second ghost remembers main's evicted victims; the two ghosts' counts tell
-//! a hot set that moves (`shift.rs`). A miniature LRU over a sample of the reads
-//! (`shadow.rs`) tells the climber when the workload, not its window, moved the hit ratio.
-//! Reads never touch this code: they bump a lossy counter in the entry, which the CLOCK
+//! a hot set that moves (`shift.rs`). Reads never touch this code: they bump a lossy counter in the entry, which the CLOCK
 //! hands read, clear and feed into the frequency sketch as they sweep.
 //!
 //! Everything here is plain `&mut self` code over slab ids; the shard drives it under its lock.
 
-pub(crate) mod climber;
 pub(crate) mod clock;
 pub(crate) mod ghost;
-pub(crate) mod shadow;
+pub(crate) mod miniature;
 pub(crate) mod shift;
 pub(crate) mod sketch;
 
@@ -144,7 +142,7 @@ impl Policy {
             expected_ids: 0,
             released: Vec::new(),
         };
-        policy.set_window_per_mille(climber::INITIAL_WINDOW_PER_MILLE);
+        policy.set_window_per_mille(miniature::INITIAL_WINDOW_PER_MILLE);
         policy
     }
 

@@ -1,4 +1,4 @@
-//! Notices a hot set that moves, from the two ghosts, long before the climber can.
+//! Notices a hot set that moves, from the two ghosts, long before the window's sample ends.
 //!
 //! When the hot set moves, the new keys lose their admission duels to residents that were
 //! frequent a while ago (TinyLFU counts over the sketch's whole period) and come back soon
@@ -7,19 +7,19 @@
 //! nothing. A workload whose frequencies hold still sends keys back to both ghosts (a
 //! candidate that lost, a victim that left), in proportions that depend on the window.
 //!
-//! The climber cannot see the move in time: it compares the hit ratios of samples of ten
-//! accesses per entry, and a phase of a moving hot set can be shorter than a sample (the
+//! The window's miniatures (`miniature.rs`) choose once a sample of ten accesses per
+//! entry, and a phase of a moving hot set can be shorter than a sample (the
 //! simulator's synthetic workload at 31,814 entries changes phase every 250,000 accesses,
 //! under a sample of 318,140). This detector reads the ghosts over periods of a fortieth
 //! of a sample and, while they say the hot set is moving, the window is opened to the
-//! climber's ceiling: a window that large is close to LRU, which follows a moving hot set
+//! ceiling: a window that large is close to LRU, which follows a moving hot set
 //! at once.
 //!
 //! Both ghosts are small and direct-mapped, so a period's counts are noisy on small caches:
 //! a period counts as evidence only when the window's ghost recognised enough keys, and the
 //! state turns only after several periods in a row agree.
 
-/// Periods per climber sample.
+/// Periods per sample of the window.
 pub(crate) const PERIODS_PER_SAMPLE: u64 = 40;
 
 /// New keys a period must hold to count: fewer give shares too coarse to compare.

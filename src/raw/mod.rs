@@ -12,8 +12,10 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use crate::policy::climber::{HillClimber, CEILING_PER_MILLE, INITIAL_WINDOW_PER_MILLE};
-use crate::policy::shadow::{shadow_key, Sampling, ShadowLru, MIN_SAMPLED_READS, WORKLOAD_MOVED};
+use crate::policy::miniature::{
+    sample_key, Sampling, WindowChooser, CEILING_PER_MILLE, INITIAL_WINDOW_PER_MILLE,
+    SAMPLED_READS_KEPT,
+};
 use crate::policy::shift::{GhostCounts, ShiftDetector, MIN_PERIOD_INSERTS, PERIODS_PER_SAMPLE};
 use crate::stats::Counters;
 use crate::sync::{AtomicU32, AtomicUsize, Guard, Ordering};
@@ -42,9 +44,9 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) listener: Option<Listener<K, V>>,
     /// Expected entries in the whole cache (sizes the sketches).
     pub(crate) expected_entries: usize,
-    /// Accesses per hit-ratio sample of the window's hill climbing.
+    /// Accesses per sample of the window's miniatures (see `policy::miniature`).
     pub(crate) sample_size: u64,
-    /// Entries the whole cache holds (an estimate in byte mode): sizes the shadow LRU.
+    /// Entries the whole cache holds (an estimate in byte mode): sizes the miniatures.
     pub(crate) capacity_entries: u64,
     /// Most entries one shard holds (see [`SHARD_ENTRY_LIMIT`]; lowered only by tests).
     pub(crate) shard_entry_limit: usize,
@@ -78,63 +80,40 @@ pub(crate) struct RawCache<K, V, S> {
     sampler: std::sync::Mutex<Sampler>,
     /// Accesses per hit-ratio sample: ten per expected entry, as Caffeine samples.
     sample_size: u64,
-    /// Which reads the shadow LRU sees.
+    /// Which reads the window's miniatures see.
     sampling: Sampling,
 }
 
-/// The hit-ratio sample and the shift detector's period in progress.
+/// The window's sample and the shift detector's period in progress.
 #[derive(Debug)]
 struct Sampler {
-    climber: HillClimber,
-    /// The window the climber last asked for.
-    climbed: u32,
-    /// Hits, misses and the ghosts' counts at the start of the sample.
+    /// The miniatures that choose the window (see `policy::miniature`), and how far each
+    /// statistics stripe's sampled reads were drained into them.
+    chooser: WindowChooser,
+    drained: Vec<u64>,
+    /// The window the miniatures last chose.
+    chosen: u32,
+    /// Hits and misses at the start of the sample.
     hits: u64,
     misses: u64,
-    ghosts: GhostCounts,
     detector: ShiftDetector,
     /// Accesses and the ghosts' counts at the start of the detector's period.
     period_accesses: u64,
     period_ghosts: GhostCounts,
-    /// The workload's control (see `policy::shadow`), how far each stripe's sampled reads
-    /// were drained, and the shadow's reads and hits in the climber's sample so far.
-    shadow: ShadowLru,
-    drained: Vec<u64>,
-    shadow_reads: u64,
-    shadow_hits: u64,
-    /// The shadow's hit ratio over the previous climber sample.
-    previous_shadow_ratio: Option<f64>,
 }
 
 impl Sampler {
-    fn new(shadow_capacity: usize) -> Self {
+    fn new(sampling: Sampling, seed: u64) -> Self {
         Self {
-            climber: HillClimber::default(),
-            climbed: INITIAL_WINDOW_PER_MILLE,
+            chooser: WindowChooser::new(sampling.capacity, seed),
+            drained: Vec::new(),
+            chosen: INITIAL_WINDOW_PER_MILLE,
             hits: 0,
             misses: 0,
-            ghosts: GhostCounts::default(),
             detector: ShiftDetector::default(),
             period_accesses: 0,
             period_ghosts: GhostCounts::default(),
-            shadow: ShadowLru::new(shadow_capacity),
-            drained: Vec::new(),
-            shadow_reads: 0,
-            shadow_hits: 0,
-            previous_shadow_ratio: None,
         }
-    }
-
-    /// Whether the workload moved since the previous climber sample by the shadow's hit
-    /// ratio, which starts the next sample's count. `false` when either sample had too
-    /// few sampled reads to tell.
-    fn workload_moved(&mut self) -> bool {
-        let ratio = (self.shadow_reads >= MIN_SAMPLED_READS)
-            .then(|| self.shadow_hits as f64 / self.shadow_reads as f64);
-        self.shadow_reads = 0;
-        self.shadow_hits = 0;
-        let previous = std::mem::replace(&mut self.previous_shadow_ratio, ratio);
-        matches!((previous, ratio), (Some(a), Some(b)) if (a - b).abs() >= WORKLOAD_MOVED)
     }
 }
 
@@ -169,9 +148,9 @@ where
             clock: config.clock,
             listener: config.listener,
             sweep: AtomicUsize::new(0),
-            counters: Counters::new(sampling.capacity),
+            counters: Counters::new(SAMPLED_READS_KEPT),
             window_per_mille: AtomicU32::new(INITIAL_WINDOW_PER_MILLE),
-            sampler: std::sync::Mutex::new(Sampler::new(sampling.capacity)),
+            sampler: std::sync::Mutex::new(Sampler::new(sampling, seed)),
             sample_size: config.sample_size,
             sampling,
         }
@@ -204,7 +183,7 @@ where
         let found = self.shard(hash).get(hash, key, || self.now(), guard);
         self.counters.count_read(found.is_some());
         if self.sampling.samples(hash) {
-            self.counters.record_sample(shadow_key(hash));
+            self.counters.record_sample(sample_key(hash));
         }
         found
     }
@@ -278,67 +257,56 @@ where
         }
     }
 
-    /// Ends the shift detector's period and the hit-ratio sample if they hold enough
-    /// accesses, and moves the window. Whoever holds the sampler does it; others skip rather
-    /// than wait.
+    /// Feeds the sampled reads to the window's miniatures, ends the shift detector's period
+    /// and the window's sample if they hold enough accesses, and sets the window. Whoever
+    /// holds the sampler does it; others skip rather than wait.
     fn sample_hit_ratio(&self) {
         let Ok(mut sampler) = self.sampler.try_lock() else {
             return;
         };
         let sampler = &mut *sampler;
         let Sampler {
-            shadow,
-            drained,
-            shadow_reads,
-            shadow_hits,
-            ..
+            chooser, drained, ..
         } = sampler;
-        self.counters.drain_samples(drained, |key| {
-            *shadow_reads += 1;
-            *shadow_hits += u64::from(shadow.access(key));
-        });
+        self.counters
+            .drain_samples(drained, |key| chooser.access(key));
         let stats = self.counters.snapshot();
         let accesses = stats.hits + stats.misses;
-        let hits = stats.hits.saturating_sub(sampler.hits);
-        let misses = stats.misses.saturating_sub(sampler.misses);
-        let sample_done = hits + misses >= self.sample_size;
+        let sampled =
+            stats.hits.saturating_sub(sampler.hits) + stats.misses.saturating_sub(sampler.misses);
+        let sample_done = sampled >= self.sample_size;
         let period_done = accesses.saturating_sub(sampler.period_accesses)
             >= self.sample_size / PERIODS_PER_SAMPLE;
         if !sample_done && !period_done {
             return;
         }
-        let ghosts = self.ghost_counts();
         let mut changed = false;
-        let period = ghosts.since(sampler.period_ghosts);
-        if period_done && period.inserts >= MIN_PERIOD_INSERTS {
-            sampler.period_accesses = accesses;
-            sampler.period_ghosts = ghosts;
-            sampler.detector.observe(period);
-            changed = true;
+        if period_done {
+            let ghosts = self.ghost_counts();
+            let period = ghosts.since(sampler.period_ghosts);
+            if period.inserts >= MIN_PERIOD_INSERTS {
+                sampler.period_accesses = accesses;
+                sampler.period_ghosts = ghosts;
+                sampler.detector.observe(period);
+                changed = true;
+            }
         }
         if sample_done {
-            let sample = ghosts.since(sampler.ghosts);
-            let returning_share = sample.returning as f64 / sample.inserts.max(1) as f64;
             sampler.hits = stats.hits;
             sampler.misses = stats.misses;
-            sampler.ghosts = ghosts;
-            let workload_moved = sampler.workload_moved();
-            sampler.climbed = sampler.climber.adjust(
-                hits as f64 / (hits + misses) as f64,
-                returning_share,
-                workload_moved,
-            );
+            let current = self.window_per_mille.load(Ordering::Relaxed);
+            sampler.chosen = sampler.chooser.choose(current);
             changed = true;
         }
         if changed {
-            // A moving hot set opens the window to the climber's ceiling (see `shift.rs`).
+            // A moving hot set opens the window to the ceiling (see `shift.rs`).
             let floor = if sampler.detector.moving() {
                 CEILING_PER_MILLE
             } else {
                 0
             };
             self.window_per_mille
-                .store(sampler.climbed.max(floor), Ordering::Relaxed);
+                .store(sampler.chosen.max(floor), Ordering::Relaxed);
         }
     }
 

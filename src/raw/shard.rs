@@ -259,7 +259,7 @@ where
     /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
     /// that to other shards).
     ///
-    /// `window_per_mille` is the admission window's current share (see `HillClimber`).
+    /// `window_per_mille` is the admission window's current share (see `policy::miniature`).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn insert<'g>(

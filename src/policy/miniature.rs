@@ -1,0 +1,384 @@
+//! Sizes the admission window by replaying a sample of the reads through miniature copies
+//! of the cache's own policy, one per candidate window share, and taking the share whose
+//! miniature hits most.
+//!
+//! A small window favours frequency (TinyLFU keeps what is popular over time); a large one
+//! favours recency (bursts and shifting hot sets). Which wins depends on the workload.
+//! Caffeine finds out by hill climbing: it moves the window, compares the next sample's hit
+//! ratio with the last, and keeps going or turns back. larder did the same until session
+//! 16, and the climber had two faults no tuning removed (see `docs/history.md`): on traces
+//! made of phases most of the difference between two samples is the workload's, not the
+//! window's, so the window random-walked; and a short trace or a large cache gives the
+//! climber few samples (LIRS zigzag at 1,001 entries five), too few to climb anywhere.
+//!
+//! The miniatures compare the windows side by side on the *same* reads, so a phase change
+//! moves them all and picks none, and one sample is enough to rank them. Each is larder's
+//! own policy (`Policy`: the window, the segmented CLOCK main, the sketch and the ghosts),
+//! not a textbook W-TinyLFU: session 15's shadows of textbook policies mispredicted larder
+//! on ARC's P12. Keys are sampled by hash (spatial sampling, as in SHARDS, Waldspurger et
+//! al., FAST 2015, and the miniature simulations of their ATC 2017 paper): a key is in or
+//! out for good, so every read of a sampled key reaches the miniatures, and a miniature of
+//! the cache's capacity scaled by the sampling rate hits about what the full cache would.
+//!
+//! Measured with the simulator over the 113 rows of the real traces (larder against the
+//! best of moka held to its capacity, quick_cache and LRU; 3 runs each against 4 of the
+//! climber's build, which gave +0.301): +0.464 with miniatures of up to 4,096 keys, +0.469
+//! with 1,024, +0.455 with 256, **+0.440 with 128** (the bound adopted; at 1,000 entries a
+//! write costs 27% more instructions with it, 3.2 times as many with 1,024); three windows
+//! (1%, 20%, 95%) +0.416, four +0.446; choosing every fortieth of a sample instead of every
+//! sample −0.078 (each change of window costs the cache a transition). The largest gains
+//! are the rows the climber never reached: orm-night at 86 entries +4.1, orm-busy at 76
+//! +2.3, orm-night at 4,323 +2.1, zigzag at 500 +1.4, web12 at 14 and 69 +1.5 and +1.6.
+
+use std::cell::Cell;
+
+use hashbrown::HashMap;
+
+use super::{Members, Policy};
+use crate::raw::entry::ACCESS_MAX;
+
+/// The window shares the miniatures try, in per mille of the capacity.
+pub(crate) const WINDOWS_PER_MILLE: [u32; 5] = [10, 50, 200, 500, 950];
+
+/// The window at start: 1% (Caffeine's), the first of [`WINDOWS_PER_MILLE`].
+pub(crate) const INITIAL_WINDOW_PER_MILLE: u32 = WINDOWS_PER_MILLE[0];
+
+/// The largest window: main keeps a twentieth, so frequency still counts. Recency-bound
+/// traces want all the window they can get (orm-night at 86 entries hits 37.6% at a fixed
+/// 50% window, 43.6% at 80%, 44.7% under LRU).
+pub(crate) const CEILING_PER_MILLE: u32 = WINDOWS_PER_MILLE[WINDOWS_PER_MILLE.len() - 1];
+
+/// The most keys a miniature holds; larger caches sample fewer keys.
+pub(crate) const MAX_MINIATURE_ENTRIES: u64 = 128;
+
+/// Sampled reads between two drains that each thread keeps (see `Counters::new`): enough
+/// that a small cache, where every read is sampled, loses few of them between writes.
+pub(crate) const SAMPLED_READS_KEPT: usize = 1024;
+
+/// Each sample's counts weigh this much less at every sample that follows: a window chosen
+/// on one sample alone followed the noise (+0.367 over the 113 rows against +0.464 at 0.7
+/// and +0.442 at 0.5).
+const DECAY: f64 = 0.7;
+
+/// Fewest sampled reads, decayed as the counts are, for the miniatures' hit ratios to
+/// count: until then the window stays where it is.
+const MIN_SAMPLED_READS: f64 = 256.0;
+
+/// Bits of the hash that pick the sampled keys start here: above the 32 the shard's table
+/// and sketch use (`short_hash`), below the top bits that pick the shard.
+const SAMPLE_BITS_SHIFT: u32 = 32;
+
+/// Which keys a cache of about `entries` entries samples, and the miniatures' capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sampling {
+    /// A key is sampled when its hash has these bits clear.
+    mask: u64,
+    /// A miniature's capacity: `entries` scaled by the sampling rate.
+    pub(crate) capacity: usize,
+}
+
+impl Sampling {
+    /// Every key up to [`MAX_MINIATURE_ENTRIES`] entries, then one in a power of two.
+    pub(crate) fn for_entries(entries: u64) -> Self {
+        let entries = entries.max(1);
+        let mut rate_log2 = 0;
+        while entries >> rate_log2 > MAX_MINIATURE_ENTRIES {
+            rate_log2 += 1;
+        }
+        Self {
+            mask: ((1u64 << rate_log2) - 1) << SAMPLE_BITS_SHIFT,
+            capacity: (entries >> rate_log2).max(1) as usize,
+        }
+    }
+
+    /// Whether reads of the key with this hash go to the miniatures.
+    #[inline]
+    pub(crate) fn samples(&self, hash: u64) -> bool {
+        hash & self.mask == 0
+    }
+}
+
+/// A sampled key as the miniatures know it: its hash's low half, independent of the bits
+/// that sampled it. The miniatures' policies key their sketches by it, as the shards' do
+/// by the same bits.
+#[inline]
+pub(crate) fn sample_key(hash: u64) -> u32 {
+    hash as u32
+}
+
+/// One miniature: the policy at a fixed window over the sampled keys, each weighing 1.
+#[derive(Debug)]
+struct Miniature {
+    window_per_mille: u32,
+    policy: Policy,
+    capacity: usize,
+    /// Each resident key's id in `policy`.
+    ids: HashMap<u32, u32>,
+    /// By id: the key, and its reads since the policy's hand last passed (as an entry's
+    /// read counter, saturating at `ACCESS_MAX`).
+    keys: Vec<u32>,
+    reads: Vec<Cell<u8>>,
+    free_ids: Vec<u32>,
+    /// This sample's reads and hits, then the decayed sums of earlier samples.
+    sample_reads: u64,
+    sample_hits: u64,
+    decayed_reads: f64,
+    decayed_hits: f64,
+}
+
+/// The miniature's entries as the policy sees them.
+struct MiniatureMembers<'a> {
+    keys: &'a [u32],
+    reads: &'a [Cell<u8>],
+}
+
+impl Members for MiniatureMembers<'_> {
+    fn weight(&self, _id: u32) -> u64 {
+        1
+    }
+
+    fn hash(&self, id: u32) -> u64 {
+        u64::from(self.keys[id as usize])
+    }
+
+    fn take_access(&self, id: u32) -> (u8, u64) {
+        (self.reads[id as usize].replace(0), self.hash(id))
+    }
+}
+
+impl Miniature {
+    fn new(capacity: usize, window_per_mille: u32, seed: u64) -> Self {
+        let capacity = capacity.max(1);
+        let mut policy = Policy::new(capacity as u64, capacity, seed).expecting(capacity + 1);
+        policy.set_window_per_mille(window_per_mille);
+        Self {
+            window_per_mille,
+            policy,
+            capacity,
+            ids: HashMap::with_capacity(capacity + 1),
+            keys: Vec::with_capacity(capacity + 1),
+            reads: Vec::with_capacity(capacity + 1),
+            free_ids: Vec::new(),
+            sample_reads: 0,
+            sample_hits: 0,
+            decayed_reads: 0.0,
+            decayed_hits: 0.0,
+        }
+    }
+
+    /// A read of `key`, which on a miss is inserted, as a read-through cache would. Returns
+    /// whether it hit.
+    fn access(&mut self, key: u32) -> bool {
+        self.sample_reads += 1;
+        if let Some(&id) = self.ids.get(&key) {
+            let reads = &self.reads[id as usize];
+            reads.set((reads.get() + 1).min(ACCESS_MAX));
+            self.sample_hits += 1;
+            return true;
+        }
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.keys[id as usize] = key;
+                self.reads[id as usize].set(0);
+                id
+            }
+            None => {
+                self.keys.push(key);
+                self.reads.push(Cell::new(0));
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.ids.insert(key, id);
+        self.policy.on_insert(id, u64::from(key), 1);
+        while self.policy.len() > self.capacity {
+            let members = MiniatureMembers {
+                keys: &self.keys,
+                reads: &self.reads,
+            };
+            let Some(eviction) = self.policy.evict(&members) else {
+                break;
+            };
+            self.ids.remove(&self.keys[eviction.id as usize]);
+            self.free_ids.push(eviction.id);
+        }
+        false
+    }
+
+    /// Ends a sample: its counts join the decayed sums. Returns the hit ratio over them,
+    /// `None` while they hold too few reads.
+    fn end_sample(&mut self) -> Option<f64> {
+        self.decayed_reads = self.decayed_reads * DECAY + self.sample_reads as f64;
+        self.decayed_hits = self.decayed_hits * DECAY + self.sample_hits as f64;
+        self.sample_reads = 0;
+        self.sample_hits = 0;
+        (self.decayed_reads >= MIN_SAMPLED_READS).then(|| self.decayed_hits / self.decayed_reads)
+    }
+}
+
+/// The miniatures, one per window of [`WINDOWS_PER_MILLE`].
+#[derive(Debug)]
+pub(crate) struct WindowChooser {
+    miniatures: Vec<Miniature>,
+}
+
+impl WindowChooser {
+    /// Miniatures of `capacity` entries (the sampling's), their policies seeded from `seed`.
+    pub(crate) fn new(capacity: usize, seed: u64) -> Self {
+        Self {
+            miniatures: WINDOWS_PER_MILLE
+                .iter()
+                .zip(0u64..)
+                .map(|(&window, index)| Miniature::new(capacity, window, seed ^ index))
+                .collect(),
+        }
+    }
+
+    /// Replays a read of the sampled key `key` in every miniature.
+    pub(crate) fn access(&mut self, key: u32) {
+        for miniature in &mut self.miniatures {
+            miniature.access(key);
+        }
+    }
+
+    /// Ends a sample and returns the window to use next: the one whose miniature hit most
+    /// over the decayed samples, unless `current`'s did as well, or the miniatures have not
+    /// seen enough reads yet (then `current`).
+    pub(crate) fn choose(&mut self, current: u32) -> u32 {
+        let mut best: Option<(f64, u32)> = None;
+        let mut current_ratio = None;
+        for miniature in &mut self.miniatures {
+            let Some(ratio) = miniature.end_sample() else {
+                return current;
+            };
+            if best.map_or(true, |(best_ratio, _)| ratio > best_ratio) {
+                best = Some((ratio, miniature.window_per_mille));
+            }
+            if miniature.window_per_mille == current {
+                current_ratio = Some(ratio);
+            }
+        }
+        match (best, current_ratio) {
+            (Some((ratio, window)), Some(current_ratio)) if ratio > current_ratio => window,
+            (Some((_, window)), None) => window,
+            _ => current,
+        }
+    }
+
+    /// The miniatures' hit ratios over their decayed samples so far, by window (for tests
+    /// and diagnostics).
+    #[cfg(test)]
+    fn ratios(&self) -> Vec<(u32, f64)> {
+        self.miniatures
+            .iter()
+            .map(|m| {
+                let reads = m.decayed_reads.max(1.0);
+                (m.window_per_mille, m.decayed_hits / reads)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_takes_every_key_of_a_small_cache_and_scales_a_large_one() {
+        let small = Sampling::for_entries(100);
+        assert_eq!(small.capacity, 100);
+        assert!((0..1000u64).all(|h| small.samples(h << 32 | h)));
+        let large = Sampling::for_entries(100_000);
+        // 100,000 / 1,024 = 97 keys, one key in 1,024 sampled.
+        assert_eq!(large.capacity, 97);
+        let sampled = (0..1u64 << 20)
+            .filter(|&i| large.samples(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .count();
+        assert!((800..1250).contains(&sampled), "{sampled}");
+        assert_eq!(Sampling::for_entries(0).capacity, 1);
+    }
+
+    #[test]
+    fn a_miniature_holds_its_capacity_and_hits_what_it_holds() {
+        let mut miniature = Miniature::new(10, 10, 1);
+        // Ten keys fit: the second pass hits them all.
+        for key in 0..10 {
+            assert!(!miniature.access(key));
+        }
+        for key in 0..10 {
+            assert!(miniature.access(key), "key {key}");
+        }
+        // Many new keys: never more than ten resident.
+        for key in 100..1000 {
+            miniature.access(key);
+            assert!(miniature.ids.len() <= 10);
+            assert_eq!(miniature.ids.len(), miniature.policy.len());
+        }
+        // Ids are reused, not grown without bound.
+        assert!(miniature.keys.len() <= 11, "{}", miniature.keys.len());
+    }
+
+    #[test]
+    fn the_window_stays_put_until_the_miniatures_have_seen_enough() {
+        let mut chooser = WindowChooser::new(16, 7);
+        for key in 0..100 {
+            chooser.access(key % 40);
+        }
+        assert_eq!(chooser.choose(50), 50);
+    }
+
+    /// A loop over more keys than the cache holds: LRU-like windows hit nothing, while a
+    /// small window keeps a frequent part resident. A burst of one-off keys in between:
+    /// TinyLFU keeps them out of main. The small window must win.
+    #[test]
+    fn a_loop_larger_than_the_cache_picks_a_small_window() {
+        let mut chooser = WindowChooser::new(100, 3);
+        for _ in 0..40 {
+            for key in 0..150 {
+                chooser.access(key);
+            }
+        }
+        let ratios = chooser.ratios();
+        assert_eq!(
+            chooser.choose(CEILING_PER_MILLE),
+            INITIAL_WINDOW_PER_MILLE,
+            "{ratios:?}"
+        );
+    }
+
+    /// A hot set that moves to fresh keys every few hundred reads: frequency from the last
+    /// set holds main against the new one, so the largest window must win.
+    #[test]
+    fn a_hot_set_that_keeps_moving_picks_the_largest_window() {
+        let mut chooser = WindowChooser::new(100, 5);
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for phase in 0..60u32 {
+            for _ in 0..400 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // 80 hot keys of this phase, plus repeats of the previous phase's.
+                let key = phase * 1000 + (state % 80) as u32;
+                chooser.access(key);
+            }
+        }
+        let ratios = chooser.ratios();
+        assert_eq!(
+            chooser.choose(INITIAL_WINDOW_PER_MILLE),
+            CEILING_PER_MILLE,
+            "{ratios:?}"
+        );
+    }
+
+    #[test]
+    fn a_tie_keeps_the_current_window() {
+        let mut chooser = WindowChooser::new(1000, 9);
+        // Fewer keys than the capacity: every miniature hits every repeat alike.
+        for _ in 0..10 {
+            for key in 0..100 {
+                chooser.access(key);
+            }
+        }
+        assert_eq!(chooser.choose(200), 200);
+        assert_eq!(chooser.choose(500), 500);
+    }
+}
