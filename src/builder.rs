@@ -42,7 +42,7 @@ const MAX_BYTES: u64 = 1 << 48;
 /// at 71 entries +1.6, multi2 at 57 +1.1, 2_pools at 99 +1.0; cpp at 122 -1.0, web12 at 14
 /// -0.7). 2,048 gave +0.011 against 1,024 and 4,096 +0.059 and +0.050, 8,192 +0.002,
 /// 16,384 -0.027 (10 runs each).
-const MIN_CLIMBER_SAMPLE: u64 = crate::policy::sketch::MIN_PERIOD as u64;
+const MIN_WINDOW_SAMPLE: u64 = crate::policy::sketch::MIN_PERIOD as u64;
 
 /// Sketch size a cache starts with; sketches grow with the entries they see, so a huge
 /// capacity allocates nothing up front.
@@ -334,7 +334,7 @@ where
             expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
             sample_size: expected_entries
                 .saturating_mul(crate::policy::sketch::PERIOD_PER_ENTRY as u64)
-                .max(MIN_CLIMBER_SAMPLE),
+                .max(MIN_WINDOW_SAMPLE),
             shard_entry_limit: self.shard_entry_limit,
             capacity_entries: expected_entries,
         });
