@@ -327,8 +327,7 @@ mod tests {
     }
 
     /// A loop over more keys than the cache holds: LRU-like windows hit nothing, while a
-    /// small window keeps a frequent part resident. A burst of one-off keys in between:
-    /// TinyLFU keeps them out of main. The small window must win.
+    /// small window keeps a part of the loop resident in main. The small window must win.
     #[test]
     fn a_loop_larger_than_the_cache_picks_a_small_window() {
         let mut chooser = WindowChooser::new(100, 3);
