@@ -48,6 +48,8 @@ struct Options {
     policies: Option<Vec<String>>,
     /// Replays of each real cache per row (see [`plan`]).
     runs: usize,
+    /// Nanoseconds each load of a real cache takes (see `peers::set_load_nanos`).
+    load_nanos: u64,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Options, String> {
         out: PathBuf::from("target/simulate"),
         policies: None,
         runs: 1,
+        load_nanos: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -93,6 +96,11 @@ fn parse_args() -> Result<Options, String> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or("--runs needs a whole number >= 1")?;
+            }
+            "--load-ns" => {
+                options.load_nanos = value("--load-ns")?
+                    .parse()
+                    .map_err(|e| format!("--load-ns: {e}"))?;
             }
             "--pattern" => options.pattern = value("--pattern")?.parse()?,
             "--out" => options.out = PathBuf::from(value("--out")?),
@@ -294,6 +302,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    peers::set_load_nanos(options.load_nanos);
     let traces = match load_traces(&options) {
         Ok(traces) => traces,
         Err(message) => {
@@ -367,8 +376,8 @@ fn print_comparison(
     }
     println!();
     let setting = format!(
-        "{} thread(s) per real cache, {:?}, mean of {} run(s)",
-        options.threads, options.pattern, options.runs
+        "{} thread(s) per real cache, {:?}, {} ns per load, mean of {} run(s)",
+        options.threads, options.pattern, options.load_nanos, options.runs
     );
     print_summary("larder vs best peer", &rows, &setting);
     if let Some(bounded) = compare(traces, find, ["moka_bounded", "quick_cache", "lru"]) {

@@ -1,6 +1,9 @@
 //! The real caches under test (larder and its peers) behind one interface that several
 //! threads can share, each checked on every hit for returning the value stored for its key.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 /// A real, thread-safe cache, replayed in one of two ways (see [`Pattern`]).
 pub trait SharedCache: Sync {
     /// Name in tables and plots.
@@ -53,6 +56,30 @@ pub fn value_of(key: u64) -> u64 {
     key.rotate_left(17) ^ 0xA5A5_A5A5_A5A5_A5A5
 }
 
+/// Nanoseconds a load takes (`--load-ns`), for every cache alike.
+static LOAD_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every later load take `nanos` nanoseconds, as a backing store would.
+pub fn set_load_nanos(nanos: u64) {
+    LOAD_NANOS.store(nanos, Ordering::Relaxed);
+}
+
+/// A miss's load of `key`: its value, after the load's latency. The wait spins rather than
+/// sleeps: a sleep lasts at least the scheduler's tick, and gives the core away.
+fn load(key: u64) -> u64 {
+    load_taking(key, LOAD_NANOS.load(Ordering::Relaxed))
+}
+
+fn load_taking(key: u64, nanos: u64) -> u64 {
+    if nanos != 0 {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_nanos(nanos) {
+            std::hint::spin_loop();
+        }
+    }
+    value_of(key)
+}
+
 /// Read-through: read with `get`, check the value, and on a miss `insert` it.
 fn read_through(
     name: &str,
@@ -63,7 +90,7 @@ fn read_through(
     match get() {
         Some(value) if value == value_of(key) => Ok(true),
         Some(value) => Err(format!("{name}: key {key} read value {value:#x}")),
-        None => insert(value_of(key)).map(|()| false),
+        None => insert(load(key)).map(|()| false),
     }
 }
 
@@ -91,7 +118,7 @@ impl SharedCache for Larder {
         let mut loaded = false;
         let value = self.0.get_or_insert_with(key, || {
             loaded = true;
-            value_of(key)
+            load(key)
         });
         checked(self.name(), key, value).map(|()| !loaded)
     }
@@ -107,7 +134,7 @@ fn moka_get_with(
     let mut loaded = false;
     let value = cache.get_with(key, || {
         loaded = true;
-        value_of(key)
+        load(key)
     });
     if loaded {
         then();
@@ -151,7 +178,7 @@ infallible_adapter!(Quick, "quick_cache", |quick: &Quick, key| {
     let mut loaded = false;
     let value = quick.0.get_or_insert_with(&key, || {
         loaded = true;
-        Ok::<u64, std::convert::Infallible>(value_of(key))
+        Ok::<u64, std::convert::Infallible>(load(key))
     });
     let Ok(value) = value;
     checked(quick.name(), key, value).map(|()| !loaded)
@@ -245,6 +272,14 @@ mod tests {
             assert_eq!(cache.access(3), Ok(false), "{name}");
             assert_eq!(cache.access(3), Ok(true), "{name}");
         }
+    }
+
+    #[test]
+    fn a_load_returns_the_keys_value_no_sooner_than_its_latency() {
+        let start = Instant::now();
+        assert_eq!(load_taking(5, 2_000_000), value_of(5));
+        assert!(start.elapsed() >= Duration::from_millis(2));
+        assert_eq!(load_taking(6, 0), value_of(6));
     }
 
     #[test]
