@@ -251,70 +251,73 @@ impl Counters {
 
     /// Hands `sample` the sample key of every stripe's sampled reads since the last call,
     /// oldest first within a stripe, the stripes interleaved in proportion to how many each
-    /// holds. `drained` holds how far each stripe was read (the caller keeps it between
-    /// calls); reads overwritten meanwhile are skipped.
+    /// holds: first the reads made while the last call was replaying (by threads other
+    /// than its caller), then the rest. `drained` says how far each stripe was read (the
+    /// caller keeps it between calls). Reads overwritten meanwhile, or beyond what one
+    /// call hands over, are skipped, and returned as the count lost.
     ///
     /// Interleaved, because the order is what the window's miniatures measure: handed one
     /// stripe after another, two threads' reads between two drains reached them as two
     /// runs, a reordering of a few hundred reads that miniatures of 128 keys read as
     /// recency, and at two threads the simulator's 113 rows lost 0.19 points against one
     /// thread (0.08 with the climber before them). Threads reading at their own steady
-    /// rates are interleaved about as they read.
-    pub(crate) fn drain_samples(&self, drained: &mut Vec<u64>, mut sample: impl FnMut(u32)) {
+    /// rates are interleaved about as they read. The reads made during the last drain
+    /// come first because that drain's caller, busy replaying, made none then: spread over
+    /// the whole batch instead, its later reads were handed over hundreds of reads early.
+    pub(crate) fn drain_samples(&self, drained: &mut Drained, mut sample: impl FnMut(u32)) -> u64 {
         let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
-        if drained.len() < owned_in_use {
-            drained.resize(owned_in_use, 0);
-        }
-        // Per stripe in use: its ring, the next read to hand over and how many there are.
-        let mut pending: [(Option<&[AtomicU32]>, u64, u64); OWNED_STRIPES] =
-            [(None, 0, 0); OWNED_STRIPES];
-        for ((stripe, done), pending) in self.stripes[..owned_in_use]
-            .iter()
-            .zip(drained.iter_mut())
-            .zip(pending.iter_mut())
-        {
+        drained.grow_to(owned_in_use);
+        // Per stripe in use: its ring, the next read to hand over, where the reads made
+        // after the last drain ended start, and where they end.
+        let mut pending: [(Option<&[AtomicU32]>, u64, u64, u64); OWNED_STRIPES] =
+            [(None, 0, 0, 0); OWNED_STRIPES];
+        let mut lost = 0;
+        for (index, stripe) in self.stripes[..owned_in_use].iter().enumerate() {
             let written = stripe.samples_written.load(Acquire);
             let Some(ring) = stripe.samples.get() else {
                 continue;
             };
-            let from = (*done).max(written.saturating_sub(ring.len() as u64));
-            *pending = (Some(ring), from, written - from);
-            *done = written;
+            let done = drained.done[index];
+            let from = done.max(written.saturating_sub(ring.len() as u64));
+            lost += from - done;
+            let after = drained.at_last_end[index].clamp(from, written);
+            pending[index] = (Some(ring), from, after, written);
+            drained.done[index] = written;
         }
         let pending = &mut pending[..owned_in_use];
-        let total: u64 = pending.iter().map(|&(_, _, count)| count).sum();
+        let total: u64 = pending.iter().map(|&(_, from, _, to)| to - from).sum();
         if total > MAX_DRAINED_SAMPLES {
             // Each stripe keeps its newest reads, in proportion to its count.
-            for (_, from, count) in pending.iter_mut() {
-                let kept = (*count * MAX_DRAINED_SAMPLES).div_ceil(total);
-                *from += *count - kept;
-                *count = kept;
+            for (_, from, after, to) in pending.iter_mut() {
+                let kept = ((*to - *from) * MAX_DRAINED_SAMPLES).div_ceil(total);
+                *from = *to - kept;
+                *after = (*after).max(*from);
             }
         }
-        let total: u64 = pending.iter().map(|&(_, _, count)| count).sum();
-        // Each stripe's reads are spread evenly over the merged sequence: the read handed
-        // over next is the one whose place (its rank in its stripe over the stripe's
-        // count) comes first.
-        let mut taken = [0u64; OWNED_STRIPES];
-        for _ in 0..total {
-            let mut next: Option<(usize, f64)> = None;
-            for (index, &(_, _, count)) in pending.iter().enumerate() {
-                if taken[index] < count {
-                    let place = (taken[index] as f64 + 0.5) / count as f64;
-                    if next.map_or(true, |(_, first)| place < first) {
-                        next = Some((index, place));
-                    }
-                }
-            }
-            let Some((index, _)) = next else { break };
-            let (ring, from, _) = pending[index];
-            let ring = ring.expect("a stripe with reads to hand over has a ring");
-            let at = from + taken[index];
-            taken[index] += 1;
-            // A slot the owner overwrote since `written` was read gives a newer sample in
-            // place of the older one: no harm to a measure.
-            sample(ring[at as usize & (ring.len() - 1)].load(Relaxed));
+        let kept: u64 = pending.iter().map(|&(_, from, _, to)| to - from).sum();
+        lost += total - kept;
+        let mut during: [(Option<&[AtomicU32]>, u64, u64); OWNED_STRIPES] =
+            [(None, 0, 0); OWNED_STRIPES];
+        let mut since: [(Option<&[AtomicU32]>, u64, u64); OWNED_STRIPES] =
+            [(None, 0, 0); OWNED_STRIPES];
+        for ((&(ring, from, after, to), during), since) in
+            pending.iter().zip(&mut during).zip(&mut since)
+        {
+            *during = (ring, from, after);
+            *since = (ring, after, to);
         }
+        interleave(&during[..owned_in_use], &mut sample);
+        interleave(&since[..owned_in_use], &mut sample);
+        // Again: a thread may have taken its stripe while this call replayed.
+        let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
+        drained.grow_to(owned_in_use);
+        for (stripe, at_end) in self.stripes[..owned_in_use]
+            .iter()
+            .zip(&mut drained.at_last_end)
+        {
+            *at_end = stripe.samples_written.load(Acquire);
+        }
+        lost
     }
 
     /// Sums the stripes; the caller adds the shards' write counts and fills `entries` and
@@ -346,24 +349,78 @@ impl Counters {
     }
 }
 
+/// How far [`Counters::drain_samples`] has read each stripe; its caller keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    /// Reads handed over, per stripe.
+    done: Vec<u64>,
+    /// Reads each stripe had written when the last drain ended.
+    at_last_end: Vec<u64>,
+}
+
+impl Drained {
+    /// Makes room for `stripes` stripes; a stripe new to it has handed over nothing yet.
+    fn grow_to(&mut self, stripes: usize) {
+        if self.done.len() < stripes {
+            self.done.resize(stripes, 0);
+            self.at_last_end.resize(stripes, 0);
+        }
+    }
+}
+
+/// Hands over the reads `from..to` of each stripe's ring, each stripe's spread evenly over
+/// the merged sequence: the read handed over next is the one whose place (its rank in its
+/// stripe over the stripe's count) comes first.
+fn interleave(stripes: &[(Option<&[AtomicU32]>, u64, u64)], sample: &mut impl FnMut(u32)) {
+    let total: u64 = stripes.iter().map(|&(_, from, to)| to - from).sum();
+    let mut taken = [0u64; OWNED_STRIPES];
+    for _ in 0..total {
+        let mut next: Option<(usize, f64)> = None;
+        for (index, &(_, from, to)) in stripes.iter().enumerate() {
+            let count = to - from;
+            if taken[index] < count {
+                let place = (taken[index] as f64 + 0.5) / count as f64;
+                if next.map_or(true, |(_, first)| place < first) {
+                    next = Some((index, place));
+                }
+            }
+        }
+        let Some((index, _)) = next else { break };
+        let (ring, from, _) = stripes[index];
+        let ring = ring.expect("a stripe with reads to hand over has a ring");
+        let at = from + taken[index];
+        taken[index] += 1;
+        // A slot the owner overwrote since its count was read gives a newer sample in
+        // place of the older one: no harm to a measure.
+        sample(ring[at as usize & (ring.len() - 1)].load(Relaxed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn drain(counters: &Counters, drained: &mut Vec<u64>) -> Vec<u32> {
+    fn drain(counters: &Counters, drained: &mut Drained) -> Vec<u32> {
+        drain_counting_lost(counters, drained).0
+    }
+
+    fn drain_counting_lost(counters: &Counters, drained: &mut Drained) -> (Vec<u32>, u64) {
         let mut keys = Vec::new();
-        counters.drain_samples(drained, |key| keys.push(key));
-        keys
+        let lost = counters.drain_samples(drained, |key| keys.push(key));
+        (keys, lost)
     }
 
     #[test]
     fn sampled_reads_reach_the_drain_once_in_order() {
         let counters = Counters::new(64);
-        let mut drained = Vec::new();
+        let mut drained = Drained::default();
         for key in 0..10 {
             counters.record_sample(key);
         }
-        assert_eq!(drain(&counters, &mut drained), (0..10).collect::<Vec<_>>());
+        assert_eq!(
+            drain_counting_lost(&counters, &mut drained),
+            ((0..10).collect::<Vec<_>>(), 0)
+        );
         assert!(drain(&counters, &mut drained).is_empty());
         counters.record_sample(77);
         assert_eq!(drain(&counters, &mut drained), vec![77]);
@@ -372,13 +429,14 @@ mod tests {
     #[test]
     fn a_full_ring_keeps_the_newest_reads() {
         let counters = Counters::new(64);
-        let mut drained = Vec::new();
+        let mut drained = Drained::default();
         for key in 0..200 {
             counters.record_sample(key);
         }
+        // The 136 overwritten are counted lost.
         assert_eq!(
-            drain(&counters, &mut drained),
-            (136..200).collect::<Vec<_>>()
+            drain_counting_lost(&counters, &mut drained),
+            ((136..200).collect::<Vec<_>>(), 136)
         );
     }
 
@@ -397,7 +455,7 @@ mod tests {
                 });
             }
         });
-        let mut keys = drain(&counters, &mut Vec::new());
+        let mut keys = drain(&counters, &mut Drained::default());
         keys.sort_unstable();
         let expected: Vec<u32> = (0..4)
             .flat_map(|t| (0..100).map(move |i| t * 1000 + i))
@@ -427,7 +485,7 @@ mod tests {
         }
         let counters = Counters::new(1024);
         two_threads(&counters, (100, 4), (200, 2));
-        let mut keys = drain(&counters, &mut Vec::new());
+        let mut keys = drain(&counters, &mut Drained::default());
         // Which thread got the lower stripe is up to the scheduler.
         if keys[0] == 200 {
             keys = keys
@@ -439,7 +497,8 @@ mod tests {
 
         let counters = Counters::new(1024);
         two_threads(&counters, (0, 1000), (10_000, 1000));
-        let mut keys = drain(&counters, &mut Vec::new());
+        let (mut keys, lost) = drain_counting_lost(&counters, &mut Drained::default());
+        assert_eq!(lost, 2000 - MAX_DRAINED_SAMPLES);
         if keys[0] >= 10_000 {
             keys = keys
                 .iter()
@@ -450,6 +509,44 @@ mod tests {
         // The newest 512 of each, alternating.
         assert_eq!(keys[..4], [488, 10_488, 489, 10_489]);
         assert_eq!(keys[keys.len() - 2..], [999, 10_999]);
+    }
+
+    /// The drain's caller reads nothing while it replays; another thread does. Its reads
+    /// from then come first in the next drain, ahead of both threads' later reads.
+    #[test]
+    fn reads_made_during_a_drain_come_first_in_the_next() {
+        let counters = Counters::new(1024);
+        let mut drained = Drained::default();
+        let barrier = std::sync::Barrier::new(2);
+        let keys = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                barrier.wait();
+                (200..206).for_each(|key| counters.record_sample(key));
+                barrier.wait();
+                barrier.wait();
+                (300..302).for_each(|key| counters.record_sample(key));
+                barrier.wait();
+            });
+            (0..2).for_each(|key| counters.record_sample(key));
+            let mut replaying = Vec::new();
+            counters.drain_samples(&mut drained, |key| {
+                if replaying.is_empty() {
+                    // The other thread reads while this one replays.
+                    barrier.wait();
+                    barrier.wait();
+                }
+                replaying.push(key);
+            });
+            assert_eq!(replaying, [0, 1]);
+            barrier.wait();
+            (100..104).for_each(|key| counters.record_sample(key));
+            barrier.wait();
+            drain(&counters, &mut drained)
+        });
+        assert_eq!(
+            keys,
+            [200, 201, 202, 203, 204, 205, 100, 300, 101, 102, 301, 103]
+        );
     }
 
     #[test]

@@ -68,11 +68,15 @@ const MIN_SAMPLED_READS: f64 = 256.0;
 /// and sketch use (`short_hash`), below the top bits that pick the shard.
 const SAMPLE_BITS_SHIFT: u32 = 32;
 
+/// The fewest keys [`Sampling::thinner`] leaves a miniature: below, the 1% and 5% windows
+/// are both a single entry.
+pub(crate) const MIN_THINNED_ENTRIES: usize = 32;
+
 /// Which keys a cache of about `entries` entries samples, and the miniatures' capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sampling {
     /// A key is sampled when its hash has these bits clear.
-    mask: u64,
+    pub(crate) mask: u64,
     /// A miniature's capacity: `entries` scaled by the sampling rate.
     pub(crate) capacity: usize,
 }
@@ -92,9 +96,20 @@ impl Sampling {
     }
 
     /// Whether reads of the key with this hash go to the miniatures.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn samples(&self, hash: u64) -> bool {
         hash & self.mask == 0
+    }
+
+    /// Half the keys (a subset of these) in miniatures of half the capacity, for a cache
+    /// whose threads read faster than its miniatures replay (see `RawCache`'s sampler):
+    /// `None` once that would leave fewer than [`MIN_THINNED_ENTRIES`] keys.
+    pub(crate) fn thinner(&self) -> Option<Self> {
+        let capacity = self.capacity / 2;
+        (capacity >= MIN_THINNED_ENTRIES && self.mask >> 63 == 0).then_some(Self {
+            mask: self.mask << 1 | 1 << SAMPLE_BITS_SHIFT,
+            capacity,
+        })
     }
 }
 
@@ -295,6 +310,34 @@ mod tests {
             .count();
         assert!((800..1250).contains(&sampled), "{sampled}");
         assert_eq!(Sampling::for_entries(0).capacity, 1);
+    }
+
+    #[test]
+    fn thinner_sampling_keeps_half_the_keys_in_half_the_capacity() {
+        let sampling = Sampling::for_entries(100_000);
+        let thinner = sampling.thinner().expect("97 keys leave 48");
+        assert_eq!(thinner.capacity, 48);
+        let hashes: Vec<u64> = (0..1u64 << 20)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        let before = hashes.iter().filter(|&&h| sampling.samples(h)).count();
+        let after = hashes.iter().filter(|&&h| thinner.samples(h)).count();
+        assert!(
+            hashes
+                .iter()
+                .all(|&h| !thinner.samples(h) || sampling.samples(h)),
+            "a subset of the keys"
+        );
+        assert!(
+            (after * 2).abs_diff(before) < before / 8,
+            "{before} -> {after}"
+        );
+        // 48 keys leave 24, under the floor.
+        assert_eq!(thinner.thinner(), None);
+        assert_eq!(
+            Sampling::for_entries(64).thinner().map(|s| s.capacity),
+            Some(32)
+        );
     }
 
     #[test]
