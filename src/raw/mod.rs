@@ -94,9 +94,12 @@ pub(crate) struct RawCache<K, V, S> {
 /// One thread replays what all the threads sample, under the sampler's lock, and a
 /// sampled read costs five miniature accesses, some 3,000 instructions when they miss: at
 /// the sampling rates of small caches, two threads sampled faster than one could replay.
-/// With two threads replaying the simulator's traces, 23% of zigzag's sampled reads and
-/// 20% of web07's were lost, and the miniatures, seeing the reads with gaps, picked
-/// windows that lost 1.1–1.5 points to one thread on zigzag at 500 and 1,001 entries.
+/// With two threads replaying the simulator's traces (session 16's build, one run over
+/// each trace's default sizes), 28% of zigzag's sampled reads, 25% of web07's and 33% of
+/// multi3's were overwritten before a drain, most at the smallest sizes (zigzag at 100
+/// entries 43%, at 500 and 1,001 none), and the miniatures saw the reads with gaps. One
+/// thread lost none. Thinned, zigzag at 100 entries lost 9%. Caches of under 64 entries
+/// cannot thin (see `MIN_THINNED_ENTRIES`) and still lose about a third at two threads.
 ///
 /// Losses alone are not enough: one thread loses reads too, when it reads thousands of
 /// times between two writes (sprite at 3,538 entries, 93% hits), and thinning for that
