@@ -267,47 +267,39 @@ impl Counters {
     pub(crate) fn drain_samples(&self, drained: &mut Drained, mut sample: impl FnMut(u32)) -> u64 {
         let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
         drained.grow_to(owned_in_use);
-        // Per stripe in use: its ring, the next read to hand over, where the reads made
-        // after the last drain ended start, and where they end.
-        let mut pending: [(Option<&[AtomicU32]>, u64, u64, u64); OWNED_STRIPES] =
-            [(None, 0, 0, 0); OWNED_STRIPES];
+        let mut pending = [Pending::default(); OWNED_STRIPES];
         let mut lost = 0;
         for (index, stripe) in self.stripes[..owned_in_use].iter().enumerate() {
-            let written = stripe.samples_written.load(Acquire);
+            let to = stripe.samples_written.load(Acquire);
             let Some(ring) = stripe.samples.get() else {
                 continue;
             };
             let done = drained.done[index];
-            let from = done.max(written.saturating_sub(ring.len() as u64));
+            let from = done.max(to.saturating_sub(ring.len() as u64));
             lost += from - done;
-            let after = drained.at_last_end[index].clamp(from, written);
-            pending[index] = (Some(ring), from, after, written);
-            drained.done[index] = written;
+            let after = drained.at_last_end[index].clamp(from, to);
+            pending[index] = Pending {
+                ring: Some(ring),
+                from,
+                after,
+                to,
+            };
+            drained.done[index] = to;
         }
         let pending = &mut pending[..owned_in_use];
-        let total: u64 = pending.iter().map(|&(_, from, _, to)| to - from).sum();
+        let total: u64 = pending.iter().map(|p| p.to - p.from).sum();
         if total > MAX_DRAINED_SAMPLES {
             // Each stripe keeps its newest reads, in proportion to its count.
-            for (_, from, after, to) in pending.iter_mut() {
-                let kept = ((*to - *from) * MAX_DRAINED_SAMPLES).div_ceil(total);
-                *from = *to - kept;
-                *after = (*after).max(*from);
+            for p in pending.iter_mut() {
+                let kept = ((p.to - p.from) * MAX_DRAINED_SAMPLES).div_ceil(total);
+                p.from = p.to - kept;
+                p.after = p.after.max(p.from);
             }
         }
-        let kept: u64 = pending.iter().map(|&(_, from, _, to)| to - from).sum();
+        let kept: u64 = pending.iter().map(|p| p.to - p.from).sum();
         lost += total - kept;
-        let mut during: [(Option<&[AtomicU32]>, u64, u64); OWNED_STRIPES] =
-            [(None, 0, 0); OWNED_STRIPES];
-        let mut since: [(Option<&[AtomicU32]>, u64, u64); OWNED_STRIPES] =
-            [(None, 0, 0); OWNED_STRIPES];
-        for ((&(ring, from, after, to), during), since) in
-            pending.iter().zip(&mut during).zip(&mut since)
-        {
-            *during = (ring, from, after);
-            *since = (ring, after, to);
-        }
-        interleave(&during[..owned_in_use], &mut sample);
-        interleave(&since[..owned_in_use], &mut sample);
+        interleave(pending, |p| (p.from, p.after), &mut sample);
+        interleave(pending, |p| (p.after, p.to), &mut sample);
         // Again: a thread may have taken its stripe while this call replayed.
         let owned_in_use = NEXT_STRIPE.load(Acquire).min(OWNED_STRIPES);
         drained.grow_to(owned_in_use);
@@ -368,15 +360,36 @@ impl Drained {
     }
 }
 
-/// Hands over the reads `from..to` of each stripe's ring, each stripe's spread evenly over
-/// the merged sequence: the read handed over next is the one whose place (its rank in its
-/// stripe over the stripe's count) comes first.
-fn interleave(stripes: &[(Option<&[AtomicU32]>, u64, u64)], sample: &mut impl FnMut(u32)) {
-    let total: u64 = stripes.iter().map(|&(_, from, to)| to - from).sum();
+/// One stripe's sampled reads for a drain to hand over: `from..after` were made while the
+/// last drain replayed, `after..to` since it ended.
+#[derive(Clone, Copy, Default)]
+struct Pending<'a> {
+    ring: Option<&'a [AtomicU32]>,
+    from: u64,
+    after: u64,
+    to: u64,
+}
+
+/// Hands over the reads `span` picks of each stripe's ring, each stripe's spread evenly
+/// over the merged sequence: the read handed over next is the one whose place (its rank in
+/// its stripe over the stripe's count) comes first.
+fn interleave(
+    stripes: &[Pending<'_>],
+    span: impl Fn(&Pending<'_>) -> (u64, u64),
+    sample: &mut impl FnMut(u32),
+) {
+    let total: u64 = stripes
+        .iter()
+        .map(|p| {
+            let (from, to) = span(p);
+            to - from
+        })
+        .sum();
     let mut taken = [0u64; OWNED_STRIPES];
     for _ in 0..total {
         let mut next: Option<(usize, f64)> = None;
-        for (index, &(_, from, to)) in stripes.iter().enumerate() {
+        for (index, stripe) in stripes.iter().enumerate() {
+            let (from, to) = span(stripe);
             let count = to - from;
             if taken[index] < count {
                 let place = (taken[index] as f64 + 0.5) / count as f64;
@@ -386,9 +399,10 @@ fn interleave(stripes: &[(Option<&[AtomicU32]>, u64, u64)], sample: &mut impl Fn
             }
         }
         let Some((index, _)) = next else { break };
-        let (ring, from, _) = stripes[index];
-        let ring = ring.expect("a stripe with reads to hand over has a ring");
-        let at = from + taken[index];
+        let ring = stripes[index]
+            .ring
+            .expect("a stripe with reads to hand over has a ring");
+        let at = span(&stripes[index]).0 + taken[index];
         taken[index] += 1;
         // A slot the owner overwrote since its count was read gives a newer sample in
         // place of the older one: no harm to a measure.
