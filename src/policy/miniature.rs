@@ -111,6 +111,18 @@ impl Sampling {
             capacity,
         })
     }
+
+    /// Back one step towards `full` (this cache's sampling before any [`Sampling::thinner`]):
+    /// twice the keys in miniatures of twice the capacity. `None` when this is `full`.
+    pub(crate) fn finer(&self, full: Sampling) -> Option<Self> {
+        let extra_bits = self.mask.count_ones() - full.mask.count_ones();
+        (extra_bits > 0).then(|| Self {
+            // The mask is contiguous bits from `SAMPLE_BITS_SHIFT`: drop its highest.
+            mask: self.mask >> 1 & self.mask,
+            // As `thinner` halves it from `full`, so the steps retrace the same sizes.
+            capacity: full.capacity >> (extra_bits - 1),
+        })
+    }
 }
 
 /// A sampled key as the miniatures know it: its hash's low half, independent of the bits
@@ -338,6 +350,26 @@ mod tests {
             Sampling::for_entries(64).thinner().map(|s| s.capacity),
             Some(32)
         );
+    }
+
+    #[test]
+    fn finer_sampling_retraces_the_thinner_steps_back_to_the_full_one() {
+        for entries in [1, 64, 125, 1_000, 100_000, 1 << 40] {
+            let full = Sampling::for_entries(entries);
+            assert_eq!(full.finer(full), None, "{entries} entries");
+            let mut steps = vec![full];
+            while let Some(thinner) = steps.last().unwrap().thinner() {
+                steps.push(thinner);
+            }
+            for pair in steps.windows(2) {
+                assert_eq!(pair[1].finer(full), Some(pair[0]), "{entries} entries");
+            }
+        }
+        // An odd capacity halved and doubled comes back whole: 125 keys, 62, 125.
+        let full = Sampling::for_entries(1_000);
+        let thinner = full.thinner().unwrap();
+        assert_eq!((full.capacity, thinner.capacity), (125, 62));
+        assert_eq!(thinner.finer(full), Some(full));
     }
 
     #[test]

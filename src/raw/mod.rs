@@ -108,6 +108,13 @@ pub(crate) struct RawCache<K, V, S> {
 /// replay's falling behind.
 const LOSS_TOLERATED: u64 = 16;
 
+/// Samples in a row in which no write found the sampler busy before a thinned sampling is
+/// made finer again, one step: the threads that outran the replay have gone quiet.
+/// Doubled at each step back (up to [`MAX_CLEAN_SAMPLES_TO_REFINE`]), so a load that keeps
+/// coming back costs a few discarded samples and fresh miniatures, not every other sample.
+const CLEAN_SAMPLES_TO_REFINE: u32 = 4;
+const MAX_CLEAN_SAMPLES_TO_REFINE: u32 = 256;
+
 /// The window's sample and the shift detector's period in progress.
 #[derive(Debug)]
 struct Sampler {
@@ -115,9 +122,14 @@ struct Sampler {
     /// statistics stripe's sampled reads were drained into them.
     chooser: WindowChooser,
     drained: Drained,
-    /// What the miniatures replay, and the seed of their policies.
+    /// What the miniatures replay (`full`, or thinner), and the seed of their policies.
     sampling: Sampling,
+    full: Sampling,
     seed: u64,
+    /// Samples in a row in which no write found the sampler busy, and how many make the
+    /// sampling finer again (see [`CLEAN_SAMPLES_TO_REFINE`]).
+    clean_samples: u32,
+    clean_needed: u32,
     /// Sampled reads replayed and lost in this sample.
     replayed: u64,
     lost: u64,
@@ -138,7 +150,10 @@ impl Sampler {
             chooser: WindowChooser::new(sampling.capacity, seed),
             drained: Drained::default(),
             sampling,
+            full: sampling,
             seed,
+            clean_samples: 0,
+            clean_needed: CLEAN_SAMPLES_TO_REFINE,
             replayed: 0,
             lost: 0,
             chosen: INITIAL_WINDOW_PER_MILLE,
@@ -292,14 +307,15 @@ where
         }
     }
 
-    /// Samples half as many keys from now on, into new miniatures of half the capacity;
-    /// the reads sampled so far are dropped, since the rings do not say which of them the
-    /// thinner sampling keeps.
+    /// Samples the keys `sampling` picks from now on, into new miniatures of its capacity
+    /// (the window stays where it is until they choose); the reads sampled so far are
+    /// dropped, since the rings do not say which of them the new sampling keeps.
     #[cold]
-    fn thin_sampling(&self, sampler: &mut Sampler, thinner: Sampling) {
-        sampler.sampling = thinner;
-        sampler.chooser = WindowChooser::new(thinner.capacity, sampler.seed);
-        self.sample_mask.store(thinner.mask, Ordering::Relaxed);
+    fn resample(&self, sampler: &mut Sampler, sampling: Sampling) {
+        sampler.sampling = sampling;
+        sampler.chooser = WindowChooser::new(sampling.capacity, sampler.seed);
+        sampler.clean_samples = 0;
+        self.sample_mask.store(sampling.mask, Ordering::Relaxed);
         self.counters.drain_samples(&mut sampler.drained, |_| {});
     }
 
@@ -349,10 +365,24 @@ where
             let current = self.window_per_mille.load(Ordering::Relaxed);
             let lossy = sampler.lost * LOSS_TOLERATED > sampler.replayed + sampler.lost;
             let contended = self.sampler_was_busy.swap(false, Ordering::Relaxed);
+            sampler.clean_samples = if contended {
+                0
+            } else {
+                sampler.clean_samples + 1
+            };
             match sampler.sampling.thinner().filter(|_| lossy && contended) {
                 // The miniatures saw this sample with gaps: choose nothing from it.
-                Some(thinner) => self.thin_sampling(sampler, thinner),
-                None => sampler.chosen = sampler.chooser.choose(current),
+                Some(thinner) => self.resample(sampler, thinner),
+                None => {
+                    sampler.chosen = sampler.chooser.choose(current);
+                    if sampler.clean_samples >= sampler.clean_needed {
+                        if let Some(finer) = sampler.sampling.finer(sampler.full) {
+                            sampler.clean_needed =
+                                (sampler.clean_needed * 2).min(MAX_CLEAN_SAMPLES_TO_REFINE);
+                            self.resample(sampler, finer);
+                        }
+                    }
+                }
             }
             sampler.replayed = 0;
             sampler.lost = 0;
@@ -629,7 +659,7 @@ mod tests {
     /// Reads with no write between them overflow the thread's ring of sampled reads.
     fn read_40_000_keys(cache: &Cache<u64, u64>) {
         // About 5,000 sampled reads for a ring of 1,024.
-        for key in 0..40_000u64 {
+        for key in 1 << 20..(1 << 20) + 40_000u64 {
             assert_eq!(cache.get(&key), None);
         }
     }
@@ -641,27 +671,87 @@ mod tests {
     fn a_sample_that_lost_reads_while_the_sampler_was_busy_thins_the_sampling() {
         let cache = cache_of_1000();
         // 1,000 entries: one key in 8, 125 keys.
-        let (capacity, mask) = sampling(&cache);
-        assert_eq!(capacity, 125);
-        read_40_000_keys(&cache);
+        assert_eq!(sampling(&cache).0, 125);
+        a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
+    }
+
+    /// Loses reads while the sampler is held, then ends the sample; checks it thinned.
+    fn a_sample_that_lost_reads_while_the_sampler_was_busy_thins(cache: &Cache<u64, u64>) {
+        let (capacity, mask) = sampling(cache);
+        read_40_000_keys(cache);
         {
             let _busy = cache.raw().sampler.lock().unwrap();
-            for key in 0..100u64 {
+            for key in 0..300u64 {
                 cache.insert(key, key).unwrap();
             }
         }
         // The next write to take the sample drains it and ends it (10,000 accesses).
-        for key in 100..200u64 {
+        for key in 300..600u64 {
             cache.insert(key, key).unwrap();
         }
-        let (capacity, thinner) = sampling(&cache);
-        assert_eq!(capacity, 62);
+        let (thinned, thinner) = sampling(cache);
+        assert_eq!(thinned, capacity / 2);
         assert_eq!(
             thinner & mask,
             mask,
             "every key sampled now was sampled before"
         );
         assert_eq!(thinner.count_ones(), mask.count_ones() + 1);
+    }
+
+    /// Reads then writes that end one sample, with nobody else holding the sampler.
+    fn quiet_sample(cache: &Cache<u64, u64>) {
+        for key in 0..10_000u64 {
+            cache.get(&key);
+        }
+        // A write takes the sampler every 250 (a quarter of the shard's entries).
+        for key in 0..300u64 {
+            cache.insert(key, key).unwrap();
+        }
+    }
+
+    /// Once the threads that outran the replay go quiet, the sampling steps back.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_thinned_sampling_is_made_finer_after_four_quiet_samples() {
+        let cache = cache_of_1000();
+        let full = sampling(&cache);
+        a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
+        let thinned = sampling(&cache);
+        assert_ne!(thinned, full);
+        for _ in 0..3 {
+            quiet_sample(&cache);
+        }
+        assert_eq!(sampling(&cache), thinned, "three quiet samples");
+        quiet_sample(&cache);
+        assert_eq!(sampling(&cache), full, "four quiet samples");
+        // Thinned again, the next step back waits twice as long.
+        a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
+        for _ in 0..7 {
+            quiet_sample(&cache);
+        }
+        assert_eq!(sampling(&cache), thinned, "seven quiet samples");
+        quiet_sample(&cache);
+        assert_eq!(sampling(&cache), full, "eight quiet samples");
+    }
+
+    /// A sample in which a write found the sampler busy is not a quiet one.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_thinned_sampling_stays_while_writes_find_the_sampler_busy() {
+        let cache = cache_of_1000();
+        a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
+        let thinned = sampling(&cache);
+        for _ in 0..8 {
+            {
+                let _busy = cache.raw().sampler.lock().unwrap();
+                for key in 0..300u64 {
+                    cache.insert(key, key).unwrap();
+                }
+            }
+            quiet_sample(&cache);
+        }
+        assert_eq!(sampling(&cache), thinned);
     }
 
     /// One thread that reads thousands of times between writes loses reads too, but not to
