@@ -20,8 +20,8 @@ pub const MAX_SHARDS: usize = 256;
 /// those caches into 2 to 8 shards.
 const MIN_DEFAULT_SHARD_ENTRIES: u64 = 4096;
 
-/// Largest `max_entries`, 2^36: [`MAX_SHARDS`] shards of `SHARD_ENTRY_LIMIT` (2^28)
-/// entries each (a shard's entries are numbered by 29-bit ids).
+/// Largest `max_entries`, 2^33: [`MAX_SHARDS`] shards of `SHARD_ENTRY_LIMIT` (2^25)
+/// entries each (a shard's table names its entries' cells in 26 bits).
 const MAX_ENTRIES: u64 = MAX_SHARDS as u64 * SHARD_ENTRY_LIMIT as u64;
 
 /// Largest `max_bytes`, 2^48 (256 TiB). Under concurrency the global weight counter can
@@ -173,7 +173,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// Count mode: at most `n` entries, each weighing 1.
     ///
-    /// `n` may be up to 2^28 per shard: 2^36 with the most shards, which is what the
+    /// `n` may be up to 2^25 per shard: 2^33 with the most shards, which is what the
     /// default shard count gives a budget that needs them (see [`shards`](Self::shards)).
     /// Above that [`build`](Self::build) returns [`BuildError::CapacityTooLarge`].
     pub fn max_entries(mut self, n: u64) -> Self {
@@ -217,18 +217,18 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// Number of shards: a power of two from 1 to [`MAX_SHARDS`]. The default scales with
     /// available parallelism, keeps shards at least 4,096 entries large, and gives a count
-    /// budget above 2^28 entries (a shard's most) as many shards as it needs.
+    /// budget above 2^25 entries (a shard's most) as many shards as it needs.
     ///
-    /// In count mode, `max_entries` above 2^28 per shard is refused by
+    /// In count mode, `max_entries` above 2^25 per shard is refused by
     /// [`build`](Self::build) ([`BuildError::CapacityTooLarge`]). In byte mode a shard that
-    /// reaches 2^28 entries (about 20 GB of them at the least) evicts its own entries to take more,
+    /// reaches 2^25 entries (about 2.5 GB of them at the least) evicts its own entries to take more,
     /// even below the budget.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
         self
     }
 
-    /// Lowers the most entries a shard holds (2^28), so tests can reach it.
+    /// Lowers the most entries a shard holds (2^25), so tests can reach it.
     #[cfg(feature = "test-util")]
     #[doc(hidden)]
     pub fn shard_entry_limit(mut self, n: usize) -> Self {

@@ -12,8 +12,8 @@ pub enum BuildError {
     BothCapacities,
     /// The capacity is zero: such a cache could hold nothing.
     ZeroCapacity,
-    /// The capacity is larger than larder can account for: more than 2^28 entries per
-    /// shard (2^36 in all, over the most shards), or more than 2^48 bytes.
+    /// The capacity is larger than larder can account for: more than 2^25 entries per
+    /// shard (2^33 in all, over the most shards), or more than 2^48 bytes.
     CapacityTooLarge {
         /// The capacity that was asked for.
         requested: u64,

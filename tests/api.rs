@@ -57,26 +57,26 @@ fn builder_rejects_bad_settings_with_clear_errors() {
     assert!(!BuildError::ZeroCapacity.to_string().is_empty());
 }
 
-/// A shard numbers its entries with 29-bit ids and holds at most 2^28: a count budget gets
+/// A shard's table names entries' cells in 26 bits and holds at most 2^25: a count budget gets
 /// enough shards by default, and one that cannot fit the shards asked for is refused.
 #[test]
 fn a_count_budget_beyond_its_shards_entry_limit_is_refused() {
     let err = |builder: larder::CacheBuilder<u64, u64>| builder.build().unwrap_err();
     assert!(Cache::<u64, u64>::builder()
-        .max_entries(1 << 28)
+        .max_entries(1 << 25)
         .shards(1)
         .build()
         .is_ok());
     assert_eq!(
-        err(Cache::builder().max_entries((1 << 28) + 1).shards(1)),
+        err(Cache::builder().max_entries((1 << 25) + 1).shards(1)),
         BuildError::CapacityTooLarge {
-            requested: (1 << 28) + 1
+            requested: (1 << 25) + 1
         }
     );
     assert_eq!(
-        err(Cache::builder().max_entries((1 << 36) + 1)),
+        err(Cache::builder().max_entries((1 << 33) + 1)),
         BuildError::CapacityTooLarge {
-            requested: (1 << 36) + 1
+            requested: (1 << 33) + 1
         }
     );
     // The same rule at a limit tests can reach: 100 entries need 16 shards of 8.
@@ -101,7 +101,7 @@ fn a_count_budget_beyond_its_shards_entry_limit_is_refused() {
 
 /// In byte mode the budget does not bound a shard's entries below its id space: a shard
 /// at its entry limit evicts its own entries to take new ones (it used to panic when its
-/// ids ran out, at 2^29 entries).
+/// ids ran out, at 2^29 entries; the limit is 2^25 since session 18's six-bit slot tags).
 #[test]
 fn a_shard_at_its_entry_limit_evicts_even_below_the_byte_budget() {
     // Room for about 200,000 entries by weight.
@@ -188,9 +188,9 @@ fn concurrent_inserts_of_the_whole_largest_budget_end_within_it() {
 
 #[test]
 fn huge_capacity_builds_without_allocating_for_it() {
-    // 2^36 entries, the most, would need terabytes if anything were sized up front. (Miri
-    // builds 2^29, two shards' worth: 256 shards take it minutes.)
-    let most = if cfg!(miri) { 1 << 29 } else { 1 << 36 };
+    // 2^33 entries, the most, would need hundreds of gigabytes if anything were sized up
+    // front. (Miri builds 2^26, two shards' worth: 256 shards take it minutes.)
+    let most = if cfg!(miri) { 1 << 26 } else { 1 << 33 };
     let cache: Cache<u64, u64> = Cache::builder().max_entries(most).build().unwrap();
     cache.insert(1, 1).unwrap();
     assert_eq!(cache.get(&1), Some(1));

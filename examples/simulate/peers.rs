@@ -266,7 +266,7 @@ mod tests {
         assert!(one("lru", 10).is_none());
         // A capacity whose stretto (10 counters an entry) could not be allocated: the
         // peers that allocate as they fill build without building it. (larder refuses
-        // capacities above 2^36 itself.)
+        // capacities above 2^33 itself.)
         for name in ["moka", "moka_bounded", "quick_cache"] {
             let cache = one(name, usize::MAX / 8).unwrap();
             assert_eq!(cache.access(3), Ok(false), "{name}");

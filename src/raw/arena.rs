@@ -33,8 +33,9 @@ const MIN_CHUNK_CELLS: usize = 16;
 /// enough that the unused end of the last one is a fraction of a byte per entry.
 const MAX_CHUNK_BYTES: usize = 64 << 10;
 
-/// Cells a shard may hold: a table slot keeps `id + 1` in 29 bits (see `raw::table`).
-pub(crate) const MAX_CELLS: u32 = (1 << 29) - 2;
+/// Cells a shard may hold: a table slot keeps `id + 1` in 26 bits, beside six hash bits
+/// (see `raw::table`).
+pub(crate) const MAX_CELLS: u32 = (1 << 26) - 2;
 
 /// A cell's number in its shard's chunks, dense from 0: what a table slot stores instead
 /// of a pointer (4 bytes, not 8), resolved through the shard's directory of chunks.
@@ -202,7 +203,7 @@ impl<T> Chunks<T> {
         let first_id = index * len;
         assert!(
             first_id + len <= MAX_CELLS as usize + 1,
-            "a shard holds fewer than 2^29 entries"
+            "a shard holds fewer than 2^26 cells"
         );
         let mut cells: Vec<MaybeUninit<T>> = Vec::with_capacity(len);
         // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `len`.

@@ -52,12 +52,13 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) shard_entry_limit: usize,
 }
 
-/// Most entries one shard holds: half its id space (2^29 ids), which leaves room for the
-/// cells of replaced entries that readers may still see. The builder spreads a large count
+/// Most entries one shard holds: half the cells its table can name (2^26, see
+/// `arena::MAX_CELLS`), which leaves room for the cells of replaced entries that readers
+/// may still see. The builder spreads a large count
 /// budget over enough shards and refuses one that would need more than 256 of them; in
 /// byte mode the weights bound the entries, but a shard that reaches this many evicts its
 /// own before taking another (a shard's slab or arena running out of ids panics).
-pub(crate) const SHARD_ENTRY_LIMIT: usize = 1 << 28;
+pub(crate) const SHARD_ENTRY_LIMIT: usize = 1 << 25;
 const _: () = assert!(SHARD_ENTRY_LIMIT < entry::MAX_ID as usize);
 
 /// The shared state of a cache.
