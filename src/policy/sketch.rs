@@ -28,9 +28,10 @@ const WORDS_PER_BLOCK: usize = 8;
 /// division per row, and the doorkeeper has twice the bits. A new key's write (an increment
 /// and the duel's two estimates) took 1,466 instructions against 1,539
 /// (`examples/op_cost.rs` new-only under cachegrind, 100,000 entries), with the same
-/// misses, and the 113 rows of the real traces did as well or better: +0.516 against the
-/// best of moka held to its capacity, quick_cache and LRU (4 runs) where 16 runs of the six
-/// words gave +0.487 to +0.510 a set of 4; the synthetic workloads 56.68% against 56.61%.
+/// misses, and the 113 rows of the real traces did as well: +0.496 against the best of
+/// moka held to its capacity, quick_cache and LRU over 8 runs, +0.496 over 16 runs of the
+/// six words the same day (sets of 4 runs ranged from +0.467 to +0.529 either way); the
+/// synthetic workloads 56.68% against 56.61%.
 const COUNTER_WORDS: usize = 4;
 const DOOR_WORDS: usize = WORDS_PER_BLOCK - COUNTER_WORDS;
 const DOOR_BITS: u64 = (DOOR_WORDS * 64) as u64;
