@@ -32,8 +32,7 @@
 
 use std::cell::Cell;
 
-use hashbrown::HashMap;
-
+use super::key_ids::KeyIds;
 use super::{Members, Policy};
 use crate::raw::entry::ACCESS_MAX;
 
@@ -140,7 +139,7 @@ struct Miniature {
     policy: Policy,
     capacity: usize,
     /// Each resident key's id in `policy`.
-    ids: HashMap<u32, u32>,
+    ids: KeyIds,
     /// By id: the key, and its reads since the policy's hand last passed (as an entry's
     /// read counter, saturating at `ACCESS_MAX`).
     keys: Vec<u32>,
@@ -182,7 +181,7 @@ impl Miniature {
             window_per_mille,
             policy,
             capacity,
-            ids: HashMap::with_capacity(capacity + 1),
+            ids: KeyIds::with_capacity(capacity + 1),
             keys: Vec::with_capacity(capacity + 1),
             reads: Vec::with_capacity(capacity + 1),
             free_ids: Vec::new(),
@@ -197,7 +196,7 @@ impl Miniature {
     /// whether it hit.
     fn access(&mut self, key: u32) -> bool {
         self.sample_reads += 1;
-        if let Some(&id) = self.ids.get(&key) {
+        if let Some(id) = self.ids.get(key) {
             let reads = &self.reads[id as usize];
             reads.set((reads.get() + 1).min(ACCESS_MAX));
             self.sample_hits += 1;
@@ -225,7 +224,7 @@ impl Miniature {
             let Some(eviction) = self.policy.evict(&members) else {
                 break;
             };
-            self.ids.remove(&self.keys[eviction.id as usize]);
+            self.ids.remove(self.keys[eviction.id as usize]);
             self.free_ids.push(eviction.id);
         }
         false

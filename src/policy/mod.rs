@@ -16,6 +16,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod ghost;
+mod key_ids;
 pub(crate) mod miniature;
 pub(crate) mod shift;
 pub(crate) mod sketch;
