@@ -2,12 +2,12 @@
 //!
 //! Both live in one table of 64-byte blocks, and an item's four counters and its three
 //! doorkeeper bits lie in the same block: four words of counters (four rows of 16, a word
-//! each) and four words of doorkeeper. An `increment` or `frequency` therefore touches one cache line, where
-//! four independent rows and three independent probes would touch up to seven, and where a
-//! separate doorkeeper table (the layout before session 7) touched two. Once the sketch
-//! outgrows L2 the insert path is bound by those misses. The price is a little accuracy:
-//! items that share a block share their collisions in all four rows and in the doorkeeper,
-//! so the errors are no longer independent.
+//! each) and four words of doorkeeper. An `increment` or `frequency` therefore touches one
+//! cache line, where four independent rows and three independent probes would touch up to
+//! seven, and where a separate doorkeeper table (the layout before session 7) touched two.
+//! Once the sketch outgrows L2 the insert path is bound by those misses. The price is a
+//! little accuracy: items that share a block share their collisions in all four rows and in
+//! the doorkeeper, so the errors are no longer independent.
 
 /// Spreads the hash before picking a block.
 const BLOCK_MUL: u64 = 0x9E37_79B9_7F4A_7C15;

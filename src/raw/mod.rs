@@ -366,10 +366,11 @@ where
             let current = self.window_per_mille.load(Ordering::Relaxed);
             let lossy = sampler.lost * LOSS_TOLERATED > sampler.replayed + sampler.lost;
             let contended = self.sampler_was_busy.swap(false, Ordering::Relaxed);
+            // Saturating: a cache that runs quiet for years counts no further.
             sampler.clean_samples = if contended {
                 0
             } else {
-                sampler.clean_samples + 1
+                sampler.clean_samples.saturating_add(1)
             };
             match sampler.sampling.thinner().filter(|_| lossy && contended) {
                 // The miniatures saw this sample with gaps: choose nothing from it.
