@@ -681,12 +681,7 @@ mod tests {
     fn a_sample_that_lost_reads_while_the_sampler_was_busy_thins(cache: &Cache<u64, u64>) {
         let (capacity, mask) = sampling(cache);
         read_40_000_keys(cache);
-        {
-            let _busy = cache.raw().sampler.lock().unwrap();
-            for key in 0..300u64 {
-                cache.insert(key, key).unwrap();
-            }
-        }
+        writes_while_the_sampler_is_busy(cache);
         // The next write to take the sample drains it and ends it (10,000 accesses).
         for key in 300..600u64 {
             cache.insert(key, key).unwrap();
@@ -699,6 +694,15 @@ mod tests {
             "every key sampled now was sampled before"
         );
         assert_eq!(thinner.count_ones(), mask.count_ones() + 1);
+    }
+
+    /// Writes enough to ask for the sampler at least once (every 250 writes here) while
+    /// another holds it, as a thread replaying for others would.
+    fn writes_while_the_sampler_is_busy(cache: &Cache<u64, u64>) {
+        let _busy = cache.raw().sampler.lock().unwrap();
+        for key in 0..300u64 {
+            cache.insert(key, key).unwrap();
+        }
     }
 
     /// Reads then writes that end one sample, with nobody else holding the sampler.
@@ -745,12 +749,7 @@ mod tests {
         a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
         let thinned = sampling(&cache);
         for _ in 0..8 {
-            {
-                let _busy = cache.raw().sampler.lock().unwrap();
-                for key in 0..300u64 {
-                    cache.insert(key, key).unwrap();
-                }
-            }
+            writes_while_the_sampler_is_busy(&cache);
             quiet_sample(&cache);
         }
         assert_eq!(sampling(&cache), thinned);
