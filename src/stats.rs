@@ -164,7 +164,9 @@ const SHARED_STRIPES: usize = 8;
 /// The counters of one cache.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    stripes: Box<[CachePadded<Stripe>]>,
+    /// A fixed-size array, so that indexing it with an owned stripe's number (below
+    /// [`OWNED_STRIPES`]) needs no bounds check on the read path.
+    stripes: Box<[CachePadded<Stripe>; OWNED_STRIPES + SHARED_STRIPES]>,
     /// Slots of each stripe's ring of sampled reads.
     sample_ring: usize,
 }
@@ -205,9 +207,7 @@ impl Counters {
     /// of the cache's state.
     pub(crate) fn new(sampled_reads: usize) -> Self {
         Self {
-            stripes: (0..OWNED_STRIPES + SHARED_STRIPES)
-                .map(|_| CachePadded::default())
-                .collect(),
+            stripes: Box::new(std::array::from_fn(|_| CachePadded::default())),
             sample_ring: sampled_reads.clamp(1, MAX_SAMPLE_RING).next_power_of_two(),
         }
     }

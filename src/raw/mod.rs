@@ -64,8 +64,8 @@ const _: () = assert!(SHARD_ENTRY_LIMIT < entry::MAX_ID as usize);
 /// The shared state of a cache.
 pub(crate) struct RawCache<K, V, S> {
     shards: Box<[Shard<K, V>]>,
-    /// Bits of the hash to shift away to pick a shard (the top bits choose).
-    shard_shift: u32,
+    /// Bits of the hash that pick a shard (the top ones): the shard count's log2.
+    shard_bits: u32,
     hasher: S,
     budget: Budget,
     weigher: Option<Weigher<K, V>>,
@@ -190,7 +190,7 @@ where
                         .limited_to(config.shard_entry_limit)
                 })
                 .collect(),
-            shard_shift: 64 - shards.trailing_zeros(),
+            shard_bits: shards.trailing_zeros(),
             hasher: config.hasher,
             budget,
             weigher: config.weigher,
@@ -214,9 +214,13 @@ where
 
     #[inline]
     fn shard(&self, hash: u64) -> &Shard<K, V> {
-        // A shift by 64 (one shard) would overflow; `checked_shr` maps it to shard 0.
-        let index = hash.checked_shr(self.shard_shift).unwrap_or(0) as usize;
-        &self.shards[index]
+        // The top `shard_bits` bits, in two shifts so that one shard (no bits) needs no
+        // shift by 64, which would overflow: `hash >> 1` is below 2^63.
+        let index = ((hash >> 1) >> (63 - self.shard_bits)) as usize;
+        debug_assert!(index < self.shards.len());
+        // SAFETY: `index < 2^shard_bits`, the number of shards (a power of two, `new`).
+        // Unchecked, as every read and write picks a shard.
+        unsafe { self.shards.get_unchecked(index) }
     }
 
     pub(crate) fn now(&self) -> u64 {

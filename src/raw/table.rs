@@ -320,7 +320,11 @@ impl<K: 'static, V: 'static> Table<K, V> {
         let len = slots.slots.len();
         let mut index = slots.home(hash);
         for _ in 0..len {
-            let slot = slots.slots[index].load(order);
+            debug_assert!(index < len);
+            // SAFETY: `index < len`: `home` scales a 32-bit hash to `len` (`hash * len >> 32`
+            // is below `len`), and each step below wraps to 0 on reaching `len`. Unchecked,
+            // as the read path's probe runs this once per slot it passes.
+            let slot = unsafe { slots.slots.get_unchecked(index) }.load(order);
             if !is_occupied(slot) {
                 if slot != TOMBSTONE {
                     return Err(Some(index));
