@@ -12,7 +12,8 @@
 //! or less, are left to it.
 //!
 //! Run: `cargo bench --bench interleaved` (under a minute here; `ROUNDS=N` and `BATCH=N` set
-//! the rounds and each cache's operations per round, 400 and 50,000 by default).
+//! the rounds and each cache's operations per round, 400 and 50,000 by default;
+//! `CAPACITY=N` the caches' capacity, 100,000 by default).
 
 mod common;
 
@@ -64,7 +65,10 @@ fn main() {
         1 => timed_run(&quick, &keys, is_insert, cursor, threads, batch),
         _ => timed_run(&baseline, &keys, is_insert, cursor, threads, batch),
     };
-    println!("{rounds} rounds of {batch} operations per cache, caches in random order\n");
+    println!(
+        "{rounds} rounds of {batch} operations per cache, caches of {} entries in random order\n",
+        common::capacity()
+    );
     println!("| workload | threads | larder Mops/s | quick_cache Mops/s | baseline Mops/s | larder / quick_cache | larder / baseline |");
     println!("|---|---:|---:|---:|---:|---|---|");
     let mut cursor = 0usize;

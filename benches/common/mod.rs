@@ -22,6 +22,16 @@ pub(crate) const ZIPF_EXPONENT: f64 = 1.0;
 pub(crate) const STREAM_LEN: usize = 1 << 20;
 /// Capacity of every cache under test, in entries.
 pub(crate) const CAPACITY: usize = 100_000;
+
+/// The caches' capacity: [`CAPACITY`], or the `CAPACITY` environment variable's (small
+/// caches cost larder more per write, see the README's "Not done yet").
+pub(crate) fn capacity() -> usize {
+    std::env::var("CAPACITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(CAPACITY)
+}
 /// Thread counts measured.
 pub(crate) const THREADS: [usize; 2] = [1, 2];
 /// Shards of the baseline map.
@@ -246,21 +256,21 @@ pub(crate) fn timed_run<B: Bench>(
 
 pub(crate) fn make_larder() -> larder::Cache<u64, u64> {
     larder::Cache::<u64, u64>::builder()
-        .max_entries(CAPACITY as u64)
+        .max_entries(capacity() as u64)
         .build()
         .expect("valid larder settings")
 }
 
 pub(crate) fn make_quick_cache() -> quick_cache::sync::Cache<u64, u64> {
-    quick_cache::sync::Cache::new(CAPACITY)
+    quick_cache::sync::Cache::new(capacity())
 }
 
 pub(crate) fn make_moka() -> moka::sync::Cache<u64, u64> {
-    moka::sync::Cache::new(CAPACITY as u64)
+    moka::sync::Cache::new(capacity() as u64)
 }
 
 pub(crate) fn make_stretto() -> stretto::Cache<u64, u64> {
-    stretto::Cache::new(CAPACITY * 10, CAPACITY as i64).expect("valid stretto settings")
+    stretto::Cache::new(capacity() * 10, capacity() as i64).expect("valid stretto settings")
 }
 
 /// The workloads, by name, with the share of their operations that are inserts.
