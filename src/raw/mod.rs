@@ -175,6 +175,8 @@ where
 {
     pub(crate) fn new(config: Config<K, V, S>) -> Self {
         let shards = config.shards;
+        // `shard` relies on it (the builder refuses any other count).
+        assert!(shards.is_power_of_two(), "{shards} shards");
         let budget = Budget::new(config.budget, shards);
         let share = budget.share;
         let per_shard_entries = config.expected_entries.div_ceil(shards).max(1);
@@ -218,8 +220,8 @@ where
         // shift by 64, which would overflow: `hash >> 1` is below 2^63.
         let index = ((hash >> 1) >> (63 - self.shard_bits)) as usize;
         debug_assert!(index < self.shards.len());
-        // SAFETY: `index < 2^shard_bits`, the number of shards (a power of two, `new`).
-        // Unchecked, as every read and write picks a shard.
+        // SAFETY: `index < 2^shard_bits`, the number of shards (`new` asserts that it is a
+        // power of two). Unchecked, as every read and write picks a shard.
         unsafe { self.shards.get_unchecked(index) }
     }
 
