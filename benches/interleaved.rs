@@ -4,12 +4,12 @@
 //! On these shared 2-core machines a cache's speed moves by 20–50% from one minute to the
 //! next, and criterion (`benches/throughput.rs`) measures each cache for seconds before the
 //! next: two caches' figures in one run can come from different weather. Here every round
-//! runs the same operations on each cache in turn, in an order shuffled anew each round
-//! (a fixed rotation would always run a cache right after the same other one, whose data
-//! it then finds evicted or not), and the figure of merit is each round's ratio of the caches' times, whose median
-//! over the rounds is printed with its interquartile range. The workloads, caches and key
-//! stream are `throughput`'s (see `common`); moka and stretto, at a tenth of these speeds
-//! or less, are left to it.
+//! runs the same operations on each cache in turn, in an order shuffled anew each round (a
+//! fixed rotation would always run a cache right after the same other one, whose data it
+//! then finds evicted or not), and the figure of merit is each round's ratio of the caches'
+//! times, whose median over the rounds is printed with its interquartile range. The
+//! workloads, caches and key stream are `throughput`'s (see `common`); moka and stretto, at
+//! a tenth of these speeds or less, are left to it.
 //!
 //! Run: `cargo bench --bench interleaved` (under a minute here; `ROUNDS=N` and `BATCH=N` set
 //! the rounds and each cache's operations per round, 400 and 50,000 by default;
