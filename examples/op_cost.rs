@@ -143,5 +143,17 @@ fn main() {
         }
     }
     let per_op = began.elapsed().as_nanos() as f64 / ops.max(1) as f64;
-    println!("{cache} {workload}: {ops} ops, {per_op:.1} ns/op, {hits} get hits");
+    // The policy's decisions, to check that a change meant to keep them did: a seeded
+    // run repeats its evictions and rejections exactly.
+    let decisions = match &subject {
+        Subject::Larder(cache) => {
+            let stats = cache.stats();
+            format!(
+                ", {} evictions, {} rejections",
+                stats.evictions, stats.admission_rejections
+            )
+        }
+        Subject::QuickCache(_) => String::new(),
+    };
+    println!("{cache} {workload}: {ops} ops, {per_op:.1} ns/op, {hits} get hits{decisions}");
 }

@@ -72,20 +72,30 @@ impl Links {
         }
     }
 
+    /// Every insert asks (through `set_tag`); the links grow only with the shard.
+    #[inline]
     fn ensure(&mut self, id: u32) {
-        let needed = id as usize + 1;
-        if self.links.len() < needed {
-            crate::growth::reserve(&mut self.links, needed, self.expected);
-            self.links.resize(needed, UNLINKED);
+        if self.links.len() <= id as usize {
+            self.grow(id);
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, id: u32) {
+        let needed = id as usize + 1;
+        crate::growth::reserve(&mut self.links, needed, self.expected);
+        self.links.resize(needed, UNLINKED);
+    }
+
     /// The tag last set for `id` (0 if none was): kept while the id moves between rings.
+    #[inline]
     pub(crate) fn tag(&self, id: u32) -> u8 {
         self.links.get(id as usize).map_or(0, |link| link.tag())
     }
 
     /// Sets `id`'s tag, below [`TAGS`].
+    #[inline]
     pub(crate) fn set_tag(&mut self, id: u32, tag: u8) {
         debug_assert!(tag < TAGS);
         self.ensure(id);

@@ -54,6 +54,9 @@ const ADMISSION_MARGIN: u8 = 1;
 /// attacker who floods keys that collide with a hot victim in the sketch cannot pin it out.
 const JITTER_MIN_FREQUENCY: u8 = 6;
 
+// `Policy::admit` rejects a candidate within the margin without asking about jitter.
+const _: () = assert!(ADMISSION_MARGIN < JITTER_MIN_FREQUENCY);
+
 /// How one eviction was decided, for statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Eviction {
@@ -328,6 +331,15 @@ impl Policy {
     #[inline]
     fn admit(&mut self, candidate_hash: u64, victim_hash: u64) -> bool {
         let candidate = self.sketch.frequency(candidate_hash);
+        // A candidate within the margin of zero loses to any victim and is too rare for
+        // jitter, so the victim's estimate (another sketch line) is not needed. Most
+        // candidates are keys seen once or twice, so most duels end here. Under cachegrind
+        // (`examples/op_cost.rs`, the same evictions and rejections either way): a new
+        // key's write 1,444 → 1,355 instructions at 100,000 entries, a 50-50 operation at
+        // 100 entries (whose miniatures duel on most sampled reads) 2,274 → 2,125.
+        if candidate <= ADMISSION_MARGIN {
+            return false;
+        }
         let victim = self.sketch.frequency(victim_hash);
         if candidate > victim + ADMISSION_MARGIN {
             return true;
