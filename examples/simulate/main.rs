@@ -1,6 +1,6 @@
 //! Hit-ratio simulator: replays cache traces against the real `larder::Cache`, its peers
 //! (moka, quick_cache, stretto) and reference policies (LRU, CLOCK, FIFO, Random, LFU, ARC,
-//! Belady's OPT), side by side in one run.
+//! W-TinyLFU as Caffeine runs it, Belady's OPT), side by side in one run.
 //!
 //! Usage: see `usage.txt` beside this file (also printed by `--help`).
 //!
@@ -16,6 +16,7 @@ pub mod plot;
 pub mod policies;
 pub mod synthetic;
 pub mod trace;
+pub mod wtinylfu;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -29,7 +30,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 const DEFAULT_FRACTIONS: [f64; 7] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5];
 
 /// Reference policies, in table order.
-const REFERENCE: [&str; 7] = ["lru", "clock", "fifo", "random", "lfu", "arc", "opt"];
+const REFERENCE: [&str; 8] = [
+    "lru", "clock", "fifo", "random", "lfu", "arc", "wtinylfu", "opt",
+];
 
 /// Real caches, in table order.
 const REAL: [&str; 5] = peers::NAMES;
@@ -227,6 +230,7 @@ fn replay_reference(job: Job, keys: &[u64], progress: &ProgressBar) -> Outcome {
         "random" => policies::random(job.size, 0x5eed),
         "lfu" => policies::lfu(job.size),
         "arc" => policies::arc(job.size),
+        "wtinylfu" => wtinylfu::wtinylfu(job.size),
         "opt" => policies::opt(job.size, keys),
         other => unreachable!("unknown policy {other}"),
     };

@@ -19,25 +19,27 @@ pub trait Policy {
     fn access(&mut self, key: u64) -> bool;
 }
 
-const NIL: usize = usize::MAX;
+pub(crate) const NIL: usize = usize::MAX;
 
 #[derive(Debug, Clone, Copy)]
-struct Node {
-    key: u64,
-    prev: usize,
-    next: usize,
+pub(crate) struct Node {
+    pub(crate) key: u64,
+    /// Towards the head (more recent).
+    pub(crate) prev: usize,
+    /// Towards the tail (less recent).
+    pub(crate) next: usize,
     /// Which list the node is on; ARC reads this to tell T1/T2/B1/B2 apart with one map probe.
-    list: u8,
+    pub(crate) list: u8,
 }
 
 /// Up to four intrusive lists sharing one slab. Head = most recent, tail = least recent.
 #[derive(Debug)]
-struct Lists {
-    nodes: Vec<Node>,
+pub(crate) struct Lists {
+    pub(crate) nodes: Vec<Node>,
     free: Vec<usize>,
-    head: [usize; 4],
-    tail: [usize; 4],
-    len: [usize; 4],
+    pub(crate) head: [usize; 4],
+    pub(crate) tail: [usize; 4],
+    pub(crate) len: [usize; 4],
 }
 
 impl Default for Lists {
@@ -90,7 +92,7 @@ impl Lists {
     }
 
     /// Allocates a node for `key` (reusing a freed slot) at the front of `list`.
-    fn insert(&mut self, key: u64, list: u8) -> usize {
+    pub(crate) fn insert(&mut self, key: u64, list: u8) -> usize {
         let node = Node {
             key,
             prev: NIL,
@@ -109,9 +111,16 @@ impl Lists {
     }
 
     /// Moves node `s` (from whatever list) to the front of `list`.
-    fn move_front(&mut self, s: usize, list: u8) {
+    pub(crate) fn move_front(&mut self, s: usize, list: u8) {
         self.unlink(s);
         self.link_front(s, list);
+    }
+
+    /// Unlinks and frees node `s`, returning its key.
+    pub(crate) fn remove(&mut self, s: usize) -> u64 {
+        self.unlink(s);
+        self.free.push(s);
+        self.nodes[s].key
     }
 
     /// Unlinks and frees the tail of `list`, returning its key.
