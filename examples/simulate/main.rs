@@ -53,6 +53,8 @@ struct Options {
     runs: usize,
     /// Nanoseconds each load of a real cache takes (see `peers::set_load_nanos`).
     load_nanos: u64,
+    /// Write each trace's sizes and keys here instead of replaying (see [`write_keys`]).
+    keys_out: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Options, String> {
         policies: None,
         runs: 1,
         load_nanos: 0,
+        keys_out: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -107,6 +110,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--pattern" => options.pattern = value("--pattern")?.parse()?,
             "--out" => options.out = PathBuf::from(value("--out")?),
+            "--keys-out" => options.keys_out = Some(PathBuf::from(value("--keys-out")?)),
             "--policies" => {
                 let names: Vec<String> =
                     value("--policies")?.split(',').map(str::to_owned).collect();
@@ -140,6 +144,26 @@ fn default_sizes(unique: usize) -> Vec<usize> {
         .collect();
     sizes.dedup();
     sizes
+}
+
+/// Writes `DIR/<trace>.keys` for each trace: its sizes on the first line (comma-separated),
+/// then its keys, one per line, so that a cache outside this program (Caffeine, through
+/// `caffeine/replay.sh` beside this file) replays the same rows.
+fn write_keys(dir: &std::path::Path, traces: &[Trace]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    for trace in traces {
+        let path = dir.join(format!("{}.keys", trace.name));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let sizes: Vec<String> = trace.sizes.iter().map(usize::to_string).collect();
+        writeln!(out, "{}", sizes.join(","))?;
+        for key in &trace.keys {
+            writeln!(out, "{key}")?;
+        }
+        out.flush()?;
+        eprintln!("keys: {}", path.display());
+    }
+    Ok(())
 }
 
 fn load_traces(options: &Options) -> Result<Vec<Trace>, String> {
@@ -314,6 +338,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(dir) = &options.keys_out {
+        return match write_keys(dir, &traces) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: --keys-out {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     let chosen = |policy: &&'static str| {
         options
             .policies
@@ -626,6 +659,18 @@ mod tests {
             keys: Vec::new(),
             sizes,
         }
+    }
+
+    #[test]
+    fn keys_out_writes_the_sizes_then_the_keys() {
+        let dir = std::env::temp_dir().join(format!("larder-keys-out-{}", std::process::id()));
+        let mut a = trace("a.trc", vec![10, 20]);
+        a.keys = vec![3, 1, 3];
+        write_keys(&dir, &[a, trace("b", vec![5])]).unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("a.trc.keys"), "10,20\n3\n1\n3\n");
+        assert_eq!(read("b.keys"), "5\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
