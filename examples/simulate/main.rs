@@ -30,8 +30,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 const DEFAULT_FRACTIONS: [f64; 7] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5];
 
 /// Reference policies, in table order.
-const REFERENCE: [&str; 8] = [
-    "lru", "clock", "fifo", "random", "lfu", "arc", "wtinylfu", "opt",
+const REFERENCE: [&str; 9] = [
+    "lru",
+    "clock",
+    "fifo",
+    "random",
+    "lfu",
+    "arc",
+    "wtinylfu",
+    "wtinylfu_fixed",
+    "opt",
 ];
 
 /// Real caches, in table order.
@@ -255,6 +263,7 @@ fn replay_reference(job: Job, keys: &[u64], progress: &ProgressBar) -> Outcome {
         "lfu" => policies::lfu(job.size),
         "arc" => policies::arc(job.size),
         "wtinylfu" => wtinylfu::wtinylfu(job.size),
+        "wtinylfu_fixed" => wtinylfu::wtinylfu_fixed(job.size),
         "opt" => policies::opt(job.size, keys),
         other => unreachable!("unknown policy {other}"),
     };
