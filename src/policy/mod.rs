@@ -610,6 +610,31 @@ mod tests {
     }
 
     #[test]
+    fn a_duel_below_the_jitter_floor_admits_only_by_more_than_the_margin() {
+        // Each key seen `n` times: the first access sets the doorkeeper, the others count.
+        let seen = |policy: &mut Policy, hash: u64, n: u8| {
+            for _ in 0..n {
+                policy.sketch.increment(hash);
+            }
+        };
+        for candidate in 0..JITTER_MIN_FREQUENCY {
+            for victim in 0..JITTER_MIN_FREQUENCY + 2 {
+                let mut policy = Policy::new(100, 100, 9);
+                let (c, v) = (0x1234_5678_9ABC_DEF1, 0x0FED_CBA9_8765_4321);
+                seen(&mut policy, c, candidate);
+                seen(&mut policy, v, victim);
+                assert_eq!(policy.sketch.frequency(c), candidate);
+                assert_eq!(policy.sketch.frequency(v), victim);
+                assert_eq!(
+                    policy.admit(c, v),
+                    candidate > victim + ADMISSION_MARGIN,
+                    "candidate {candidate}, victim {victim}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn regions_round_trip_through_their_tags() {
         for region in Region::ALL {
             assert_eq!(Region::of_tag(region.tag()), region);
