@@ -459,16 +459,20 @@ mod tests {
         assert!(kept >= 450, "{kept} of 500 hot keys kept through a scan");
     }
 
+    /// Forty phases, each reading 800 fresh keys ten times over: recency is all that counts.
+    fn replay_a_moving_hot_set(cache: &mut WTinyLfu) {
+        for phase in 0..40u64 {
+            for _ in 0..10 {
+                replay(cache, phase * 1000..phase * 1000 + 800);
+            }
+        }
+    }
+
     #[test]
     fn the_climber_grows_the_window_for_a_hot_set_that_moves() {
         let capacity = 1000;
         let mut cache = WTinyLfu::new(capacity, false);
-        // Each phase reads 800 fresh keys ten times over: recency is all that counts.
-        for phase in 0..40u64 {
-            for _ in 0..10 {
-                replay(&mut cache, phase * 1000..phase * 1000 + 800);
-            }
-        }
+        replay_a_moving_hot_set(&mut cache);
         assert!(
             cache.window_max > capacity / 10,
             "window {} of {capacity}",
@@ -480,11 +484,7 @@ mod tests {
     fn without_the_climber_the_window_stays_at_one_percent() {
         let capacity = 1000;
         let mut cache = WTinyLfu::new(capacity, true);
-        for phase in 0..40u64 {
-            for _ in 0..10 {
-                replay(&mut cache, phase * 1000..phase * 1000 + 800);
-            }
-        }
+        replay_a_moving_hot_set(&mut cache);
         assert_eq!(cache.window_max, 10);
     }
 
