@@ -178,6 +178,12 @@ impl Policy {
         self.sketch.frequency(hash)
     }
 
+    /// Starts fetching the sketch's counters for a key hash that is about to be inserted.
+    #[inline]
+    pub(crate) fn prefetch_frequency(&self, hash: u64) {
+        self.sketch.prefetch(hash);
+    }
+
     /// Entries the policy orders.
     pub(crate) fn len(&self) -> usize {
         self.window.len() + self.main.len() + self.protected.len()

@@ -181,6 +181,14 @@ impl FrequencySketch {
         false
     }
 
+    /// Starts fetching the block `hash`'s counters lie in (see [`crate::sync::prefetch`]),
+    /// for an increment or estimate that follows shortly.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        let block = scale(spread(hash, BLOCK_MUL), self.table.len());
+        crate::sync::prefetch(self.table.as_ptr().wrapping_add(block));
+    }
+
     /// Estimated frequency in `0..=16`: the smallest of the four counters, plus one if the
     /// doorkeeper has seen the item in the current period.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {

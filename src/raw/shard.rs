@@ -355,6 +355,9 @@ where
                 );
             }
             Probe::Vacant(vacant) => {
+                // A new key: `on_insert` below counts it in the sketch, a miss on a large
+                // shard, which can overlap with the slab and table updates before it.
+                state.policy.prefetch_frequency(sketch_hash);
                 let id = state.slab.insert(weight);
                 entry.set_id(id);
                 let slab = &mut state.slab;

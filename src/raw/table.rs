@@ -51,6 +51,9 @@ const _: () = assert!(crate::raw::arena::MAX_CELLS < (u32::MAX >> TAG_BITS));
 /// Smallest slot array; keeps tiny shards from rebuilding on every insert.
 const MIN_SLOTS: usize = 8;
 
+/// Slots ahead of the one a rebuild places whose entry it starts fetching.
+const REBUILD_PREFETCH_DISTANCE: usize = 8;
+
 /// Most slots (live entries plus tombstones) a table fills before it is rebuilt, as a
 /// fraction `MAX_USED.0 / MAX_USED.1`: linear probing's misses walk about
 /// `(1 + 1 / (1 - load)^2) / 2` slots, 8.5 at 3/4.
@@ -577,7 +580,18 @@ impl<K: 'static, V: 'static> Table<K, V> {
     /// entry's new slot through `moved(id, slot)`.
     fn rebuild(&self, counts: &mut TableCounts, guard: &Guard, mut moved: impl FnMut(u32, usize)) {
         let fresh = Slots::with_len(self.rebuilt_len(counts));
-        for slot in self.slots(guard).slots.iter() {
+        let slots = &self.slots(guard).slots;
+        for (index, slot) in slots.iter().enumerate() {
+            // Each live entry's cell is read for its hash and id, a cache miss on a large
+            // shard: start the one a few slots on while this one is placed.
+            if let Some(ahead) = slots.get(index + REBUILD_PREFETCH_DISTANCE) {
+                let ahead = ahead.load(Ordering::Relaxed);
+                if is_occupied(ahead) {
+                    // SAFETY: an occupied slot names a cell the chunks handed out, learnt
+                    // by the lock holder (the caller, as `counts` proves).
+                    crate::sync::prefetch(unsafe { self.chunks.cell(cell_of(ahead)) }.as_ptr());
+                }
+            }
             let slot = slot.load(Ordering::Relaxed);
             if !is_occupied(slot) {
                 continue;
