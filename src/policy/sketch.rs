@@ -185,8 +185,8 @@ impl FrequencySketch {
     /// for an increment or estimate that follows shortly.
     #[inline]
     pub(crate) fn prefetch(&self, hash: u64) {
-        let block = scale(spread(hash, BLOCK_MUL), self.table.len());
-        crate::sync::prefetch(self.table.as_ptr().wrapping_add(block));
+        // `place` is inlined, and what it computes beyond the block is unused and dropped.
+        crate::sync::prefetch(self.table.as_ptr().wrapping_add(self.place(hash).block));
     }
 
     /// Estimated frequency in `0..=16`: the smallest of the four counters, plus one if the
