@@ -499,9 +499,10 @@ fn cache_is_a_send_sync_clone_handle() {
     assert_eq!(b.get(&1), Some(1));
 }
 
-/// A key whose `Eq` panics while `PANIC_ON_EQ` is set (hashing agrees with `Eq`).
+/// A key whose `Eq` panics while its flag is set (hashing agrees with `Eq`). Each test has
+/// its own flag: tests run in parallel.
 #[derive(Debug)]
-struct Touchy(u32);
+struct Touchy(u32, &'static std::sync::atomic::AtomicBool);
 
 impl std::hash::Hash for Touchy {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -509,11 +510,9 @@ impl std::hash::Hash for Touchy {
     }
 }
 
-static PANIC_ON_EQ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 impl PartialEq for Touchy {
     fn eq(&self, other: &Self) -> bool {
-        assert!(!PANIC_ON_EQ.load(Ordering::SeqCst), "Eq panicked");
+        assert!(!self.1.load(Ordering::SeqCst), "Eq panicked");
         self.0 == other.0
     }
 }
@@ -522,22 +521,71 @@ impl Eq for Touchy {}
 
 #[test]
 fn a_key_whose_eq_panics_mid_insert_leaves_the_cache_consistent() {
+    static PANICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let key = |n| Touchy(n, &PANICS);
     let cache: Cache<Touchy, u32> = Cache::builder().max_entries(10).build().unwrap();
-    cache.insert(Touchy(1), 1).unwrap();
-    PANIC_ON_EQ.store(true, Ordering::SeqCst);
+    cache.insert(key(1), 1).unwrap();
+    PANICS.store(true, Ordering::SeqCst);
     // Replacing key 1 compares keys under the shard lock: the comparison panics.
-    let result = std::panic::catch_unwind(|| cache.insert(Touchy(1), 2));
-    PANIC_ON_EQ.store(false, Ordering::SeqCst);
+    let result = std::panic::catch_unwind(|| cache.insert(key(1), 2));
+    PANICS.store(false, Ordering::SeqCst);
     assert!(result.is_err());
-    assert_eq!(cache.get(&Touchy(1)), Some(1), "the old value survives");
+    assert_eq!(cache.get(&key(1)), Some(1), "the old value survives");
     assert_eq!(
         cache.weighted_size(),
         1,
         "the failed insert's charge was released"
     );
     cache.validate();
-    cache.insert(Touchy(2), 2).unwrap();
+    cache.insert(key(2), 2).unwrap();
     assert_eq!(cache.len(), 2);
+}
+
+/// Session 21's review: the write advanced the timing wheel before it compared keys, so an
+/// `Eq` that panicked left the expired entries' weight on the cache's total for good, and
+/// their removal unreported.
+#[test]
+fn a_key_whose_eq_panics_after_entries_fell_due_loses_neither_weight_nor_notices() {
+    static PANICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let key = |n| Touchy(n, &PANICS);
+    let clock = ManualClock::new();
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let listened = Arc::clone(&notices);
+    let cache: Cache<Touchy, u32> = Cache::builder()
+        .max_entries(100)
+        .shards(1)
+        .clock(clock.clone())
+        .eviction_listener(move |key: &Touchy, _: &u32, cause| {
+            listened.lock().unwrap().push((key.0, cause));
+        })
+        .build()
+        .unwrap();
+    cache
+        .insert_with_ttl(key(1), 1, Duration::from_secs(1))
+        .unwrap();
+    cache.insert(key(2), 2).unwrap();
+    clock.advance(Duration::from_secs(10));
+    PANICS.store(true, Ordering::SeqCst);
+    // Key 1 is due and the wheel is not empty; replacing key 2 compares keys: a panic.
+    let result = std::panic::catch_unwind(|| cache.insert(key(2), 3));
+    PANICS.store(false, Ordering::SeqCst);
+    assert!(result.is_err());
+    assert_eq!(
+        cache.get(&key(1)),
+        None,
+        "key 1 is expired whatever the wheel"
+    );
+    assert_eq!(cache.get(&key(2)), Some(2), "the old value survives");
+    cache.validate();
+    cache.run_pending_tasks();
+    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.weighted_size(), 1, "only key 2 is charged");
+    assert_eq!(
+        *notices.lock().unwrap(),
+        [(1, RemovalCause::Expired)],
+        "key 1's expiry is reported once"
+    );
+    cache.validate();
 }
 
 #[test]

@@ -61,6 +61,14 @@ pub(crate) struct Config<K, V, S> {
 pub(crate) const SHARD_ENTRY_LIMIT: usize = 1 << 25;
 const _: () = assert!(SHARD_ENTRY_LIMIT < entry::MAX_ID as usize);
 
+/// Flushes this thread's bag of deferred garbage to the epoch collector, which then frees
+/// what is old enough (see `retired.rs`). The caller may be pinned already: pinning again is
+/// a counter increment. The collector may run deferred drops here, so no lock may be held.
+#[cold]
+fn flush_garbage() {
+    crate::sync::pin().flush();
+}
+
 /// The shared state of a cache.
 pub(crate) struct RawCache<K, V, S> {
     shards: Box<[Shard<K, V>]>,
@@ -513,12 +521,16 @@ where
         guard.flush();
     }
 
-    /// Settles what left the cache: global weight, then the listener (outside every lock).
-    /// A panicking listener does not stop the others; the first panic is re-raised once all
-    /// have run, with the cache already consistent.
+    /// Settles what left the cache: global weight, the thread's garbage bag if it is due a
+    /// flush, then the listener (outside every lock). A panicking listener does not stop
+    /// the others; the first panic is re-raised once all have run, with the cache already
+    /// consistent.
     #[inline]
     pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
         self.settle_weight(&mut out);
+        if out.flush_due {
+            flush_garbage();
+        }
         if !out.list.is_empty() {
             self.notify(out);
         }

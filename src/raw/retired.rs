@@ -15,7 +15,21 @@
 //! A batch is handed over when it holds [`BATCH_LEN`] entries or a 64th of the shard's
 //! capacity in weight, and `run_pending_tasks` and `clear` hand over what is pending. In byte
 //! mode the entries waiting in batches weigh at most about 1/64 of the budget.
+//!
+//! Handed over is not yet freed. crossbeam-epoch keeps up to 64 deferred closures in the
+//! thread's own bag before it seals the bag for the global queue, where it waits for the
+//! epoch to advance twice, and a thread tries to advance it once every 128 pins: about 320
+//! closures in flight per writing thread, whatever they hold. With heavy entries, each its
+//! own batch, that was five times a byte budget of retired values still alive (session 21's
+//! review). So each thread counts what it handed over, as shares of the shards' capacities,
+//! and once that reaches [`FLUSH_SHARE_BYTES`] (a 64th; in count mode a quarter) its next
+//! `finish` flushes the bag (see [`Retired::push`]): a flush tries to advance the epoch, and
+//! a flushed bag is freed after two advances. Alone, a writing thread keeps at most about
+//! three such shares alive. A thread pinned elsewhere holds everything back until it
+//! unpins (the price of epochs): one preempted in the middle of an operation holds back
+//! what other threads retire for as long as it waits for a core.
 
+use std::cell::Cell;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -32,6 +46,21 @@ pub(crate) const BATCH_LEN: usize = 8;
 /// mode the memory of entries waiting in batches stays within about that fraction of the
 /// budget.
 const BATCH_WEIGHT_FRACTION: u64 = 64;
+
+/// What a thread hands over between two flushes of its bag, as a share of the capacity of
+/// the shards the batches came from. In byte mode a 64th, for a byte budget is a promise
+/// about memory. In count mode a quarter: the budget counts entries, not their bytes, and a
+/// 64th would flush a small shard's thread every few evictions (a 100-entry cache's 50-50
+/// operation cost 2,075 instructions before flushes, 2,490 at a 64th and 2,120 at a
+/// quarter, under cachegrind); a large shard's thread in count mode reaches a quarter only
+/// every few hundred batches, its bag having sealed itself at 64 several times over.
+const FLUSH_SHARE_BYTES: f64 = 1.0 / 64.0;
+const FLUSH_SHARE_ENTRIES: f64 = 1.0 / 4.0;
+
+std::thread_local! {
+    /// The shares this thread handed to the collector since its bag was last flushed.
+    static UNFLUSHED_SHARE: Cell<f64> = const { Cell::new(0.0) };
+}
 
 /// The list a batch's entries travel in, boxed so that it and the shard's handle on
 /// [`Returned`] are two words together: the epoch collector stores a deferred closure of up
@@ -137,6 +166,11 @@ pub(crate) struct Retired<K, V> {
     batch: Batch,
     weight: u64,
     max_weight: u64,
+    /// A unit of weight's share of the shard's capacity.
+    per_weight: f64,
+    /// The share a thread hands over before it flushes its bag ([`FLUSH_SHARE_BYTES`] or
+    /// [`FLUSH_SHARE_ENTRIES`]).
+    flush_share: f64,
     returned: Arc<Returned<K, V>>,
     /// The batch of shells being used up (taken from `returned` under the shard lock, like
     /// the rest of `Retired`).
@@ -163,12 +197,19 @@ impl<K, V> std::fmt::Debug for Retired<K, V> {
 unsafe impl<K: Send, V: Send> Send for Retired<K, V> {}
 
 impl<K, V> Retired<K, V> {
-    /// An empty batch for a shard of `capacity` weight whose entries lie in `chunks`.
-    pub(crate) fn new(capacity: u64, chunks: Arc<Chunks<Entry<K, V>>>) -> Self {
+    /// An empty batch for a shard of `capacity` weight whose entries lie in `chunks`;
+    /// `unit_weights` in count mode.
+    pub(crate) fn new(capacity: u64, unit_weights: bool, chunks: Arc<Chunks<Entry<K, V>>>) -> Self {
         Self {
             batch: Batch(Box::default()),
             weight: 0,
             max_weight: (capacity / BATCH_WEIGHT_FRACTION).max(1),
+            per_weight: 1.0 / capacity.max(1) as f64,
+            flush_share: if unit_weights {
+                FLUSH_SHARE_ENTRIES
+            } else {
+                FLUSH_SHARE_BYTES
+            },
             returned: Arc::new(Returned {
                 batches: Mutex::new(Vec::new()),
                 chunks,
@@ -210,7 +251,9 @@ impl<K, V> Retired<K, V> {
     }
 
     /// Takes ownership of the entry in `cell`, charged at `weight`, and hands the batch to
-    /// the collector if it is full.
+    /// the collector if it is full. Returns true when this thread has handed over enough
+    /// since its bag was last flushed that the caller should flush it (`Guard::flush`) once
+    /// it holds no lock: the flush may run deferred drops, which are user code.
     ///
     /// # Safety
     /// The entry must lie in this shard's chunks, be unreachable for new readers (unlinked
@@ -218,19 +261,25 @@ impl<K, V> Retired<K, V> {
     /// and value on any thread, so `K` and `V` must be `Send` (the public `Cache` requires
     /// `Send + Sync` of both).
     #[inline]
-    pub(crate) unsafe fn push(&mut self, guard: &Guard, cell: CellId, weight: u64) {
+    #[must_use = "a due flush keeps retired values alive until it happens"]
+    pub(crate) unsafe fn push(&mut self, guard: &Guard, cell: CellId, weight: u64) -> bool {
         self.batch.0.push(cell);
         self.weight = self.weight.saturating_add(weight);
         if self.batch.0.len() >= BATCH_LEN || self.weight >= self.max_weight {
-            self.hand_over(guard);
+            self.hand_over(guard)
+        } else {
+            false
         }
     }
 
-    /// Hands the pending entries to the epoch collector.
-    pub(crate) fn hand_over(&mut self, guard: &Guard) {
+    /// Hands the pending entries to the epoch collector. Returns true if this thread's bag
+    /// is due a flush (see [`Retired::push`]).
+    pub(crate) fn hand_over(&mut self, guard: &Guard) -> bool {
         if self.batch.0.is_empty() {
-            return;
+            return false;
         }
+        // A float: a share of capacities from 1 to 2^48, summed over shards and caches.
+        let share = self.weight as f64 * self.per_weight;
         let buffer = self
             .buffer
             .take()
@@ -243,6 +292,12 @@ impl<K, V> Retired<K, V> {
         // collector runs the closure after all of them have unpinned. `K` and `V` are `Send`
         // (`push`'s contract), so dropping them on another thread is sound.
         unsafe { guard.defer_unchecked(move || batch.recycle(&returned)) };
+        UNFLUSHED_SHARE.with(|unflushed| {
+            let total = unflushed.get() + share;
+            let due = total >= self.flush_share;
+            unflushed.set(if due { 0.0 } else { total });
+            due
+        })
     }
 
     /// Bytes of the pending batch's buffer and of the shard's unused cells (shells and fresh
@@ -309,9 +364,9 @@ mod tests {
             .collect();
         for &cell in &placed {
             // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
-            unsafe { retired.push(guard, cell, 1) };
+            let _ = unsafe { retired.push(guard, cell, 1) };
         }
-        retired.hand_over(guard);
+        let _ = retired.hand_over(guard);
         placed
             .iter()
             // SAFETY: handed out by this shard's chunks, on this thread.
@@ -322,7 +377,7 @@ mod tests {
     #[test]
     fn retired_values_are_dropped_once_and_their_memory_reused() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let mut retired = Retired::new(1_000_000, Arc::new(Chunks::new(0)));
+        let mut retired = Retired::new(1_000_000, true, Arc::new(Chunks::new(0)));
         let mut first = place_then_retire(&mut retired, &DROPS, 20);
         assert_eq!(
             DROPS.load(StdOrdering::Relaxed),
@@ -345,7 +400,7 @@ mod tests {
     #[test]
     fn fresh_cells_are_taken_only_when_no_shell_is_back() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let mut retired = Retired::new(1_000_000, Arc::new(Chunks::new(0)));
+        let mut retired = Retired::new(1_000_000, true, Arc::new(Chunks::new(0)));
         let cell = std::mem::size_of::<Entry<u64, Counted>>();
         let n = if cfg!(miri) { 300 } else { 10_000 };
         place_then_retire(&mut retired, &DROPS, n);
@@ -372,7 +427,7 @@ mod tests {
     #[test]
     fn an_entry_dropped_before_publication_drops_its_value_once() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
-        let mut retired = Retired::new(1_000, Arc::new(Chunks::new(0)));
+        let mut retired = Retired::new(1_000, true, Arc::new(Chunks::new(0)));
         drop(retired.place(Entry::new(1, Counted(&DROPS), 1, NEVER)));
         assert_eq!(DROPS.load(StdOrdering::Relaxed), 1);
         drop(retired);
@@ -388,11 +443,11 @@ mod tests {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         // SAFETY: as in `place_then_retire`.
         let guard = unsafe { crossbeam_epoch::unprotected() };
-        let mut retired = Retired::new(1_000_000, Arc::new(Chunks::new(0)));
+        let mut retired = Retired::new(1_000_000, true, Arc::new(Chunks::new(0)));
         for key in 0..3 {
             let entry = retired.place(Entry::new(key, Counted(&DROPS), key, NEVER));
             // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
-            unsafe { retired.push(guard, entry.into_cell(), 1) };
+            let _ = unsafe { retired.push(guard, entry.into_cell(), 1) };
         }
         assert_eq!(DROPS.load(StdOrdering::Relaxed), 0, "still pending");
         drop(retired);
@@ -406,11 +461,11 @@ mod tests {
         // SAFETY: as in `place_then_retire`.
         let guard = unsafe { crossbeam_epoch::unprotected() };
         // Capacity 800: a batch may weigh up to 800 / 8 = 100.
-        let mut retired = Retired::new(800, Arc::new(Chunks::new(0)));
+        let mut retired = Retired::new(800, false, Arc::new(Chunks::new(0)));
         let retire = |retired: &mut Retired<u64, Counted>, weight| {
             let entry = retired.place(Entry::new(0, Counted(drops), 0, NEVER));
             // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
-            unsafe { retired.push(guard, entry.into_cell(), weight) };
+            let _ = unsafe { retired.push(guard, entry.into_cell(), weight) };
         };
         for _ in 0..BATCH_LEN - 1 {
             retire(&mut retired, 1);

@@ -36,6 +36,9 @@ pub(crate) struct Departures<'g, K, V> {
     pub(crate) weight: u64,
     /// The shard has seen enough inserts that a hit-ratio sample may be complete.
     pub(crate) sample_due: bool,
+    /// This thread handed enough garbage to the collector that its bag should be flushed
+    /// once no lock is held (see `Retired::push`).
+    pub(crate) flush_due: bool,
 }
 
 impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
@@ -45,6 +48,7 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
             keep,
             weight: 0,
             sample_due: false,
+            flush_due: false,
         }
     }
 
@@ -175,7 +179,7 @@ where
                 wheel: TimerWheel::new(now).expecting(expected),
                 weight: 0,
                 inserts_since_sample: 0,
-                retired: Retired::new(capacity, chunks),
+                retired: Retired::new(capacity, unit_weights, chunks),
             }),
             weight: AtomicU64::new(0),
             tally: WriteTally::default(),
@@ -291,15 +295,14 @@ where
         // back from the entry.
         let sketch_hash = u64::from(entry.hash);
         let tally = &self.tally;
-        // Expire first: the clock is user code, and read here, before the shard changes, a
-        // panicking clock leaves the shard as it was (what `Cache`'s `UnwindSafe` promises).
-        // An entry with an expiry is always in the wheel, so a replaced entry's expiry is
-        // checked against this reading (the wheel was not empty).
+        // User code runs before the shard changes, so a panic in it leaves the shard as it
+        // was (what `Cache`'s `UnwindSafe` promises): the clock is read here, and the probe
+        // below runs the key's `Eq`; the wheel advances only once the write is done (it
+        // advanced first until session 21, and an `Eq` that panicked then lost the weight of
+        // the entries it had expired). An entry with an expiry is always in the wheel, so a
+        // replaced entry's expiry is checked against this reading (the wheel was not empty).
         let wheel_busy = state.wheel.len() != 0;
         let now = if wheel_busy { clock() } else { 0 };
-        if wheel_busy {
-            self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
-        }
         match self
             .table
             .probe(&state.counts, sketch_hash, &entry.key, guard)
@@ -395,6 +398,9 @@ where
                     self.evict_to_entry_limit(state, guard, out);
                 }
             }
+        }
+        if wheel_busy {
+            self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
         }
         loop {
             pending.remove(std::mem::take(&mut out.weight));
@@ -514,8 +520,9 @@ where
         let mut state = lock_shard(&self.state);
         let done = self.expire_locked(&mut state, now, max_work, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
-        // Maintenance is also when garbage the shard batched goes to the collector.
-        state.retired.hand_over(guard);
+        // Maintenance is also when garbage the shard batched goes to the collector (and
+        // `RawCache::run_pending_tasks` flushes the thread's bag after every shard).
+        out.flush_due |= state.retired.hand_over(guard);
         done
     }
 
@@ -558,10 +565,11 @@ where
             self.count_departure(cause);
             out.push(departed, cause);
             // SAFETY: unreachable from the table, and retired once, here. The weight is
-            // settled below for the whole shard; 0 keeps the batch to its length limit.
-            unsafe { retired.push(guard, cell, 0) };
+            // settled below for the whole shard; 0 keeps the batch to its length limit (and
+            // the thread's bag is flushed after every shard by `RawCache::clear`).
+            let _ = unsafe { retired.push(guard, cell, 0) };
         });
-        retired.hand_over(guard);
+        let _ = retired.hand_over(guard);
         out.weight += state.weight;
         state.slab = state.slab.emptied();
         state.policy.clear();
@@ -605,7 +613,7 @@ where
         // has unpinned, including `guard`, which keeps the reference in `out` valid.
         unsafe {
             out.push(entry.deref(), cause);
-            retired.push(guard, cell, weight);
+            out.flush_due |= retired.push(guard, cell, weight);
         }
     }
 
