@@ -40,6 +40,15 @@ impl Ticket {
     pub(crate) fn tracked(&self) -> bool {
         self.tracked
     }
+
+    /// The ticket as it reads after one invalidation of its stripe: the writer's own (see
+    /// `TieredCache::insert`), so that any other shows as a change.
+    pub(crate) fn after_own_invalidation(self) -> Self {
+        Self {
+            count: self.count + 1,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -628,9 +628,12 @@ where
                 if let Ok(bytes) = shared.codec.encode(&value) {
                     let name = shared.redis_key(&key);
                     let _ = if matches!(read, L2Read::Undecodable) {
-                        shared
-                            .l2_call(shared.l2.set(&name, &bytes, shared.l2_ttl, None))
-                            .await
+                        // This replaces a value other processes may hold in their L1 (one
+                        // that can read it): in pub/sub mode they must hear of it (session
+                        // 21's review; tracking reports it by itself).
+                        let notice = shared.notice(&name);
+                        let set = shared.l2.set(&name, &bytes, shared.l2_ttl, notice.as_ref());
+                        shared.l2_call(set).await
                     } else {
                         let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
                         shared.l2_call(set).await
@@ -664,6 +667,12 @@ where
         let written = shared
             .l1
             .write_with_async(key.clone(), Some(ttl), |_| async {
+                // Noted before the SET: an invalidation that arrives with its reply (another
+                // process deleted or rewrote the key right after it) may be handled before
+                // this task resumes, and must still show as a change (session 21's review:
+                // noted after the SET, it counted as already seen, and L1 kept a value
+                // Redis no longer held).
+                let before = shared.coherence.ticket(&key);
                 let notice = shared.notice(&redis_key);
                 let set = shared
                     .l2
@@ -673,8 +682,9 @@ where
                     // (`NOLOOP`): void the fills that read the old value before this SET (a
                     // `get_many` reads outside the key's single flight), before this value
                     // reaches L1, so that one landing after it is dropped when it settles.
+                    // Then only this bump may have moved the stripe since `before`.
                     shared.coherence.invalidate(&key);
-                    let _ = stored.set(shared.coherence.ticket(&key));
+                    let _ = stored.set(before.after_own_invalidation());
                     Some(value)
                 })
             })

@@ -13,7 +13,9 @@
 //!
 //! Fills (`SET NX` after a load) publish nothing: they only write keys Redis did not hold,
 //! and no L1 can hold a key Redis does not (it was dropped when the key was deleted, and
-//! expires with it otherwise).
+//! expires with it otherwise). The one fill that overwrites, over a value this tier cannot
+//! decode (another release's codec), publishes like a write: a tier that can decode the old
+//! value may hold it.
 
 use super::l2::Notice;
 
