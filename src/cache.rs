@@ -163,6 +163,20 @@ where
         out: &mut Departures<'g, K, V>,
     ) -> Result<(), InsertError<K, V>> {
         let weight = self.raw.weigh(&key, &value);
+        self.insert_weighed_pinned(key, value, weight, ttl, guard, out)
+    }
+
+    /// [`Cache::insert_pinned`] with the weight already taken (`raw().weigh`), for a
+    /// caller that must weigh before it gives up the key.
+    pub(crate) fn insert_weighed_pinned<'g>(
+        &self,
+        key: K,
+        value: V,
+        weight: u64,
+        ttl: Option<u64>,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> Result<(), InsertError<K, V>> {
         let budget = self.raw.budget();
         if weight > budget {
             return Err(InsertError {

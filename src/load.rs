@@ -430,7 +430,24 @@ where
     {
         let mut table = lock(registration.loads.shard(registration.hash));
         let key = registration.unregister(&mut table);
-        if let Err(refused) = cache.insert_pinned(key, value, ttl, &guard, &mut departed) {
+        // Weighed apart, while the key is still at hand: a panicking weigher must not leave
+        // an older cached value behind either (session 21's review found a write-through
+        // whose store held the new value while the cache kept the old).
+        let weight = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.raw().weigh(&key, &value)
+        }));
+        let weight = match weight {
+            Ok(weight) => weight,
+            Err(panic) => {
+                cache.raw().remove(&key, &guard, &mut departed);
+                drop(table);
+                registration.end(Outcome::Abandoned);
+                cache.raw().finish(departed);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let inserted = cache.insert_weighed_pinned(key, value, weight, ttl, &guard, &mut departed);
+        if let Err(refused) = inserted {
             // Too heavy to cache: still handed to this caller and its waiters, and an older
             // cached value of the key (a write replacing it) must not stay behind.
             cache.raw().remove(&refused.key, &guard, &mut departed);

@@ -539,6 +539,39 @@ impl Store<u64, Armed> for ArmsAfterStoring {
     }
 }
 
+/// Session 21's review: a write-through whose weigher panics after the store took the
+/// write left the older value cached while the store held the new one.
+#[test]
+fn a_write_through_whose_weigher_panics_after_storing_drops_the_old_cached_value() {
+    let cache = Cache::<u64, String>::builder()
+        .max_bytes(1 << 20)
+        .weigher(|_, value: &String| {
+            assert!(value != "poison", "the weigher refuses");
+            value.len() as u64
+        })
+        .build()
+        .unwrap();
+    let sqlite = Sqlite::new();
+    let users = WriteThrough::new(cache, Db(Arc::clone(&sqlite)));
+    users.insert(1, "old".to_string()).unwrap();
+    let write = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        users.insert(1, "poison".to_string())
+    }));
+    assert!(write.is_err(), "the weigher's panic reaches the writer");
+    assert_eq!(
+        sqlite.row(1).as_deref(),
+        Some("poison"),
+        "the store took it"
+    );
+    assert_eq!(users.cache().get(&1), None, "the old value left the cache");
+    // The next read goes to the store, and caching what it reads panics again.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| users.get(&1)));
+    assert!(read.is_err());
+    assert_eq!(users.cache().get(&1), None);
+    users.insert(1, "new".to_string()).unwrap();
+    assert_eq!(users.get(&1).unwrap().as_deref(), Some("new"));
+}
+
 /// A write-through whose value's `Clone` panics after the store took the write: the store
 /// holds the new value, so the cache must not keep serving the old one.
 #[test]

@@ -424,3 +424,46 @@ fn a_panic_while_starting_a_background_refresh_releases_the_claim() {
     eventually(|| cache.get(&FragileKey(1)) == Ok(1));
     assert_eq!(cache.stats().refreshes, 1);
 }
+
+/// Session 21's review: `get_async` lacked `get`'s check for a value the engine still holds
+/// past its stamp (the insert comes a moment after the stamp), so `Refresh::Never` refreshed
+/// it in line and counted it as served stale.
+#[test]
+fn async_reads_past_the_stamp_refresh_only_under_stale_while_revalidate() {
+    let clock = ManualClock::new();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let (ticker, loads) = (clock.clone(), Arc::clone(&loads));
+        Cache::<u64, String>::builder()
+            .max_bytes(1 << 20)
+            .default_ttl(Duration::from_secs(10))
+            .clock(clock.clone())
+            // Widens the moment between the value's stamp and its insert to a second.
+            .weigher(move |_, _| {
+                ticker.advance(Duration::from_secs(1));
+                0
+            })
+            .async_loader(move |key: &u64| {
+                let n = loads.fetch_add(1, Ordering::SeqCst);
+                let key = *key;
+                async move { Ok::<_, ()>(format!("{key} #{n}")) }
+            })
+            .refresh(Refresh::Never)
+            .build()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let start = clock.now_nanos();
+    assert_eq!(runtime.block_on(cache.get_async(&1)).unwrap(), "1 #0");
+    // Past the stamp's 10 s, within the engine's TTL, which began at the insert.
+    clock.set_nanos(start + Duration::from_millis(10_500).as_nanos() as u64);
+    assert_eq!(runtime.block_on(cache.get_async(&1)).unwrap(), "1 #0");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.refreshes, stats.stale_served, stats.loads),
+        (0, 0, 1),
+        "Refresh::Never refreshed"
+    );
+}

@@ -406,6 +406,12 @@ where
             }
             return Ok(stamped.value.clone());
         }
+        // Past its freshness: served as it is unless stale-while-revalidate applies, as in
+        // `get` (session 21's review: without this check `Refresh::Never` and `Early`
+        // refreshed here and counted the value as served stale).
+        if !matches!(shared.refresh, Refresh::StaleWhileRevalidate { .. }) {
+            return Ok(stamped.value.clone());
+        }
         shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
         if stamped.claim() {
             return Ok(self.refresh_async(key, &stamped).await);
