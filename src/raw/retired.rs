@@ -455,33 +455,39 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_handed_over_by_length_or_by_weight() {
+    fn a_batch_is_handed_over_by_length_or_by_weight_and_heavy_ones_ask_for_a_flush() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         let drops = &DROPS;
         // SAFETY: as in `place_then_retire`.
         let guard = unsafe { crossbeam_epoch::unprotected() };
-        // Capacity 800: a batch may weigh up to 800 / 8 = 100.
+        // Byte mode, capacity 800: a batch leaves once it weighs 800 / 64 = 12, and the
+        // thread's bag is due a flush once it was handed 800 / 64 = 12.5.
         let mut retired = Retired::new(800, false, Arc::new(Chunks::new(0)));
         let retire = |retired: &mut Retired<u64, Counted>, weight| {
             let entry = retired.place(Entry::new(0, Counted(drops), 0, NEVER));
             // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
-            let _ = unsafe { retired.push(guard, entry.into_cell(), weight) };
+            unsafe { retired.push(guard, entry.into_cell(), weight) }
         };
         for _ in 0..BATCH_LEN - 1 {
-            retire(&mut retired, 1);
+            assert!(!retire(&mut retired, 1));
         }
         assert_eq!(
             drops.load(StdOrdering::Relaxed),
             0,
             "held until the batch is full"
         );
-        retire(&mut retired, 1);
+        // Eight of 800 handed over: no flush yet.
+        assert!(!retire(&mut retired, 1));
         assert_eq!(drops.load(StdOrdering::Relaxed), BATCH_LEN);
-        retire(&mut retired, 100);
+        assert!(retire(&mut retired, 100), "a heavy batch asks for a flush");
         assert_eq!(
             drops.load(StdOrdering::Relaxed),
             BATCH_LEN + 1,
             "a heavy entry goes at once"
         );
+        // The count starts again after a flush.
+        for _ in 0..BATCH_LEN {
+            assert!(!retire(&mut retired, 1));
+        }
     }
 }
