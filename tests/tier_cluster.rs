@@ -403,3 +403,46 @@ async fn a_master_stalled_for_a_moment_does_not_empty_l1() {
     assert_eq!(reader.stats().l1_resets, resets);
     assert!(reader.is_tracked());
 }
+
+/// Session 21's review: a node that answers the tracking check with an error (`BUSY`, a
+/// script running past `busy-reply-threshold`) was taken for a node whose connection does
+/// not track, and every L1 was emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_busy_with_a_script_does_not_empty_l1() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3, 0);
+    let reader = tier(&cluster).await;
+    for key in 0..100u64 {
+        reader.get_or_load(key, truth(key)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resets = reader.stats().l1_resets;
+    let master = cluster.masters()[0];
+    let mut busy = cluster.nodes[master].client();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg("50")
+        .query(&mut busy)
+        .unwrap();
+    // A script that loops for about half a second: the node answers others `BUSY` meanwhile.
+    let script = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let _: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
+            .arg("for i = 1, 150000000 do end return nil")
+            .arg(0)
+            .query(&mut busy);
+        started.elapsed()
+    });
+    let took = tokio::task::spawn_blocking(move || script.join().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = (0..100u64).filter(|k| reader.l1().contains_key(k)).count();
+    assert_eq!(
+        reader.stats().l1_resets,
+        resets,
+        "L1 emptied by a node busy for {took:?}"
+    );
+    assert_eq!(held, 100, "{:?}", reader.stats());
+}

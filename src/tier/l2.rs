@@ -373,6 +373,12 @@ impl L2 {
             };
             let mut nodes = Vec::with_capacity(replies.len());
             for (node, reply) in &replies {
+                if let Value::ServerError(error) = reply {
+                    // A node that answered with an error (`BUSY` running a script, `LOADING`)
+                    // said nothing about tracking: no answer, not a "no" (session 21's
+                    // review: a node busy for 0.6 s emptied every L1).
+                    return Err(error.clone().into());
+                }
                 match node {
                     Value::BulkString(node) if tracks(reply) => {
                         nodes.push(String::from_utf8_lossy(node).into_owned());

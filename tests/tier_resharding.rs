@@ -1,0 +1,205 @@
+#![cfg(all(feature = "redis", feature = "serde"))]
+//! Redis Cluster while a slot migrates (a reshard): two known faults, found by session 21's
+//! review and not fixed yet, kept as ignored tests that fail (run them with `--ignored`).
+//! See the README's "Not done yet".
+//!
+//! - The connection the cluster client opens for an `ASK` redirect, to a node that owns no
+//!   slot yet, never tracks, and the tracking check (which asks the nodes of the slot map)
+//!   never looks at it: L1 keeps a value another client changed on that node.
+//! - A key in a migrating slot cannot be read: `GET` and `PTTL` go as one pipeline, and
+//!   `ASKING` covers only its first command, so the node answers the second with `MOVED`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use larder::tier::TieredCache;
+use larder::Cache;
+
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Node(u16, Child);
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.1.kill();
+        let _ = self.1.wait();
+    }
+}
+impl Node {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = Node(port, child);
+        wait(|| node.try_conn().is_some());
+        node
+    }
+    fn try_conn(&self) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.0))
+            .ok()?
+            .get_connection()
+            .ok()
+    }
+    fn conn(&self) -> redis::Connection {
+        self.try_conn().unwrap()
+    }
+    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.conn()).unwrap()
+    }
+    fn id(&self) -> String {
+        self.cmd(&["CLUSTER", "MYID"])
+    }
+}
+
+fn wait(mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn msgpack(s: &str) -> Vec<u8> {
+    rmp_serde::to_vec_named(&s.to_string()).unwrap()
+}
+
+struct Setup {
+    a: Node,
+    b: Node,
+    dir: std::path::PathBuf,
+    tier: TieredCache<u64, String>,
+}
+
+/// A owns every slot; B is a master with none yet (just added, about to receive slots). The
+/// slot of `c:7` is set migrating from A to B and `c:7` (holding v1) is moved to B, as
+/// `redis-cli --cluster reshard` does.
+async fn setup() -> Setup {
+    let dir = std::env::temp_dir().join(format!(
+        "larder-review-ask-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = Node::start(&dir);
+    let b = Node::start(&dir);
+    let _: () = a.cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+    let _: () = a.cmd(&["CLUSTER", "MEET", "127.0.0.1", &b.0.to_string()]);
+    wait(|| {
+        let info: String = b.cmd(&["CLUSTER", "INFO"]);
+        let nodes: String = a.cmd(&["CLUSTER", "NODES"]);
+        info.contains("cluster_state:ok") && nodes.lines().count() == 2
+    });
+    let l1 = Cache::builder().max_entries(1000).build().unwrap();
+    let url = format!("redis://127.0.0.1:{}", a.0);
+    let tier: TieredCache<u64, String> = TieredCache::cluster_builder(l1, &[&url])
+        .prefix("c:")
+        .build()
+        .await
+        .unwrap();
+    assert!(tier.is_tracked());
+    let slot: i64 = a.cmd(&["CLUSTER", "KEYSLOT", "c:7"]);
+    let slot = slot.to_string();
+    let _: () = redis::cmd("SET")
+        .arg("c:7")
+        .arg(msgpack("v1"))
+        .query(&mut a.conn())
+        .unwrap();
+    let _: () = b.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &a.id()]);
+    let _: () = a.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &b.id()]);
+    let _: redis::Value = a.cmd(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &b.0.to_string(),
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        "c:7",
+    ]);
+    Setup { a, b, dir, tier }
+}
+
+/// Another client writes `c:7` where it now lives (B, through ASKING), and checks it took.
+fn write_on_b(b: &Node, value: &str) {
+    let mut bc = b.conn();
+    let (): () = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("SET")
+        .arg("c:7")
+        .arg(msgpack(value))
+        .ignore()
+        .query(&mut bc)
+        .unwrap();
+    let (now,): (Vec<u8>,) = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("GET")
+        .arg("c:7")
+        .query(&mut bc)
+        .unwrap();
+    assert_eq!(now, msgpack(value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known fault: a connection opened for an ASK redirect never tracks"]
+async fn a_write_through_an_ask_redirect_stays_stale_in_l1() {
+    let Setup { a, b, dir, tier } = setup().await;
+    // The tier writes v1: A answers ASK, the cluster client opens a connection to B (never
+    // told to track) and the SET lands there. L1 holds v1.
+    tier.insert(7, "v1".to_string()).await.unwrap();
+    assert!(tier.l1().contains_key(&7));
+    // The opening watch and many periodic checks (every 100 ms) have time to act.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let clients: String = b.cmd(&["CLIENT", "LIST"]);
+    println!("B's clients:\n{clients}");
+    // Another process changes the key.
+    write_on_b(&b, "v2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("tracked {}, {:?}", tier.is_tracked(), tier.stats());
+    assert_eq!(
+        tier.get(&7).await.as_deref(),
+        Some("v2"),
+        "L1 still serves v1 two seconds after Redis changed the key"
+    );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known fault: GET and PTTL in one pipeline fail under ASK"]
+async fn a_key_in_a_migrating_slot_cannot_be_read() {
+    let Setup { a, b, dir, tier } = setup().await;
+    let got = tier.get(&7).await;
+    println!("{:?}", tier.stats());
+    assert_eq!(
+        got.as_deref(),
+        Some("v1"),
+        "Redis holds v1 (on B, the ASK target)"
+    );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
