@@ -85,7 +85,13 @@ impl Sampling {
     pub(crate) fn for_entries(entries: u64) -> Self {
         let entries = entries.max(1);
         let mut rate_log2 = 0;
-        while entries >> rate_log2 > MAX_MINIATURE_ENTRIES {
+        // The mask has the 32 bits above `SAMPLE_BITS_SHIFT`: a cache of more than 2^39
+        // entries (a byte budget near its 2^48 limit) gets larger miniatures instead (until
+        // session 21 the mask lost its top bits there and sampled 8 times fewer keys than
+        // the miniatures were scaled for).
+        while entries >> rate_log2 > MAX_MINIATURE_ENTRIES
+            && rate_log2 < u64::BITS - SAMPLE_BITS_SHIFT
+        {
             rate_log2 += 1;
         }
         Self {
@@ -272,9 +278,14 @@ impl WindowChooser {
     pub(crate) fn choose(&mut self, current: u32) -> u32 {
         let mut best: Option<(f64, u32)> = None;
         let mut current_ratio = None;
+        let mut enough = true;
+        // Every miniature ends its sample, so their counts stay weighted alike (session
+        // 21's review: returning at the first without enough reads decayed that one alone,
+        // and later comparisons favoured it).
         for miniature in &mut self.miniatures {
             let Some(ratio) = miniature.end_sample() else {
-                return current;
+                enough = false;
+                continue;
             };
             if best.map_or(true, |(best_ratio, _)| ratio > best_ratio) {
                 best = Some((ratio, miniature.window_per_mille));
@@ -282,6 +293,9 @@ impl WindowChooser {
             if miniature.window_per_mille == current {
                 current_ratio = Some(ratio);
             }
+        }
+        if !enough {
+            return current;
         }
         match (best, current_ratio) {
             (Some((ratio, window)), Some(current_ratio)) if ratio > current_ratio => window,
@@ -453,5 +467,32 @@ mod tests {
         }
         assert_eq!(chooser.choose(200), 200);
         assert_eq!(chooser.choose(500), 500);
+    }
+
+    /// Session 21's review: a sample too short to choose from ended the first miniature's
+    /// sample only, and from then on the miniatures' counts were weighted differently.
+    #[test]
+    fn a_sample_too_short_to_choose_from_ends_every_miniature_alike() {
+        let mut chooser = WindowChooser::new(100, 3);
+        for key in 0..200 {
+            chooser.access(key);
+        }
+        assert_eq!(chooser.choose(10), 10, "too few reads yet");
+        for key in 0..200 {
+            chooser.access(key);
+        }
+        chooser.choose(10);
+        let reads: Vec<f64> = chooser.miniatures.iter().map(|m| m.decayed_reads).collect();
+        assert!(reads.iter().all(|&r| r == reads[0]), "{reads:?}");
+    }
+
+    #[test]
+    fn the_largest_caches_sample_as_many_keys_as_their_miniatures_stand_for() {
+        for entries in [1u64 << 39, 1 << 40, 1 << 45] {
+            let sampling = Sampling::for_entries(entries);
+            let modelled = (sampling.capacity as u64) << sampling.mask.count_ones();
+            assert!(modelled * 2 > entries, "{sampling:?} for {entries}");
+            assert_eq!(sampling.mask.trailing_zeros(), SAMPLE_BITS_SHIFT);
+        }
     }
 }

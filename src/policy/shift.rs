@@ -17,7 +17,8 @@
 //!
 //! Both ghosts are small and direct-mapped, so a period's counts are noisy on small caches:
 //! a period counts as evidence only when the window's ghost recognised enough keys, and the
-//! state turns only after several periods in a row agree.
+//! state turns only after several periods agree with no period between them saying the
+//! opposite (periods that say nothing neither count nor break the run).
 
 /// Periods per sample of the window.
 pub(crate) const PERIODS_PER_SAMPLE: u64 = 40;
@@ -37,7 +38,7 @@ const MIN_SHARE: f64 = 0.01;
 /// 10, which is why one period is not enough either (see [`PERIODS_TO_TURN`]).
 const RATIO: u64 = 16;
 
-/// Periods of contrary evidence in a row that turn the state. A single period turned it on
+/// Periods of contrary evidence, with no agreeing one between them, that turn the state. A single period turned it on
 /// every few periods on traces whose ghosts are merely noisy (LIRS zigzag at 1,001 entries
 /// flipped every fifth period, and lost 16 points to the churn of main emptying and
 /// refilling).
@@ -108,7 +109,8 @@ impl GhostCounts {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ShiftDetector {
     moving: bool,
-    /// Periods in a row whose evidence contradicted `moving`.
+    /// Periods whose evidence contradicted `moving` since one agreed with it or `moving`
+    /// last changed (periods without evidence neither count nor break the run).
     contrary: u32,
     /// Periods in a row without evidence while `moving` (see [`QUIET_PERIODS_TO_CLOSE`]).
     quiet: u32,
@@ -135,6 +137,9 @@ impl ShiftDetector {
                 self.quiet += 1;
                 if self.quiet >= QUIET_PERIODS_TO_CLOSE {
                     self.moving = false;
+                    // What contradicted an open window agrees with a closed one (session
+                    // 21's review: kept, it let one "moving" period reopen the window).
+                    self.contrary = 0;
                 }
             }
             _ => self.contrary = 0,
@@ -251,5 +256,33 @@ mod tests {
                 recalled: 3
             }
         );
+    }
+
+    /// Session 21's review: periods that contradicted an open window still counted once
+    /// quiet periods had closed it, so one "moving" period reopened it.
+    #[test]
+    fn a_window_closed_by_quiet_periods_reopens_only_after_the_full_run() {
+        let period = |returning, recalled| GhostCounts {
+            inserts: 1000,
+            returning,
+            recalled,
+        };
+        let mut detector = ShiftDetector::default();
+        for _ in 0..PERIODS_TO_TURN {
+            detector.observe(period(50, 0));
+        }
+        assert!(detector.moving());
+        // One period short of turning back, then quiet periods close it.
+        for _ in 0..PERIODS_TO_TURN - 1 {
+            assert!(detector.observe(period(30, 20)));
+        }
+        for _ in 0..QUIET_PERIODS_TO_CLOSE {
+            detector.observe(period(2, 3));
+        }
+        assert!(!detector.moving());
+        for _ in 0..PERIODS_TO_TURN - 1 {
+            assert!(!detector.observe(period(50, 0)), "reopened early");
+        }
+        assert!(detector.observe(period(50, 0)));
     }
 }

@@ -377,7 +377,6 @@ where
         if sample_done {
             sampler.hits = stats.hits;
             sampler.misses = stats.misses;
-            let current = self.window_per_mille.load(Ordering::Relaxed);
             let lossy = sampler.lost * LOSS_TOLERATED > sampler.replayed + sampler.lost;
             let contended = self.sampler_was_busy.swap(false, Ordering::Relaxed);
             // Saturating: a cache that runs quiet for years counts no further.
@@ -390,7 +389,10 @@ where
                 // The miniatures saw this sample with gaps: choose nothing from it.
                 Some(thinner) => self.resample(sampler, thinner),
                 None => {
-                    sampler.chosen = sampler.chooser.choose(current);
+                    // From the miniatures' own last choice, not the window in use, which
+                    // the shift detector may have opened to the ceiling: a tie would keep
+                    // that ceiling as the choice after the detector closed (session 21).
+                    sampler.chosen = sampler.chooser.choose(sampler.chosen);
                     if sampler.clean_samples >= sampler.clean_needed {
                         if let Some(finer) = sampler.sampling.finer(sampler.full) {
                             sampler.clean_needed =

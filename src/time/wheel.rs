@@ -539,7 +539,7 @@ mod proptests {
 
 impl std::fmt::Debug for TimerWheel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrackedWheel")
+        f.debug_struct("TimerWheel")
             .field("time", &self.time)
             .field("len", &self.len)
             .finish_non_exhaustive()
