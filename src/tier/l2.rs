@@ -54,6 +54,38 @@ async fn query<T: redis::FromRedisValue>(
     }
 }
 
+/// Whether a cluster answered with a redirect the client could not follow for a pipeline:
+/// while a slot migrates, the node it moves to answers `ASKING` and then the pipeline's
+/// first command only, and sends the next back with `MOVED`.
+fn is_redirect(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(ServerErrorKind::Moved) | ErrorKind::Server(ServerErrorKind::Ask)
+    )
+}
+
+/// [`reads`] for one key as two commands, each redirected on its own (session 21's review:
+/// the pipeline made every read of a key in a migrating slot fail). The value and its TTL
+/// are then read a moment apart; a write between them is a change like any other, which
+/// the fill's coherence ticket catches (see `coherence.rs`).
+async fn read_apart(connection: Connection, key: &[u8]) -> RedisResult<Vec<Value>> {
+    let mut get = redis::cmd("GET");
+    get.arg(key);
+    let mut pttl = redis::cmd("PTTL");
+    pttl.arg(key);
+    match connection {
+        Connection::Node(mut c) => Ok(vec![
+            get.query_async(&mut c).await?,
+            pttl.query_async(&mut c).await?,
+        ]),
+        Connection::Cluster(mut c) => Ok(vec![
+            get.query_async(&mut c).await?,
+            pttl.query_async(&mut c).await?,
+        ]),
+    }
+}
+
 /// What a read found: the value and how long it has left (`None`: no expiry).
 pub(crate) type Found = Option<(Vec<u8>, Option<Duration>)>;
 
@@ -191,7 +223,14 @@ impl L2 {
     /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
     pub(crate) async fn get(&self, key: &[u8]) -> Result<Found, L2Error> {
         let pipe = reads(std::iter::once(key));
-        let replies: Vec<Value> = self.call(|c| async move { query(c, &pipe).await }).await?;
+        let replies: Vec<Value> = self
+            .call(|c| async move {
+                match query(c.clone(), &pipe).await {
+                    Err(e) if is_redirect(&e) => read_apart(c, key).await,
+                    replies => replies,
+                }
+            })
+            .await?;
         Ok(found_in(&replies))
     }
 
@@ -214,16 +253,39 @@ impl L2 {
                 by_slot.into_values().collect()
             }
         };
-        let pipes: Vec<Pipeline> = groups
+        let pipes: Vec<(Pipeline, Vec<Vec<u8>>)> = groups
             .iter()
-            .map(|group| reads(group.iter().map(|&i| keys[i].as_slice())))
+            .map(|group| {
+                let pipe = reads(group.iter().map(|&i| keys[i].as_slice()));
+                (pipe, group.iter().map(|&i| keys[i].clone()).collect())
+            })
             .collect();
         let replies = self
             .call(|c| async move {
                 let mut queries = tokio::task::JoinSet::new();
-                for (g, pipe) in pipes.into_iter().enumerate() {
+                for (g, (pipe, group_keys)) in pipes.into_iter().enumerate() {
                     let c = c.clone();
-                    queries.spawn(async move { (g, query::<Vec<Value>>(c, &pipe).await) });
+                    queries.spawn(async move {
+                        let reply = match query::<Vec<Value>>(c.clone(), &pipe).await {
+                            // A slot in migration: each key on its own (see `read_apart`).
+                            Err(e) if is_redirect(&e) => {
+                                let mut values = Vec::with_capacity(2 * group_keys.len());
+                                let mut failed = None;
+                                for key in &group_keys {
+                                    match read_apart(c.clone(), key).await {
+                                        Ok(pair) => values.extend(pair),
+                                        Err(e) => {
+                                            failed = Some(e);
+                                            break;
+                                        }
+                                    }
+                                }
+                                failed.map_or(Ok(values), Err)
+                            }
+                            reply => reply,
+                        };
+                        (g, reply)
+                    });
                 }
                 let mut replies = vec![None; queries.len()];
                 let mut last_error = None;
