@@ -374,17 +374,22 @@ async fn get_many_leaves_no_stale_entry_when_writes_race_it() {
     .await;
 }
 
-/// Polls `done` every 100 µs for up to `limit`, without blocking the runtime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_master_stalled_for_a_moment_does_not_empty_l1() {
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(3, 0);
-    let reader = tier(&cluster).await;
+/// A tier over `cluster` holding keys 0 to 99 in L1, tracked, and its L1 resets so far.
+async fn reader_of_a_hundred_keys(cluster: &Cluster) -> (TieredCache<u64, String>, u64) {
+    let reader = tier(cluster).await;
     for key in 0..100u64 {
         reader.get_or_load(key, truth(key)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resets = reader.stats().l1_resets;
+    (reader, resets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_stalled_for_a_moment_does_not_empty_l1() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3, 0);
+    let (reader, resets) = reader_of_a_hundred_keys(&cluster).await;
     // Stalled past the tracking check's timeout, not past the cluster's node timeout: no
     // connection is lost or replaced, so every L1 entry is still covered by tracking.
     let master = cluster.masters()[0];
@@ -411,12 +416,7 @@ async fn a_master_stalled_for_a_moment_does_not_empty_l1() {
 async fn a_master_busy_with_a_script_does_not_empty_l1() {
     let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3, 0);
-    let reader = tier(&cluster).await;
-    for key in 0..100u64 {
-        reader.get_or_load(key, truth(key)).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let resets = reader.stats().l1_resets;
+    let (reader, resets) = reader_of_a_hundred_keys(&cluster).await;
     let master = cluster.masters()[0];
     let mut busy = cluster.nodes[master].client();
     let _: () = redis::cmd("CONFIG")
