@@ -32,18 +32,6 @@ const MAX_ENTRIES: u64 = MAX_SHARDS as u64 * SHARD_ENTRY_LIMIT as u64;
 /// shards wrapped the counter, and the cache kept three times its budget at rest.
 const MAX_BYTES: u64 = 1 << 48;
 
-/// The fewest accesses in a sample of the window (otherwise ten per entry, as the sketch's
-/// period; see `policy::miniature`): the sketch's shortest period between agings. The estimates
-/// the admission duels weigh saw-tooth over each period, so a shorter sample's hit ratio
-/// depends on where in the period it falls. Measured for session 13's hill climber, which
-/// read that as a gradient: over the 113 rows of the real traces (larder vs the best of moka held to its capacity,
-/// quick_cache and LRU, two sets of 10 runs each against one peer run), the mean gap went
-/// from +0.234 with 1,024 to +0.286, and the rows within 0.5 points from 83 to 88 (sprite
-/// at 71 entries +1.6, multi2 at 57 +1.1, 2_pools at 99 +1.0; cpp at 122 -1.0, web12 at 14
-/// -0.7). 2,048 gave +0.011 against 1,024 and 4,096 +0.059 and +0.050, 8,192 +0.002,
-/// 16,384 -0.027 (10 runs each).
-const MIN_WINDOW_SAMPLE: u64 = crate::policy::sketch::MIN_PERIOD as u64;
-
 /// Sketch size a cache starts with; sketches grow with the entries they see, so a huge
 /// capacity allocates nothing up front.
 const INITIAL_SKETCH_ENTRIES: u64 = 4096;
@@ -332,9 +320,7 @@ where
                 .unwrap_or_else(|| Arc::new(MonotonicClock::default())),
             listener: self.listener,
             expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
-            sample_size: expected_entries
-                .saturating_mul(crate::policy::sketch::PERIOD_PER_ENTRY as u64)
-                .max(MIN_WINDOW_SAMPLE),
+            sample_size: crate::raw::window_sample_size(expected_entries),
             shard_entry_limit: self.shard_entry_limit,
             capacity_entries: expected_entries,
         });
