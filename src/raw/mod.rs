@@ -46,7 +46,8 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) expected_entries: usize,
     /// Accesses per sample of the window's miniatures (see `policy::miniature`).
     pub(crate) sample_size: u64,
-    /// Entries the whole cache holds (an estimate in byte mode): sizes the miniatures.
+    /// Entries the whole cache holds (in byte mode the most the budget allows, until the
+    /// budget fills; see `RawCache::fit_sampling_to_entries`): sizes the miniatures.
     pub(crate) capacity_entries: u64,
     /// Most entries one shard holds (see [`SHARD_ENTRY_LIMIT`]; lowered only by tests).
     pub(crate) shard_entry_limit: usize,
