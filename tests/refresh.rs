@@ -467,3 +467,159 @@ fn async_reads_past_the_stamp_refresh_only_under_stale_while_revalidate() {
         "Refresh::Never refreshed"
     );
 }
+
+/// A loader whose database may be down.
+type Query = Box<dyn Fn(&u64) -> Result<u64, &'static str> + Send + Sync>;
+
+/// A loading cache whose database answers `key * 10` while `up`, taking `query_time` of
+/// the cache's clock, and fails at once otherwise, counting every call.
+fn flaky_database(
+    clock: &ManualClock,
+    refresh: Refresh,
+    query_time: Duration,
+) -> (
+    larder::patterns::LoadingCache<u64, u64, Query>,
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+) {
+    let up = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let (up, calls, time) = (Arc::clone(&up), Arc::clone(&calls), clock.clone());
+        let query: Query = Box::new(move |key: &u64| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if up.load(Ordering::SeqCst) {
+                time.advance(query_time);
+                Ok(*key * 10)
+            } else {
+                Err("database down")
+            }
+        });
+        Cache::<u64, u64>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .loader(query)
+            .refresh(refresh)
+            .seed(7)
+            .build()
+            .unwrap()
+    };
+    (cache, up, calls)
+}
+
+/// Session 22: a stale hot key whose database was down started a refresh (a thread and a
+/// query) at every read once the last one had failed. Now a failed refresh waits 10 ms of
+/// the cache's clock before the next, doubling with each failure in a row.
+#[test]
+fn a_database_that_is_down_is_retried_with_a_growing_wait_not_at_every_read() {
+    let clock = ManualClock::new();
+    let (cache, up, calls) = flaky_database(
+        &clock,
+        Refresh::StaleWhileRevalidate {
+            grace: Duration::from_secs(60),
+        },
+        Duration::ZERO,
+    );
+    assert_eq!(cache.get(&3), Ok(30));
+    up.store(false, Ordering::SeqCst);
+    clock.advance(TTL + Duration::from_secs(1));
+    let reads_while_the_clock_stands = |failures: u64| {
+        for _ in 0..50 {
+            assert_eq!(cache.get(&3), Ok(30), "stale, while refreshes fail");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        eventually(|| cache.stats().refresh_failures >= failures);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            cache.stats().refresh_failures,
+            failures,
+            "{:?}",
+            cache.stats()
+        );
+    };
+    reads_while_the_clock_stands(1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one load, one refresh");
+    clock.advance(Duration::from_millis(10));
+    reads_while_the_clock_stands(2);
+    // The wait doubled: 10 ms more is not enough, 20 is.
+    clock.advance(Duration::from_millis(10));
+    reads_while_the_clock_stands(2);
+    clock.advance(Duration::from_millis(10));
+    reads_while_the_clock_stands(3);
+    // Capped at a second.
+    for failures in 4..12 {
+        clock.advance(Duration::from_secs(1));
+        reads_while_the_clock_stands(failures);
+    }
+    // Back up: the next refresh after the wait succeeds, and the fresh value starts over.
+    up.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(1));
+    cache.get(&3).unwrap();
+    eventually(|| cache.stats().refreshes == 12);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(cache.stats().refresh_failures, 11);
+    assert_eq!(calls.load(Ordering::SeqCst), 13);
+}
+
+/// The same wait after a failed early refresh, which runs in line: without it, every read
+/// near expiry paid for a failing query while the database was down.
+#[test]
+fn a_failed_early_refresh_waits_before_the_next_one() {
+    let clock = ManualClock::new();
+    let query_time = Duration::from_millis(100);
+    let (cache, up, calls) = flaky_database(&clock, Refresh::Early { beta: 1.0 }, query_time);
+    assert_eq!(cache.get(&3), Ok(30));
+    up.store(false, Ordering::SeqCst);
+    // A microsecond before expiry, with a 100 ms query, all but one draw in 100,000
+    // refresh.
+    clock.advance(TTL - Duration::from_micros(1));
+    for _ in 0..50 {
+        assert_eq!(cache.get(&3), Ok(30));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one load, one refresh");
+    assert_eq!(cache.stats().refresh_failures, 1);
+}
+
+/// The async form keeps the same wait.
+#[test]
+fn a_failed_async_refresh_waits_before_the_next_one() {
+    let clock = ManualClock::new();
+    let up = Arc::new(AtomicBool::new(true));
+    let cache = {
+        let up = Arc::clone(&up);
+        Cache::<u64, u64>::builder()
+            .max_entries(100)
+            .default_ttl(TTL)
+            .clock(clock.clone())
+            .async_loader(move |key: &u64| {
+                let (up, key) = (up.load(Ordering::SeqCst), *key);
+                async move {
+                    if up {
+                        Ok(key * 10)
+                    } else {
+                        Err("database down")
+                    }
+                }
+            })
+            .refresh(Refresh::StaleWhileRevalidate {
+                grace: Duration::from_secs(60),
+            })
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        assert_eq!(cache.get_async(&3).await, Ok(30));
+        up.store(false, Ordering::SeqCst);
+        clock.advance(TTL + Duration::from_secs(1));
+        for _ in 0..50 {
+            assert_eq!(cache.get_async(&3).await, Ok(30));
+        }
+        assert_eq!(cache.stats().refresh_failures, 1, "{:?}", cache.stats());
+        clock.advance(Duration::from_millis(10));
+        for _ in 0..50 {
+            assert_eq!(cache.get_async(&3).await, Ok(30));
+        }
+        assert_eq!(cache.stats().refresh_failures, 2, "{:?}", cache.stats());
+    });
+}

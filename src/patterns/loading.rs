@@ -2,7 +2,7 @@
 //! before they expire (probabilistic early refresh, "XFetch") or serves them stale for a
 //! grace period while one refresh runs (stale-while-revalidate).
 
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
@@ -29,6 +29,10 @@ pub enum Refresh {
     /// Stale-while-revalidate: for `grace` after its TTL an entry is still served (stale)
     /// while exactly one refresh runs in the background. A failed refresh keeps the stale
     /// value until the grace period ends; then the entry is gone and the next caller loads.
+    ///
+    /// Under either policy, a value whose refresh failed (the loader erred or panicked) is
+    /// not refreshed again for 10 ms, a wait that doubles with each failure in a row up to
+    /// 1 s, so a database that is down is not asked again at every read of a hot key.
     StaleWhileRevalidate {
         /// How long past its TTL an entry may be served.
         grace: Duration,
@@ -45,7 +49,19 @@ struct Stamped<V> {
     delta: u64,
     /// Set by the one reader that refreshes this entry.
     refreshing: AtomicBool,
+    /// Failed refreshes of this value in a row, and the clock time (ns) before which no
+    /// other is tried (see [`REFRESH_RETRY_FIRST`]).
+    failures: AtomicU32,
+    retry_at: AtomicU64,
 }
+
+/// The wait after a value's first failed refresh before it is tried again; it doubles at
+/// each failure in a row, up to [`REFRESH_RETRY_MAX`]. Without it a database that fails
+/// fast was asked again by the very next read of a stale hot key: under stale-while-
+/// revalidate a thread and a query per read, where the database most needs rest.
+const REFRESH_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest wait between two refreshes of a value that keep failing.
+const REFRESH_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Refresh {
     /// [`Refresh::Early`] with the paper's `beta` of 1.
@@ -297,7 +313,7 @@ where
         let now = shared.clock.now_nanos();
         if now < stamped.fresh_until {
             if let Refresh::Early { beta } = shared.refresh {
-                if shared.early_refresh_due(&stamped, now, beta) && stamped.claim() {
+                if shared.early_refresh_due(&stamped, now, beta) && stamped.claim(now) {
                     return Ok(self.refresh_in_line(key, &stamped));
                 }
             }
@@ -312,7 +328,7 @@ where
             return Ok(stamped.value.clone());
         }
         shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-        if stamped.claim() {
+        if stamped.claim(now) {
             // Until the thread's refresh owns the claim, a panic here (the key's `Clone`, a
             // thread the system refuses) releases it: otherwise the entry would get no
             // refresh until its grace period ended.
@@ -333,14 +349,17 @@ where
     fn refresh_in_line(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
         let shared = &self.shared;
         let _release = Release(&current.refreshing);
+        let mut attempt = Attempt::new(current, &*shared.clock);
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let mut newest = current.value.clone();
         // Exclusive against loads and other writes of the key.
         let _ = shared.cache.write_with(key.clone(), |key| {
             if !shared.still_cached(key, current) {
+                attempt.succeeded();
                 return Err(());
             }
             let fresh = shared.refreshed(shared.load(key))?;
+            attempt.succeeded();
             newest = fresh.value.clone();
             Ok(Some(fresh))
         });
@@ -400,7 +419,7 @@ where
         let now = shared.clock.now_nanos();
         if now < stamped.fresh_until {
             if let Refresh::Early { beta } = shared.refresh {
-                if shared.early_refresh_due(&stamped, now, beta) && stamped.claim() {
+                if shared.early_refresh_due(&stamped, now, beta) && stamped.claim(now) {
                     return Ok(self.refresh_async(key, &stamped).await);
                 }
             }
@@ -413,7 +432,7 @@ where
             return Ok(stamped.value.clone());
         }
         shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
-        if stamped.claim() {
+        if stamped.claim(now) {
             return Ok(self.refresh_async(key, &stamped).await);
         }
         Ok(stamped.value.clone())
@@ -424,14 +443,24 @@ where
         let shared = &self.shared;
         // Also when this future is dropped mid-refresh (cancelled).
         let _release = Release(&current.refreshing);
+        let attempt = std::sync::Mutex::new(Attempt::new(current, &*shared.clock));
+        let attempt_ref = &attempt;
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let newest = std::sync::Mutex::new(current.value.clone());
         let newest_ref = &newest;
+        let succeeded = || {
+            attempt_ref
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .succeeded();
+        };
         let write = |key: K| async move {
             if !shared.still_cached(&key, current) {
+                succeeded();
                 return Err(());
             }
             let fresh = shared.refreshed(shared.load_async(&key).await)?;
+            succeeded();
             *newest_ref.lock().unwrap_or_else(|e| e.into_inner()) = fresh.value.clone();
             Ok(Some(fresh))
         };
@@ -478,9 +507,52 @@ impl Drop for Release<'_> {
 }
 
 impl<V> Stamped<V> {
-    /// Elects the caller that refreshes this entry: true for exactly one caller.
-    fn claim(&self) -> bool {
-        !self.refreshing.swap(true, Ordering::AcqRel)
+    /// Elects the caller that refreshes this entry: true for exactly one caller, and for
+    /// none while a failed refresh's wait runs.
+    fn claim(&self, now: u64) -> bool {
+        now >= self.retry_at.load(Ordering::Acquire)
+            && !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Notes, when dropped, that a refresh of `stamped` failed, unless [`Attempt::succeeded`]
+/// was called: a loader that errs or panics, or a future dropped mid-load, all count.
+/// Dropped before the claim is released, so the next claim sees the wait.
+struct Attempt<'a, V> {
+    stamped: &'a Stamped<V>,
+    clock: &'a dyn Clock,
+    failed: bool,
+}
+
+impl<'a, V> Attempt<'a, V> {
+    fn new(stamped: &'a Stamped<V>, clock: &'a dyn Clock) -> Self {
+        Self {
+            stamped,
+            clock,
+            failed: true,
+        }
+    }
+
+    /// The refresh replaced the value, or found it no longer cached: nothing to wait for.
+    fn succeeded(&mut self) {
+        self.failed = false;
+    }
+}
+
+impl<V> Drop for Attempt<'_, V> {
+    fn drop(&mut self) {
+        if !self.failed {
+            return;
+        }
+        let failures = self.stamped.failures.fetch_add(1, Ordering::Relaxed);
+        let wait = REFRESH_RETRY_FIRST
+            .saturating_mul(1 << failures.min(16))
+            .min(REFRESH_RETRY_MAX);
+        let until = self
+            .clock
+            .now_nanos()
+            .saturating_add(duration_to_nanos(wait));
+        self.stamped.retry_at.store(until, Ordering::Release);
     }
 }
 
@@ -530,6 +602,8 @@ impl<K, V, F, S> Shared<K, V, F, S> {
             fresh_until: now.saturating_add(self.fresh_for),
             delta: now.saturating_sub(started),
             refreshing: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            retry_at: AtomicU64::new(0),
         })
     }
 
