@@ -3,9 +3,8 @@
 //!
 //! - The connection the cluster client opens for an `ASK` redirect, to a node that owns no
 //!   slot yet, never tracks, and the tracking check (which asks the nodes of the slot map)
-//!   never looked at it: L1 kept a value another client changed on that node. Fixed in
-//!   session 22: the tier notes every node the client opens a connection to, and turns
-//!   tracking on and checks it there by address too.
+//!   never looks at it: L1 keeps a value another client changed on that node. Not fixed:
+//!   an ignored test that fails (run it with `--ignored`; see the README's "Not done yet").
 //! - A key in a migrating slot could not be read: `GET` and `PTTL` went as one pipeline,
 //!   and `ASKING` covers only its first command, so the node answered the second with
 //!   `MOVED`. Fixed: such a read falls back to the two commands apart.
@@ -177,10 +176,11 @@ fn write_on_b(b: &Node, value: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_written_through_an_ask_redirect_is_invalidated_in_l1() {
+#[ignore = "known fault: a connection opened for an ASK redirect never tracks"]
+async fn a_write_through_an_ask_redirect_stays_stale_in_l1() {
     let Setup { a, b, dir, tier } = setup().await;
-    // The tier writes v1: A answers ASK, the cluster client opens a connection to B (a node
-    // outside its slot map) and the SET lands there. L1 holds v1.
+    // The tier writes v1: A answers ASK, the cluster client opens a connection to B (never
+    // told to track) and the SET lands there. L1 holds v1.
     tier.insert(7, "v1".to_string()).await.unwrap();
     assert!(tier.l1().contains_key(&7));
     // The opening watch and many periodic checks (every 100 ms) have time to act.
@@ -227,9 +227,8 @@ async fn get_many_reads_a_key_in_a_migrating_slot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Once the slot has moved for good, the client learns B from its slot map and keeps the
-/// connection the redirect opened: writes on B still reach L1, and no check empties it
-/// again and again.
+/// Once the slot has moved for good, the client learns B from its slot map: writes on B
+/// reach L1, and no check empties it again and again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_reshard_completes_writes_on_the_new_owner_still_invalidate_l1() {
     let Setup { a, b, dir, tier } = setup().await;
@@ -240,12 +239,14 @@ async fn after_the_reshard_completes_writes_on_the_new_owner_still_invalidate_l1
     for node in [&a, &b] {
         let _: () = node.cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &b.id()]);
     }
-    // A now answers MOVED for the slot, and the client refreshes its slot map.
+    // A now answers MOVED for the slot, and the client refreshes its slot map. The tier
+    // finds the connection to B there, and has it track (emptying L1 once, if it did not).
     tier.l1().remove(&7);
     assert_eq!(tier.get(&7).await.as_deref(), Some("v1"));
-    assert!(tier.l1().contains_key(&7));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(tier.get(&7).await.as_deref(), Some("v1"));
     let resets = tier.stats().l1_resets;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(tier.l1().contains_key(&7), "{:?}", tier.stats());
     let _: () = redis::cmd("SET")
         .arg("c:7")

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo, Slot,
-};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, Slot};
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
 
 use super::breaker::{Breaker, Transition};
@@ -144,68 +142,15 @@ fn announce(pipe: &mut Pipeline, notice: Option<&Notice>) {
     }
 }
 
-/// Runs `cmd` on every node of the cluster client's slot map: the primaries, and the
-/// replicas once the map lists them (right after a cluster is created it may not, and a
-/// promoted replica is then covered by the opening watch and the periodic check).
+/// Runs `cmd` on every node the cluster client holds a connection to: the primaries, and
+/// the replicas once its slot map lists them (right after a cluster is created it may not,
+/// and a promoted replica is then covered by the opening watch and the periodic check).
 async fn on_every_node(connection: &mut ClusterConnection, cmd: Cmd) -> RedisResult<()> {
     let everywhere = RoutingInfo::MultiNode((
         MultipleNodeRoutingInfo::AllNodes,
         Some(ResponsePolicy::AllSucceeded),
     ));
     connection.route_command(cmd, everywhere).await.map(drop)
-}
-
-/// The reply of every node of the slot map to `cmd`, with its address (`host:port`). A
-/// node that answered with an error is there with it; one that did not answer fails all.
-async fn each_node(
-    connection: &mut ClusterConnection,
-    cmd: Cmd,
-) -> RedisResult<Vec<(String, Value)>> {
-    // No response policy: one reply per node, keyed by its address.
-    let each = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
-    let Value::Map(replies) = connection.route_command(cmd, each).await? else {
-        return Err(unexpected("a fan-out's replies were not a map"));
-    };
-    replies
-        .into_iter()
-        .map(|(node, reply)| match node {
-            Value::BulkString(node) => Ok((String::from_utf8_lossy(&node).into_owned(), reply)),
-            _ => Err(unexpected("a fan-out's reply had no address")),
-        })
-        .collect()
-}
-
-fn unexpected(what: &'static str) -> RedisError {
-    RedisError::from((
-        redis::ErrorKind::Client,
-        "unexpected cluster reply",
-        what.to_string(),
-    ))
-}
-
-/// The nodes among `opened` outside `mapped`: where the client opened a connection for a
-/// redirect (a reshard's `ASK` names a node the slot map may not list yet), or opened one
-/// it has since dropped. A fan-out to every node misses them (session 21's review: a
-/// value written through such a connection stayed stale in L1 for good).
-fn beyond<'a>(opened: &'a [String], mapped: &'a [String]) -> impl Iterator<Item = &'a str> {
-    opened
-        .iter()
-        .filter(move |node| !mapped.contains(node))
-        .map(String::as_str)
-}
-
-/// Routing to the connection the client holds to `node` (`host:port`), if it holds one.
-fn at(node: &str) -> Option<SingleNodeRoutingInfo> {
-    let (host, port) = node.rsplit_once(':')?;
-    Some(SingleNodeRoutingInfo::ByAddress {
-        host: host.to_string(),
-        port: port.parse().ok()?,
-    })
-}
-
-/// Whether a call routed [`at`] a node failed because the client holds no connection there.
-fn is_not_connected(error: &RedisError) -> bool {
-    error.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
 /// Whether a `CLIENT INFO` reply describes a connection in broadcast tracking: its flags
@@ -220,19 +165,6 @@ fn tracks(reply: &Value) -> bool {
     text.split(|&b| b == b' ' || b == b'\n')
         .find_map(|field| field.strip_prefix(b"flags="))
         .is_some_and(|flags| flags.contains(&b't') && flags.contains(&b'B'))
-}
-
-/// What a tracking check found (nodes as `host:port`).
-#[derive(Debug, Default)]
-pub(crate) struct Tracking {
-    /// Whether every connection the check reached tracks, and it reached one at least.
-    pub(crate) everywhere: bool,
-    /// The nodes whose connections track.
-    pub(crate) nodes: Vec<String>,
-    /// The nodes of the client's slot map.
-    pub(crate) mapped: Vec<String>,
-    /// The nodes asked for by address that the client holds no connection to.
-    pub(crate) unconnected: Vec<String>,
 }
 
 /// Redis behind a breaker and a timeout.
@@ -453,14 +385,8 @@ impl L2 {
     /// Turns on broadcast client tracking for keys under `prefix` on the current connection,
     /// without reports of this connection's own writes (`NOLOOP`). Turns it off first: Redis
     /// refuses a prefix the connection already tracks, which happens when an earlier attempt
-    /// succeeded but its reply was lost to a timeout. On a cluster: on the connection to
-    /// every node of the slot map, and to every node among `opened` the client still holds
-    /// one to.
-    pub(crate) async fn enable_tracking(
-        &self,
-        prefix: &[u8],
-        opened: &[String],
-    ) -> Result<(), L2Error> {
+    /// succeeded but its reply was lost to a timeout.
+    pub(crate) async fn enable_tracking(&self, prefix: &[u8]) -> Result<(), L2Error> {
         let mut off = redis::cmd("CLIENT");
         off.arg("TRACKING").arg("OFF");
         let mut on = redis::cmd("CLIENT");
@@ -470,26 +396,16 @@ impl L2 {
             .arg("PREFIX")
             .arg(prefix)
             .arg("NOLOOP");
-        let mut both = redis::pipe();
-        both.add_command(off.clone()).add_command(on.clone());
         self.call(|c| async move {
             match c {
                 Connection::Node(_) => {
-                    let _: Vec<Value> = query(c, &both).await?;
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(off).add_command(on);
+                    let _: Vec<Value> = query(c, &pipe).await?;
                 }
                 Connection::Cluster(mut c) => {
                     on_every_node(&mut c, off).await?;
-                    let mut mapped = Vec::new();
-                    for (node, reply) in each_node(&mut c, on).await? {
-                        if let Value::ServerError(error) = reply {
-                            return Err(error.into());
-                        }
-                        mapped.push(node);
-                    }
-                    for route in beyond(opened, &mapped).filter_map(at) {
-                        // No connection there, or none that answers: the check says which.
-                        let _ = c.route_pipeline(both.clone(), 0, 2, route).await;
-                    }
+                    on_every_node(&mut c, on).await?;
                 }
             }
             Ok(())
@@ -497,18 +413,14 @@ impl L2 {
         .await
     }
 
-    /// Whether every connection of a cluster client tracks (broadcast mode), checked with
-    /// `CLIENT INFO` on each. The client opens connections by itself (see `watch.rs`), and
-    /// none tracks until told to. The connections are those to every node of the slot map,
-    /// and to every node among `opened` the client still holds one to.
+    /// The nodes (`host:port`) of a cluster client's connections if every one of them tracks
+    /// (broadcast mode), checked with `CLIENT INFO` on each; `None` if one does not. The
+    /// client opens connections by itself (see `watch.rs`), and none tracks until told to.
     /// A single node's `ConnectionManager` reports each new connection with a
     /// `Disconnection` push, so there is nothing to check there (no nodes are named).
-    pub(crate) async fn tracking(&self, opened: &[String]) -> Result<Tracking, L2Error> {
+    pub(crate) async fn tracked_nodes(&self) -> Result<Option<Vec<String>>, L2Error> {
         let Connection::Cluster(_) = &self.connection else {
-            return Ok(Tracking {
-                everywhere: true,
-                ..Tracking::default()
-            });
+            return Ok(Some(Vec::new()));
         };
         let mut info = redis::cmd("CLIENT");
         info.arg("INFO");
@@ -516,43 +428,27 @@ impl L2 {
             let Connection::Cluster(mut c) = c else {
                 unreachable!("checked above");
             };
-            let mut replies = each_node(&mut c, info.clone()).await?;
-            let mapped: Vec<String> = replies.iter().map(|(node, _)| node.clone()).collect();
-            let mut unconnected = Vec::new();
-            for node in beyond(opened, &mapped) {
-                let Some(route) = at(node) else { continue };
-                match c
-                    .route_command(info.clone(), RoutingInfo::SingleNode(route))
-                    .await
-                {
-                    Ok(reply) => replies.push((node.to_string(), reply)),
-                    Err(e) if is_not_connected(&e) => unconnected.push(node.to_string()),
-                    // A node outside the slot map that fails to answer (it is down, most
-                    // likely) must not hold up the check of all the others; it is asked
-                    // again next time.
-                    Err(_) => {}
-                }
-            }
-            let mut tracking = Tracking {
-                everywhere: !replies.is_empty(),
-                nodes: Vec::with_capacity(replies.len()),
-                mapped,
-                unconnected,
+            // No response policy: one reply per node, keyed by its address.
+            let each_node = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+            let Value::Map(replies) = c.route_command(info, each_node).await? else {
+                return Ok(None);
             };
-            for (node, reply) in replies {
+            let mut nodes = Vec::with_capacity(replies.len());
+            for (node, reply) in &replies {
                 if let Value::ServerError(error) = reply {
                     // A node that answered with an error (`BUSY` running a script, `LOADING`)
                     // said nothing about tracking: no answer, not a "no" (session 21's
                     // review: a node busy for 0.6 s emptied every L1).
-                    return Err(error.into());
+                    return Err(error.clone().into());
                 }
-                if tracks(&reply) {
-                    tracking.nodes.push(node);
-                } else {
-                    tracking.everywhere = false;
+                match node {
+                    Value::BulkString(node) if tracks(reply) => {
+                        nodes.push(String::from_utf8_lossy(node).into_owned());
+                    }
+                    _ => return Ok(None),
                 }
             }
-            Ok(tracking)
+            Ok((!nodes.is_empty()).then_some(nodes))
         })
         .await
     }

@@ -73,7 +73,7 @@ pub use stats::TierStats;
 use crate::Cache;
 use breaker::Breaker;
 use coherence::Coherence;
-use l2::{Connection, L2Error, Tracking, L2};
+use l2::{Connection, L2Error, L2};
 use pubsub::Channel;
 use stats::Counters;
 use watch::{OpeningWatch, Openings};
@@ -337,12 +337,6 @@ where
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.response_timeout)
                     .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
-                    // The client's own wait before a retry (at least 1.28 s) never fits in a
-                    // call's timeout; 10-20 ms does, so the retry is made. The tracking check
-                    // needs it: asking a node the client has no connection to any more
-                    // fails only after that wait.
-                    .min_retry_wait(10)
-                    .max_retry_wait(100)
                     .push_sender(on_push)
                     .async_dns_resolver(OpeningWatch::new(openings.clone(), move |replaces| {
                         if replaces {
@@ -359,7 +353,6 @@ where
                     .await
                     .map_err(|_| TierError::Unavailable("cluster: connect timed out".into()))?
                     .map_err(|e| TierError::Unavailable(format!("cluster: {e}")))?;
-                openings.forget_opened();
                 Connection::Cluster(connected)
             }
         };
@@ -873,12 +866,8 @@ where
         let enabled = if self.pubsub.load(Ordering::SeqCst) {
             self.subscribe().await
         } else {
-            let opened = self.openings.settled(self.call_timeout);
-            match self
-                .l2_call(self.l2.enable_tracking(&self.prefix, &opened))
-                .await
-            {
-                Ok(()) => self.l2_call(self.l2.tracking(&opened)).await,
+            match self.l2_call(self.l2.enable_tracking(&self.prefix)).await {
+                Ok(()) => self.l2_call(self.l2.tracked_nodes()).await,
                 // Redis refused for good (the command is unknown or not allowed): every tier
                 // sharing it hears the same refusal and falls back alike. A transient error
                 // (too many clients, loading) is retried instead: a fleet where some tiers
@@ -890,12 +879,9 @@ where
                 Err(e) => Err(e),
             }
         };
-        if let Ok(tracking) = &enabled {
-            self.openings.forget_covered(tracking);
-        }
         match enabled {
-            Ok(tracking) if tracking.everywhere && self.openings.replacing() == openings => {
-                self.openings.set_tracked(&tracking.nodes);
+            Ok(Some(nodes)) if self.openings.replacing() == openings => {
+                self.openings.set_tracked(nodes);
                 // Whatever L1 filled while untracked may have missed invalidations.
                 self.l1.clear();
                 if !self.coherence.regain_tracking_since(generation) {
@@ -908,14 +894,10 @@ where
         }
     }
 
-    async fn subscribe(&self) -> Result<Tracking, L2Error> {
+    async fn subscribe(&self) -> Result<Option<Vec<String>>, L2Error> {
         let subscribe = self.l2.subscribe(self.channel.name());
         // No node's connection tracks: an opening never replaces a tracked one.
-        let everywhere = Tracking {
-            everywhere: true,
-            ..Tracking::default()
-        };
-        self.l2_call(subscribe).await.map(|()| everywhere)
+        self.l2_call(subscribe).await.map(|()| Some(Vec::new()))
     }
 
     /// Whether tracking still holds on every connection; if not, drops it as a
@@ -926,20 +908,17 @@ where
     /// process's L1 for it would send all readers to the loader at once. A lost connection
     /// is seen anyway, through its `Disconnection` push or its replacement's opening.
     async fn check_tracking(&self) {
-        let Ok(tracking) = self
-            .l2_call(self.l2.tracking(&self.openings.settled(self.call_timeout)))
-            .await
-        else {
-            return;
-        };
-        self.openings.forget_covered(&tracking);
-        if tracking.everywhere {
+        match self.l2_call(self.l2.tracked_nodes()).await {
             // Nodes that left the client's topology drop out: reaching them again is a new
             // node, not a replacement.
-            self.openings.set_tracked(&tracking.nodes);
-        } else if self.coherence.lose_tracking() {
-            self.l1.clear();
-            Counters::bump(&self.counters.l1_resets);
+            Ok(Some(nodes)) => self.openings.set_tracked(nodes),
+            Ok(None) => {
+                if self.coherence.lose_tracking() {
+                    self.l1.clear();
+                    Counters::bump(&self.counters.l1_resets);
+                }
+            }
+            Err(_) => {}
         }
     }
 }

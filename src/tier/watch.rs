@@ -17,15 +17,10 @@
 //! tracked, and no L1 entry came from it; the client retries a dead node every second, and
 //! emptying L1 each time would only cost loads. Either way the tier checks, once the new
 //! connection can be in place and then every `tracking_check`, that every connection the
-//! client holds tracks (`L2::tracking`); that check also catches a connection put in
+//! client holds tracks (`L2::tracked_nodes`); that check also catches a connection put in
 //! use later than expected.
-//!
-//! The check reaches the nodes of the client's slot map with one fan-out; a redirect may
-//! open a connection to a node the map does not list yet (a reshard's target). So the
-//! tier remembers every opening ([`Openings::settled`]) and asks those nodes by address
-//! too, until one shows up in the slot map or has no connection any more.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,22 +28,16 @@ use std::time::{Duration, Instant};
 use redis::io::AsyncDNSResolver;
 use redis::RedisFuture;
 
-use super::l2::Tracking;
 use crate::sync::{lock, AtomicU64, Mutex, Ordering};
 
 /// The connections the cluster client began opening: when the last one began, when the
-/// last one replacing a tracked connection began and how many of those there were, which
-/// nodes' connections were last seen tracking, and every node it may still hold a
-/// connection to (nodes as `host:port`).
+/// last one replacing a tracked connection began and how many of those there were, and
+/// which nodes' connections were last seen tracking (as `host:port`).
 #[derive(Debug)]
 pub(crate) struct Openings {
     replacing: AtomicU64,
     times: Mutex<Times>,
     tracked: Mutex<HashSet<String>>,
-    /// When the last opening to each node began, until a check sees the node in the slot
-    /// map or without a connection. A redirect may name a node the slot map does not list
-    /// yet, so the tier's tracking covers these nodes by address as well.
-    opened: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,15 +52,12 @@ impl Openings {
             replacing: AtomicU64::new(0),
             times: Mutex::new(Times::default()),
             tracked: Mutex::new(HashSet::new()),
-            opened: Mutex::new(HashMap::new()),
         }
     }
 
     /// Notes an opening to `host:port`; returns whether it replaces a tracked connection.
     fn record(&self, host: &str, port: u16) -> bool {
-        let node = format!("{host}:{port}");
-        let replaces = lock(&self.tracked).contains(&node);
-        lock(&self.opened).insert(node, Instant::now());
+        let replaces = lock(&self.tracked).contains(&format!("{host}:{port}"));
         let now = Some(Instant::now());
         let mut times = lock(&self.times);
         times.any = now;
@@ -83,38 +69,8 @@ impl Openings {
     }
 
     /// The nodes whose connections were just seen tracking.
-    pub(crate) fn set_tracked(&self, nodes: &[String]) {
-        *lock(&self.tracked) = nodes.iter().cloned().collect();
-    }
-
-    /// Forgets the openings a check need no longer ask for by address: to nodes of the slot
-    /// map (every check asks them all), and to nodes the client holds no connection to (it
-    /// failed, or the client dropped it; reaching the node again is a new opening).
-    pub(crate) fn forget_covered(&self, tracking: &Tracking) {
-        lock(&self.opened).retain(|node, _| {
-            !tracking.mapped.contains(node) && !tracking.unconnected.contains(node)
-        });
-    }
-
-    /// Forgets every opening so far: once the client has connected, it holds connections
-    /// to the nodes of its slot map only.
-    pub(crate) fn forget_opened(&self) {
-        lock(&self.opened).clear();
-    }
-
-    /// The nodes the client opened a connection to that may be outside its slot map, once
-    /// `settle` has passed since the opening began (the connection is in place by then).
-    /// Asking for a node the client holds no connection to costs a slot map refresh in the
-    /// client (which may replace connections), so each opening is asked for until a check
-    /// finds it in the slot map or without a connection, and no sooner than it can be in
-    /// place. Session 22: asking at every attempt for a failed master's openings kept the
-    /// client refreshing, and tracking off, through a whole failover.
-    pub(crate) fn settled(&self, settle: Duration) -> Vec<String> {
-        lock(&self.opened)
-            .iter()
-            .filter(|(_, began)| began.elapsed() >= settle)
-            .map(|(node, _)| node.clone())
-            .collect()
+    pub(crate) fn set_tracked(&self, nodes: impl IntoIterator<Item = String>) {
+        *lock(&self.tracked) = nodes.into_iter().collect();
     }
 
     /// How many openings replacing a tracked connection have begun so far.
@@ -189,7 +145,7 @@ mod tests {
             openings.replacing_settle_left(Duration::from_secs(60)),
             None
         );
-        openings.set_tracked(&["10.0.0.1:7000".to_string()]);
+        openings.set_tracked(["10.0.0.1:7000".to_string()]);
         assert!(!openings.record("10.0.0.2", 7000), "a node not tracked");
         assert_eq!(openings.replacing(), 0);
         assert!(
@@ -203,28 +159,5 @@ mod tests {
         assert!(left > Duration::from_secs(59), "{left:?}");
         assert!(openings.settle_left(Duration::from_secs(60)).is_some());
         assert_eq!(openings.settle_left(Duration::ZERO), None);
-    }
-
-    #[test]
-    fn openings_are_asked_for_once_settled_until_mapped_or_unconnected() {
-        let openings = Openings::new();
-        for port in [7000, 7001, 7002] {
-            openings.record("10.0.0.1", port);
-        }
-        assert!(openings.settled(Duration::from_secs(60)).is_empty());
-        let mut settled = openings.settled(Duration::ZERO);
-        settled.sort();
-        assert_eq!(settled, ["10.0.0.1:7000", "10.0.0.1:7001", "10.0.0.1:7002"]);
-        openings.forget_covered(&Tracking {
-            everywhere: false,
-            nodes: vec![],
-            mapped: vec!["10.0.0.1:7000".to_string()],
-            unconnected: vec!["10.0.0.1:7001".to_string()],
-        });
-        assert_eq!(openings.settled(Duration::ZERO), ["10.0.0.1:7002"]);
-        openings.record("10.0.0.1", 7001);
-        assert_eq!(openings.settled(Duration::ZERO).len(), 2, "a new opening");
-        openings.forget_opened();
-        assert!(openings.settled(Duration::ZERO).is_empty());
     }
 }
