@@ -264,8 +264,11 @@ where
             queue = self.wait(queue, None);
             assert_running(&queue);
         }
-        queue.pending.insert(key.clone(), value);
-        queue.order.push_back(key.clone());
+        // Both clones before either change: a panicking `Clone` must not leave the key
+        // pending but unordered (never written, and later writes coalescing into it).
+        let (for_pending, for_order) = (key.clone(), key.clone());
+        queue.pending.insert(for_pending, value);
+        queue.order.push_back(for_order);
         queue.oldest.get_or_insert_with(Instant::now);
         self.changed.notify_all();
         Ok(())
@@ -344,20 +347,22 @@ where
             // A panicking store is a failure like any other: retried, so the thread lives
             // on and nothing queued is lost (and `flush` cannot wait forever on a dead
             // thread).
-            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                || -> Result<(), St::Error> {
+            // The error is displayed (and dropped) inside too: that is the store's code.
+            let attempt =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
                     if !stores.is_empty() {
-                        self.store.store_many(&stores)?;
+                        self.store.store_many(&stores).map_err(|e| e.to_string())?;
                     }
                     if !deletes.is_empty() {
-                        self.store.delete_many(&deletes)?;
+                        self.store
+                            .delete_many(&deletes)
+                            .map_err(|e| e.to_string())?;
                     }
                     Ok(())
-                },
-            ));
+                }));
             let error = match attempt {
                 Ok(Ok(())) => return,
-                Ok(Err(error)) => error.to_string(),
+                Ok(Err(error)) => error,
                 Err(_) => "the store panicked".to_string(),
             };
             let mut queue = self.lock();
@@ -579,7 +584,14 @@ where
     pub fn stats(&self) -> WriteBehindStats {
         let queue = self.shared.lock();
         let mut stats = queue.stats.clone();
-        stats.pending = queue.order.len();
+        // Distinct keys not yet stored: the queue's, and the batch in flight's that are not
+        // queued again.
+        let in_flight_only = queue
+            .in_flight
+            .keys()
+            .filter(|key| !queue.pending.contains_key(*key))
+            .count();
+        stats.pending = queue.order.len() + in_flight_only;
         stats
     }
 

@@ -10,7 +10,8 @@ use crate::Cache;
 /// store first and change the cache only once the store has accepted them; `get` reads
 /// through (a miss loads from the store, one load per key however many callers ask).
 ///
-/// Guarantees: a store error leaves the cache unchanged and is returned; a write holds its
+/// Guarantees: a store error is returned, and the key's cached value is dropped (the store
+/// may have taken the write anyway; the next read loads what it holds); a write holds its
 /// key against concurrent loads, so a load that read the old value cannot cache it after the
 /// write. Cost: every write waits for the store. Other processes writing the same store are
 /// not seen until the entry leaves the cache (use TTLs, or the Redis tier's invalidation).
@@ -97,22 +98,53 @@ where
     /// for the cache it is stored but not cached (and any older cached value is dropped).
     ///
     /// # Errors
-    /// The store's error; the cache is unchanged.
+    /// The store's error. The key's cached value is dropped then, since the store may have
+    /// taken the write all the same (see [`Store::store`]): the next read loads what the
+    /// store holds. A store that panics is treated alike before the panic goes on.
     pub fn insert(&self, key: K, value: V) -> Result<(), St::Error> {
-        self.cache.write_with(key, |key| {
-            self.store.store(key, &value)?;
-            Ok(Some(value))
+        self.write(key, |key| {
+            self.store.store(key, &value).map(|()| Some(value))
         })
     }
 
     /// Deletes `key` from the store, then from the cache.
     ///
     /// # Errors
-    /// The store's error; the cache is unchanged.
+    /// The store's error; the key's cached value is dropped all the same, as for
+    /// [`insert`](Self::insert).
     pub fn remove(&self, key: &K) -> Result<(), St::Error> {
-        self.cache.write_with(key.clone(), |key| {
-            self.store.delete(key)?;
-            Ok(None)
-        })
+        self.write(key.clone(), |key| self.store.delete(key).map(|()| None))
+    }
+
+    /// Runs the store call `write` holding `key` against every load and write of it, and
+    /// caches what it returns. A call that fails or panics may have reached the store
+    /// anyway (an acknowledgement lost to a timeout, a panic after the commit), so the key
+    /// then leaves the cache: keeping the old value could serve it beside a store that
+    /// holds the new one (session 22's review showed both).
+    fn write(
+        &self,
+        key: K,
+        write: impl FnOnce(&K) -> Result<Option<V>, St::Error>,
+    ) -> Result<(), St::Error> {
+        let mut failure = None;
+        let mut panic = None;
+        let cached: Result<(), std::convert::Infallible> = self.cache.write_with(key, |key| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(key))) {
+                Ok(Ok(cached)) => Ok(cached),
+                Ok(Err(error)) => {
+                    failure = Some(error);
+                    Ok(None)
+                }
+                Err(payload) => {
+                    panic = Some(payload);
+                    Ok(None)
+                }
+            }
+        });
+        let Ok(()) = cached;
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
+        failure.map_or(Ok(()), Err)
     }
 }
