@@ -66,6 +66,11 @@ struct Options {
 }
 
 fn parse_args() -> Result<Options, String> {
+    parse_args_from(std::env::args().skip(1))
+}
+
+/// [`parse_args`] over `args` (the program's name left out).
+fn parse_args_from(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         traces: Vec::new(),
         sizes: None,
@@ -78,12 +83,12 @@ fn parse_args() -> Result<Options, String> {
         load_nanos: 0,
         keys_out: None,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--sizes" => {
-                let sizes = value("--sizes")?
+                let mut sizes = value("--sizes")?
                     .split(',')
                     .map(|s| {
                         s.trim()
@@ -94,6 +99,15 @@ fn parse_args() -> Result<Options, String> {
                 if sizes.contains(&0) {
                     return Err("--sizes: a cache size must be at least 1".into());
                 }
+                if let Some(big) = sizes.iter().find(|&&size| size > MAX_SIZE) {
+                    return Err(format!(
+                        "--sizes {big}: at most {MAX_SIZE} entries (the reference policies \
+                         allocate for their size up front)"
+                    ));
+                }
+                // A size given twice would replay twice and count as two runs of one row.
+                sizes.sort_unstable();
+                sizes.dedup();
                 options.sizes = Some(sizes);
             }
             "--format" => options.format = Some(value("--format")?.parse()?),
@@ -137,6 +151,10 @@ fn parse_args() -> Result<Options, String> {
     }
     Ok(options)
 }
+
+/// The largest cache size the simulator replays: 2^26 entries (W-TinyLFU's sketch alone
+/// takes 512 MiB there). Larger sizes aborted the run allocating (session 22's review).
+const MAX_SIZE: usize = 1 << 26;
 
 /// A trace ready to replay.
 struct Trace {
@@ -661,6 +679,19 @@ fn write_plots(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed(args: &str) -> Result<Options, String> {
+        parse_args_from(args.split(' ').map(str::to_owned))
+    }
+
+    #[test]
+    fn sizes_given_twice_replay_once_and_sizes_too_large_are_refused() {
+        let options = parsed("--sizes 20,2,20,2 t.trc").unwrap();
+        assert_eq!(options.sizes, Some(vec![2, 20]));
+        let error = parsed("--sizes 100000000000 t.trc").err().unwrap();
+        assert!(error.contains("at most 67108864 entries"), "{error}");
+        assert!(parsed("--sizes 67108864 t.trc").is_ok());
+    }
 
     fn trace(name: &str, sizes: Vec<usize>) -> Trace {
         Trace {

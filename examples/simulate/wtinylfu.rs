@@ -58,7 +58,8 @@ struct Sketch {
     table: Vec<u64>,
     /// Increments so far this period.
     size: usize,
-    /// Increments per period: ten per word.
+    /// Increments per period: ten per entry of capacity, as Caffeine's `sampleSize` (ten
+    /// per word of the power-of-two table until session 22's review).
     period: usize,
 }
 
@@ -75,7 +76,7 @@ impl Sketch {
         Self {
             table: vec![0; words],
             size: 0,
-            period: 10 * words,
+            period: 10 * capacity.max(1),
         }
     }
 
@@ -145,6 +146,9 @@ struct WTinyLfu {
     misses_in_sample: usize,
     previous_hit_rate: f64,
     step: f64,
+    /// Window change still to apply (Caffeine's `adjustment`): what a climb could not move
+    /// within the transfer limit is carried to the next maintenance.
+    adjustment: i64,
     /// The climber is off: the window stays at 1%, as in Caffeine before 2.7 (the version
     /// Debian packages, which `caffeine/replay.sh` runs, so the two can be compared).
     fixed_window: bool,
@@ -284,7 +288,6 @@ impl WTinyLfu {
             self.previous_hit_rate = 0.0;
             return;
         }
-        let mut adjustment = 0i64;
         let requests = self.hits_in_sample + self.misses_in_sample;
         if requests >= self.sketch.period {
             let hit_rate = self.hits_in_sample as f64 / requests as f64;
@@ -298,10 +301,10 @@ impl WTinyLfu {
             self.previous_hit_rate = hit_rate;
             self.hits_in_sample = 0;
             self.misses_in_sample = 0;
-            adjustment = amount as i64;
+            self.adjustment = amount as i64;
         }
         self.demote_from_protected();
-        match adjustment {
+        match self.adjustment {
             0 => {}
             grow if grow > 0 => self.increase_window(grow as usize),
             shrink => self.decrease_window(shrink.unsigned_abs() as usize),
@@ -333,6 +336,7 @@ impl WTinyLfu {
         }
         self.protected_max += quota;
         self.window_max -= quota;
+        self.adjustment = quota as i64;
     }
 
     /// Gives protected `amount` of the window's share, moving the window's oldest to probation.
@@ -356,6 +360,7 @@ impl WTinyLfu {
         }
         self.protected_max -= quota;
         self.window_max += quota;
+        self.adjustment = -(quota as i64);
     }
 }
 
@@ -420,6 +425,7 @@ impl WTinyLfu {
             misses_in_sample: 0,
             previous_hit_rate: 0.0,
             step: -STEP_PERCENT * capacity as f64,
+            adjustment: 0,
             fixed_window,
             jitter: StdRng::seed_from_u64(0x5eed),
         }
@@ -492,5 +498,44 @@ mod tests {
     fn a_zero_capacity_never_hits() {
         let mut cache = wtinylfu(0);
         assert_eq!(replay(&mut *cache, [1, 1, 1]), 0);
+    }
+
+    /// Caffeine's `FrequencySketch.ensureCapacity`: `sampleSize = 10 * maximum` (the
+    /// capacity, not the table's length), and the climber's sample is that same size.
+    #[test]
+    fn the_sketch_period_is_ten_times_the_capacity() {
+        for capacity in [1_000usize, 5_121, 20_000, 32_768] {
+            assert_eq!(
+                Sketch::new(capacity).period,
+                10 * capacity,
+                "capacity {capacity}"
+            );
+        }
+    }
+
+    /// Caffeine's `increaseWindow` moves at most `QUEUE_TRANSFER_THRESHOLD` (1,000) entries
+    /// per maintenance and keeps the rest as its `adjustment`, which the next climb applies
+    /// even when no new sample has completed (the rest was dropped until session 22).
+    #[test]
+    fn a_climb_moves_the_window_by_the_whole_step() {
+        let capacity = 32_768;
+        let mut cache = WTinyLfu::new(capacity, false);
+        replay(&mut cache, 0..40_000u64); // full, counting, main all probation
+        let before = cache.window_max;
+        // A sample just completed with a higher hit ratio: adjustment = +step = +2,048.
+        cache.step = STEP_PERCENT * capacity as f64;
+        cache.previous_hit_rate = 0.0;
+        cache.hits_in_sample = cache.sketch.period;
+        cache.misses_in_sample = 0;
+        let resident: Vec<u64> = cache.map.keys().copied().take(5).collect();
+        for key in resident {
+            assert!(cache.access(key));
+        }
+        assert_eq!(
+            cache.window_max - before,
+            2_048,
+            "window grew by {}",
+            cache.window_max - before
+        );
     }
 }

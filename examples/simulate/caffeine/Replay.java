@@ -22,7 +22,7 @@ public final class Replay {
       long[] keys;
       try (BufferedReader reader = Files.newBufferedReader(path)) {
         sizes = Arrays.stream(reader.readLine().split(",")).mapToInt(Integer::parseInt).toArray();
-        keys = reader.lines().mapToLong(Long::parseLong).toArray();
+        keys = reader.lines().mapToLong(Long::parseUnsignedLong).toArray();
       }
       for (int size : sizes) {
         double[] ratios = new double[RUNS];
