@@ -239,7 +239,21 @@ where
     /// Removes every expired entry now, instead of a little at a time on writes. Useful
     /// before reading `len` or `stats`, or from a timer on a cache that is rarely written.
     pub fn run_pending_tasks(&self) {
-        while !self.raw.run_pending_tasks(4096) {}
+        // A listener's panic is re-raised once every due entry is gone.
+        let mut first_panic = None;
+        loop {
+            let round = std::panic::AssertUnwindSafe(|| self.raw.run_pending_tasks(4096));
+            match std::panic::catch_unwind(round) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(panic) => {
+                    first_panic.get_or_insert(panic);
+                }
+            }
+        }
+        if let Some(panic) = first_panic {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// A snapshot of the cache's counters.

@@ -40,9 +40,11 @@ pub struct Stats {
     pub admission_rejections: u64,
     /// Entries removed because their TTL ran out.
     pub expirations: u64,
-    /// Live entries.
+    /// Entries held, as [`Cache::len`](crate::Cache::len) counts them: expired entries the
+    /// timing wheel has not reached yet included.
     pub entries: u64,
-    /// Sum of live entries' weights, larder's overhead included in `max_bytes` mode.
+    /// Sum of the held entries' weights (as [`Cache::weighted_size`](crate::Cache::weighted_size)),
+    /// larder's overhead included in `max_bytes` mode.
     pub weighted_size: u64,
     /// Loader runs of `get_or_insert_with` and its relatives (each failure included).
     pub loads: u64,

@@ -70,6 +70,13 @@ fn flush_garbage() {
     crate::sync::pin().flush();
 }
 
+/// Re-raises the first panic a call over every shard kept, if any.
+fn resume_first(first_panic: Option<Box<dyn std::any::Any + Send>>) {
+    if let Some(panic) = first_panic {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// The shared state of a cache.
 pub(crate) struct RawCache<K, V, S> {
     shards: Box<[Shard<K, V>]>,
@@ -497,10 +504,13 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
+        let clock = || self.now();
         while self.budget.is_over() {
             let evicted = match self.heaviest_other(home) {
-                Some(victim) => victim.evict_one(guard, out) || home.evict_one(guard, out),
-                None => home.evict_one(guard, out),
+                Some(victim) => {
+                    victim.evict_one(clock, guard, out) || home.evict_one(clock, guard, out)
+                }
+                None => home.evict_one(clock, guard, out),
             };
             if !evicted {
                 break;
@@ -551,24 +561,43 @@ where
         let guard = crate::sync::pin();
         let now = self.now();
         let mut done = true;
+        let mut first_panic = None;
         for shard in self.shards.iter() {
             let mut out = self.departures();
             done &= shard.expire(now, max_work, &guard, &mut out);
-            self.finish(out);
+            self.finish_going_on(out, &mut first_panic);
         }
         guard.flush();
+        resume_first(first_panic);
         done
     }
 
     pub(crate) fn clear(&self) {
         let guard = crate::sync::pin();
         let now = self.now();
+        let mut first_panic = None;
         for shard in self.shards.iter() {
             let mut out = self.departures();
             shard.clear(now, &guard, &mut out);
-            self.finish(out);
+            self.finish_going_on(out, &mut first_panic);
         }
         guard.flush();
+        resume_first(first_panic);
+    }
+
+    /// [`RawCache::finish`] for one shard of a call over them all: a listener's panic is
+    /// kept in `first_panic` for the caller to re-raise once every shard is done (session
+    /// 22's review: a panic cut `clear` and `run_pending_tasks` short at the first shard
+    /// whose notice panicked, the later shards left as they were).
+    fn finish_going_on(
+        &self,
+        out: Departures<'_, K, V>,
+        first_panic: &mut Option<Box<dyn std::any::Any + Send>>,
+    ) {
+        let finish = std::panic::AssertUnwindSafe(|| self.finish(out));
+        if let Err(panic) = std::panic::catch_unwind(finish) {
+            first_panic.get_or_insert(panic);
+        }
     }
 
     /// Settles what left the cache: global weight, the thread's garbage bag if it is due a

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use crate::policy::{Members, Policy};
+use crate::policy::{Eviction, Members, Policy};
 use crate::raw::arena::{CellId, Chunks};
 use crate::raw::budget::Budget;
 use crate::raw::entry::{Entry, NEVER};
@@ -395,7 +395,7 @@ where
                 }
                 WriteTally::add(&tally.inserts, 1);
                 if state.policy.len() > self.entry_limit {
-                    self.evict_to_entry_limit(state, guard, out);
+                    self.evict_to_entry_limit(state, now, guard, out);
                 }
             }
         }
@@ -420,11 +420,7 @@ where
                 release_ids(state);
                 break;
             };
-            WriteTally::add(&tally.admission_rejections, u64::from(eviction.rejected));
-            self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
-            state.slab.release(eviction.id);
-            // The hands may have released removed ids on their way.
-            release_ids(state);
+            self.take_victim(state, eviction, now, guard, out);
         }
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
@@ -438,10 +434,11 @@ where
     fn evict_to_entry_limit<'g>(
         &self,
         state: &mut State<K, V>,
+        now: u64,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
-        while state.policy.len() > self.entry_limit && self.evict_locked(state, guard, out) {}
+        while state.policy.len() > self.entry_limit && self.evict_locked(state, now, guard, out) {}
     }
 
     /// Removes `key`'s entry. Returns it if it was live; an expired one is removed as expired.
@@ -474,19 +471,34 @@ where
         live.then_some(entry)
     }
 
-    /// Evicts one entry chosen by the policy. Returns false if the shard is empty.
-    pub(crate) fn evict_one<'g>(&self, guard: &'g Guard, out: &mut Departures<'g, K, V>) -> bool {
+    /// Makes room for another shard's insert: expires what is due here (bounded work, as a
+    /// write of its own would), and evicts one entry chosen by the policy only if that freed
+    /// nothing. Returns false if the shard is empty. Until session 22 it evicted at once, so
+    /// the expired entries of a shard nobody wrote kept their share of the budget while live
+    /// entries elsewhere left for them.
+    pub(crate) fn evict_one<'g>(
+        &self,
+        clock: impl Fn() -> u64,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> bool {
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
-        let evicted = self.evict_locked(state, guard, out);
+        let before = state.weight;
+        // The clock only matters to entries with an expiry, which are all on the wheel.
+        let now = if state.wheel.len() != 0 { clock() } else { 0 };
+        self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
+        let made_room = state.weight < before || self.evict_locked(state, now, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
-        evicted
+        made_room
     }
 
-    /// [`Shard::evict_one`] for the lock holder, who publishes the weight.
+    /// Evicts one entry chosen by the policy, for the lock holder, who publishes the
+    /// weight. Returns false if the shard is empty.
     fn evict_locked<'g>(
         &self,
         state: &mut State<K, V>,
+        now: u64,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> bool {
@@ -498,14 +510,41 @@ where
             release_ids(state);
             return false;
         };
-        WriteTally::add(
-            &self.tally.admission_rejections,
-            u64::from(eviction.rejected),
-        );
-        self.unlink(state, eviction.id, RemovalCause::Evicted, guard, out);
-        state.slab.release(eviction.id);
-        release_ids(state);
+        self.take_victim(state, eviction, now, guard, out);
         true
+    }
+
+    /// Takes out the entry the policy chose to evict: as expired if its TTL has run out at
+    /// `now` (the wheel had not reached it yet), else as evicted, counting a lost admission
+    /// duel. The entry itself is read only if it has an expiry. (Every victim was reported
+    /// evicted until session 22.)
+    #[inline]
+    fn take_victim<'g>(
+        &self,
+        state: &mut State<K, V>,
+        eviction: Eviction,
+        now: u64,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) {
+        let expired = state.wheel.is_scheduled(eviction.id)
+            && self
+                .members(&state.slab, &state.counts, guard)
+                .entry(eviction.id)
+                .is_expired_at(now);
+        let cause = if expired {
+            RemovalCause::Expired
+        } else {
+            WriteTally::add(
+                &self.tally.admission_rejections,
+                u64::from(eviction.rejected),
+            );
+            RemovalCause::Evicted
+        };
+        self.unlink(state, eviction.id, cause, guard, out);
+        state.slab.release(eviction.id);
+        // The hands may have released removed ids on their way.
+        release_ids(state);
     }
 
     /// Removes entries whose TTL ran out, doing at most about `max_work` wheel steps.
