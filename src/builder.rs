@@ -179,7 +179,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// of the most entries it has held (which the budget bounds), ready for new ones.
     ///
     /// `n` may be up to 2^48 (256 TiB); above that [`build`](Self::build) returns
-    /// [`BuildError::CapacityTooLarge`].
+    /// [`BuildError::CapacityTooLarge`], and below one entry's overhead (larder's own
+    /// bytes per entry, inline key and value included: 80-odd for `u64` keys and values)
+    /// [`BuildError::BelowOneEntry`].
     pub fn max_bytes(mut self, n: u64) -> Self {
         self.max_bytes = Some(n);
         self
@@ -269,8 +271,8 @@ where
     /// Checks the settings and builds the cache.
     ///
     /// # Errors
-    /// [`BuildError`] when no capacity or both were set, the capacity is zero or absurdly
-    /// large, a weigher was set without `max_bytes`, or `shards` is not a power of two in
+    /// [`BuildError`] when no capacity or both were set, the capacity is zero, absurdly
+    /// large or (in bytes) below one entry's overhead, a weigher was set without `max_bytes`, or `shards` is not a power of two in
     /// `1..=MAX_SHARDS`.
     pub fn build(self) -> Result<Cache<K, V, S>, BuildError> {
         let (budget, weigher) = match (self.max_entries, self.max_bytes) {
@@ -287,6 +289,12 @@ where
                 return Err(BuildError::CapacityTooLarge { requested: n })
             }
             (Some(n), None) => (n, None),
+            (None, Some(n)) if n < crate::raw::entry_overhead::<K, V>() => {
+                return Err(BuildError::BelowOneEntry {
+                    max_bytes: n,
+                    entry_overhead: crate::raw::entry_overhead::<K, V>(),
+                })
+            }
             (None, Some(n)) => {
                 let weigher = self.weigher.unwrap_or_else(|| Arc::new(|_: &K, _: &V| 0));
                 (n, Some(weigher))

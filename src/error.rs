@@ -12,6 +12,14 @@ pub enum BuildError {
     BothCapacities,
     /// The capacity is zero: such a cache could hold nothing.
     ZeroCapacity,
+    /// `max_bytes` is below what larder charges for one entry of these types before the
+    /// weigher adds anything: such a cache could hold nothing either.
+    BelowOneEntry {
+        /// The budget that was asked for.
+        max_bytes: u64,
+        /// larder's own overhead per entry, inline key and value included.
+        entry_overhead: u64,
+    },
     /// The capacity is larger than larder can account for: more than 2^25 entries per
     /// shard (2^33 in all, over the most shards), or more than 2^48 bytes.
     CapacityTooLarge {
@@ -37,6 +45,13 @@ impl fmt::Display for BuildError {
             Self::NoCapacity => write!(f, "set max_entries or max_bytes"),
             Self::BothCapacities => write!(f, "set only one of max_entries and max_bytes"),
             Self::ZeroCapacity => write!(f, "capacity must be at least 1"),
+            Self::BelowOneEntry {
+                max_bytes,
+                entry_overhead,
+            } => write!(
+                f,
+                "max_bytes {max_bytes} is below one entry's overhead ({entry_overhead} bytes)"
+            ),
             Self::CapacityTooLarge { requested } => {
                 write!(f, "capacity {requested} is larger than larder supports")
             }

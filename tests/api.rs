@@ -28,6 +28,22 @@ fn builder_rejects_bad_settings_with_clear_errors() {
         BuildError::ZeroCapacity
     );
     assert_eq!(err(Cache::builder().max_bytes(0)), BuildError::ZeroCapacity);
+    // Session 22's review: a budget below one entry's own overhead built a cache that
+    // refused every insert.
+    let overhead = match err(Cache::builder().max_bytes(1)) {
+        BuildError::BelowOneEntry {
+            max_bytes: 1,
+            entry_overhead,
+        } => entry_overhead,
+        other => panic!("{other:?}"),
+    };
+    assert!(overhead > 16, "{overhead}");
+    let smallest = Cache::<u64, u64>::builder()
+        .max_bytes(overhead)
+        .build()
+        .unwrap();
+    smallest.insert(1, 1).unwrap();
+    assert_eq!(smallest.get(&1), Some(1), "one entry fits");
     assert_eq!(
         err(Cache::builder().max_entries(1).max_bytes(1)),
         BuildError::BothCapacities
