@@ -54,7 +54,7 @@ mod watch;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ahash::RandomState;
@@ -525,12 +525,18 @@ where
             Counters::bump(&shared.counters.l1_hits);
             return Some(value);
         }
-        let fill = OnceLock::new();
+        let fill = FillTicket::default();
         let loaded: Result<V, ()> = shared
             .l1
             .try_get_or_insert_async_with_ttl(key.clone(), async {
-                let ticket = *fill.get_or_init(|| shared.coherence.ticket(key));
-                match shared.fill_from_l2(key, ticket).await {
+                let mut read = shared.read_for_fill(key, &fill).await;
+                if !fill.unchanged(&shared.coherence) {
+                    // Invalidated during the read: callers who joined since must not get
+                    // the value it voided (session 22's review). Once more is enough to
+                    // pass one change; a key changing all the time is settled by L1.
+                    read = shared.read_for_fill(key, &fill).await;
+                }
+                match read {
                     L2Read::Hit(found) => Ok(found),
                     L2Read::Miss | L2Read::Undecodable => {
                         Counters::bump(&shared.counters.misses);
@@ -563,6 +569,7 @@ where
             .map(|&i| shared.coherence.ticket(&keys[i]))
             .collect();
         let names: Vec<Vec<u8>> = missed.iter().map(|&i| shared.redis_key(&keys[i])).collect();
+        let read_at = std::time::Instant::now();
         let found = match shared.l2_call(shared.l2.get_many(&names)).await {
             Ok(found) => found,
             Err(_) => vec![None; names.len()],
@@ -577,17 +584,20 @@ where
                 Some(found) => shared.decode(found, ticket),
                 None => L2Read::Miss,
             };
-            let L2Read::Hit(fill) = read else {
+            let L2Read::Hit((fill, ttl)) = read else {
                 Counters::bump(&shared.counters.misses);
                 continue;
             };
+            // The TTL counted from the read, not from now: earlier keys' fills may have
+            // waited on loads in flight (review 22f, F3).
+            let fill = (fill, ttl.map(|ttl| ttl.saturating_sub(read_at.elapsed())));
             // Through the single-flight path, like `get`: a concurrent `insert` of this key
             // in this process wins, and a value already in L1 is kept.
             let filled: Result<V, ()> = shared
                 .l1
                 .try_get_or_insert_async_with_ttl(key.clone(), async { Ok(fill) })
                 .await;
-            shared.settle_fill(key, Some(&ticket), filled.is_ok());
+            shared.settle_fill(key, Some(ticket), filled.is_ok());
             values[i] = filled.ok();
         }
         values
@@ -610,12 +620,14 @@ where
             Counters::bump(&shared.counters.l1_hits);
             return Ok(value);
         }
-        let fill = OnceLock::new();
+        let fill = FillTicket::default();
         let loaded = shared
             .l1
             .try_get_or_insert_async_with_ttl(key.clone(), async {
-                let ticket = *fill.get_or_init(|| shared.coherence.ticket(&key));
-                let read = shared.fill_from_l2(&key, ticket).await;
+                let read = shared.read_for_fill(&key, &fill).await;
+                let Some(ticket) = fill.get() else {
+                    unreachable!("a read for a fill notes its ticket");
+                };
                 if let L2Read::Hit(found) = read {
                     return Ok(found);
                 }
@@ -638,6 +650,14 @@ where
                         let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
                         shared.l2_call(set).await
                     };
+                }
+                if !shared.coherence.unchanged_since(ticket) {
+                    // Another process wrote the key while this one loaded: Redis holds a
+                    // newer value than the load (the `NX` kept it), and callers who joined
+                    // since must get it (session 22's review: they got the load's).
+                    if let L2Read::Hit(found) = shared.read_for_fill(&key, &fill).await {
+                        return Ok(found);
+                    }
                 }
                 Ok((value, Some(shared.l1_ttl_for(ticket, None))))
             })
@@ -808,6 +828,14 @@ where
 
     /// Reads `key` from Redis for an L1 fill that began at `ticket`: the value and the L1
     /// TTL it may have.
+    /// Reads `key` for an L1 fill under a new ticket, noted in `fill` (the one the fill
+    /// settles against).
+    async fn read_for_fill(&self, key: &K, fill: &FillTicket) -> L2Read<V> {
+        let ticket = self.coherence.ticket(key);
+        fill.set(ticket);
+        self.fill_from_l2(key, ticket).await
+    }
+
     async fn fill_from_l2(&self, key: &K, ticket: coherence::Ticket) -> L2Read<V> {
         match self.l2_call(self.l2.get(&self.redis_key(key))).await {
             Ok(found) => self.decode(found, ticket),
@@ -834,10 +862,14 @@ where
 
     /// The L1 TTL for a fill that started at `ticket`, of a value Redis keeps for `left`.
     fn l1_ttl_for(&self, ticket: coherence::Ticket, left: Option<Duration>) -> Duration {
-        let cap = if ticket.tracked() {
+        // An open breaker may be a partition that no socket error reports: invalidations
+        // may not be arriving, so fills get the untracked TTL (session 22's review: a
+        // loader's value filled during a black-holed connection kept the tracked TTL).
+        let cap = if ticket.tracked() && !self.l2.breaker_is_open() {
             self.l1_ttl
         } else {
-            self.untracked_l1_ttl
+            // Never above the L1 TTL cap (review 22f, F1).
+            self.untracked_l1_ttl.min(self.l1_ttl)
         };
         left.map_or(cap, |left| left.min(cap))
     }
@@ -846,8 +878,8 @@ where
     /// value into L1: drops it again if an invalidation or a tracking change since the
     /// ticket may have made it stale (see `coherence.rs`). Dropping a value that was in fact
     /// fresh costs one miss.
-    fn settle_fill(&self, key: &K, ticket: Option<&coherence::Ticket>, filled: bool) {
-        if let Some(&ticket) = ticket {
+    fn settle_fill(&self, key: &K, ticket: Option<coherence::Ticket>, filled: bool) {
+        if let Some(ticket) = ticket {
             if filled && !self.coherence.unchanged_since(ticket) {
                 self.l1.remove(key);
             }
@@ -933,6 +965,27 @@ fn refuses_tracking(e: &redis::RedisError) -> bool {
         || text.contains("NOPERM")
         || text.contains("unknown command")
         || text.contains("unknown subcommand")
+}
+
+/// The ticket of the read a caller's fill is built on, if this caller led the fill: the
+/// last one, when an invalidation made it read again.
+#[derive(Default)]
+struct FillTicket(std::sync::Mutex<Option<coherence::Ticket>>);
+
+impl FillTicket {
+    fn set(&self, ticket: coherence::Ticket) {
+        *crate::sync::lock(&self.0) = Some(ticket);
+    }
+
+    fn get(&self) -> Option<coherence::Ticket> {
+        *crate::sync::lock(&self.0)
+    }
+
+    /// Whether no invalidation of the key (nor change of tracking) came since the read.
+    fn unchanged(&self, coherence: &Coherence) -> bool {
+        self.get()
+            .map_or(true, |ticket| coherence.unchanged_since(ticket))
+    }
 }
 
 /// What an L1 fill found in Redis.
