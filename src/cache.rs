@@ -275,6 +275,13 @@ where
     /// waiting caller (if any) runs its own loader instead. An entry too heavy to cache is
     /// returned without being cached.
     ///
+    /// An [`insert`](Self::insert), [`remove`](Self::remove) or [`clear`](Self::clear) of
+    /// the key while `load` runs is undone by its value, which may have been read from the
+    /// source before the change (cache-aside's race, bounded by the TTL). Writes that must
+    /// not be undone go through [`patterns::WriteThrough`](crate::patterns::WriteThrough)
+    /// or a [`LoadingCache`](crate::patterns::LoadingCache)'s `remove`, which hold the key
+    /// against loads.
+    ///
     /// ```
     /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
     /// assert_eq!(cache.get_or_insert_with(3, || 9), 9);

@@ -50,7 +50,10 @@ struct Slot<V> {
 #[derive(Debug)]
 struct SlotState<V> {
     outcome: Outcome<V>,
-    wakers: Vec<Waker>,
+    /// One entry per waiting future, at the index it keeps: replaced when it is polled
+    /// with another waker, taken out when it is dropped. `None`s are free places.
+    wakers: Vec<Option<Waker>>,
+    free: Vec<usize>,
 }
 
 impl<V: Clone> Slot<V> {
@@ -59,6 +62,7 @@ impl<V: Clone> Slot<V> {
             state: Mutex::new(SlotState {
                 outcome: Outcome::Loading,
                 wakers: Vec::new(),
+                free: Vec::new(),
             }),
             ended: Condvar::new(),
         }
@@ -68,10 +72,11 @@ impl<V: Clone> Slot<V> {
         let wakers = {
             let mut state = lock(&self.state);
             state.outcome = outcome;
+            state.free.clear();
             std::mem::take(&mut state.wakers)
         };
         self.ended.notify_all();
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.into_iter().flatten().for_each(Waker::wake);
     }
 
     /// What the load ended with, once it has.
@@ -114,19 +119,58 @@ impl<V: Clone> Slot<V> {
         }
     }
 
-    /// The future form of [`Slot::wait`].
-    fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Ended<V>> {
+    /// The future form of [`Slot::wait`]: `place` is the waiting future's entry among the
+    /// wakers, kept between polls.
+    fn poll_wait(&self, cx: &mut Context<'_>, place: &mut Option<usize>) -> Poll<Ended<V>> {
         let mut state = lock(&self.state);
         if let Some(ended) = Self::ended(&state) {
+            *place = None;
             return Poll::Ready(ended);
         }
-        // Waiters are polled again only when woken (which empties the list) or spuriously:
-        // skip a repeat of the last registration, and let other duplicates cost a spare
-        // wake. Scanning the whole list would make N waiting tasks cost O(N^2).
-        if !state.wakers.last().is_some_and(|w| w.will_wake(cx.waker())) {
-            state.wakers.push(cx.waker().clone());
+        let state = &mut *state;
+        match *place {
+            Some(at) => match &mut state.wakers[at] {
+                Some(waker) => waker.clone_from(cx.waker()),
+                none => *none = Some(cx.waker().clone()),
+            },
+            None => {
+                let waker = Some(cx.waker().clone());
+                *place = Some(match state.free.pop() {
+                    Some(at) => {
+                        state.wakers[at] = waker;
+                        at
+                    }
+                    None => {
+                        state.wakers.push(waker);
+                        state.wakers.len() - 1
+                    }
+                });
+            }
         }
         Poll::Pending
+    }
+
+    /// Takes a dropped waiting future's waker out (if the load has not ended meanwhile).
+    fn forget(&self, place: usize) {
+        let mut state = lock(&self.state);
+        if matches!(state.outcome, Outcome::Loading) {
+            state.wakers[place] = None;
+            state.free.push(place);
+        }
+    }
+
+    /// Waits for the load to end, as a future that leaves nothing behind when dropped.
+    async fn wait_async(&self) -> Ended<V> {
+        struct Place<'a, V: Clone>(&'a Slot<V>, Option<usize>);
+        impl<V: Clone> Drop for Place<'_, V> {
+            fn drop(&mut self) {
+                if let Some(place) = self.1 {
+                    self.0.forget(place);
+                }
+            }
+        }
+        let mut place = Place(self, None);
+        std::future::poll_fn(|cx| self.poll_wait(cx, &mut place.1)).await
     }
 }
 
@@ -195,13 +239,16 @@ impl<K, V: Clone> Registration<'_, K, V> {
 
 impl<K, V: Clone> Drop for Registration<'_, K, V> {
     fn drop(&mut self) {
-        if self.registered {
+        // The key is dropped last, outside the lock: its `Drop` may panic, and the waiters
+        // must be released first.
+        let key = self.registered.then(|| {
             let mut table = lock(self.loads.shard(self.hash));
-            drop(self.unregister(&mut table));
-        }
+            self.unregister(&mut table)
+        });
         if !self.ended {
             self.end(Outcome::Abandoned);
         }
+        drop(key);
     }
 }
 
@@ -340,7 +387,7 @@ where
     let registration = loop {
         match try_claim(loads, hash, &key) {
             Claim::Held(registration) => break registration,
-            Claim::Busy(slot) => drop(std::future::poll_fn(|cx| slot.poll_wait(cx)).await),
+            Claim::Busy(slot) => drop(slot.wait_async().await),
         }
     };
     let outcome = write(key).await?;
@@ -573,7 +620,7 @@ where
         ) {
             Step::Cached(value) => return Ok(value),
             Step::Wait(slot, handed_back) => {
-                match std::future::poll_fn(|cx| slot.poll_wait(cx)).await {
+                match slot.wait_async().await {
                     Ended::Value(value) => {
                         cache.raw().count_joined_load();
                         return Ok(value);

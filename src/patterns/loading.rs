@@ -258,6 +258,11 @@ where
     S: BuildHasher,
 {
     /// Drops `key`'s cached value; the next `get` loads it again.
+    ///
+    /// Waits, blocking the thread, for a load or refresh of `key` in flight to end. In
+    /// async code (a cache built with [`CacheBuilder::async_loader`]) use
+    /// [`remove_async`](Self::remove_async): on a runtime's thread this call would wait for a
+    /// load that runs on that same thread, forever on a current-thread runtime.
     pub fn remove(&self, key: &K)
     where
         K: Clone,
@@ -268,6 +273,20 @@ where
             .shared
             .cache
             .write_with(key.clone(), |_| Ok::<_, ()>(None));
+    }
+
+    /// The async form of [`remove`](Self::remove): waits for a load of `key` in flight
+    /// without blocking the thread (session 22's review: `remove` on a current-thread
+    /// runtime waited forever for the load it had to outlast).
+    pub async fn remove_async(&self, key: &K)
+    where
+        K: Clone,
+    {
+        let _ = self
+            .shared
+            .cache
+            .write_with_async(key.clone(), None, |_| async { Ok::<_, ()>(None) })
+            .await;
     }
 
     /// Counters of loads and refreshes.
@@ -510,8 +529,16 @@ impl<V> Stamped<V> {
     /// Elects the caller that refreshes this entry: true for exactly one caller, and for
     /// none while a failed refresh's wait runs.
     fn claim(&self, now: u64) -> bool {
-        now >= self.retry_at.load(Ordering::Acquire)
-            && !self.refreshing.swap(true, Ordering::AcqRel)
+        // The flag first: its Acquire sees the wait a failed refresh stored before it let go
+        // of the flag (read before it, the wait could be the one before that failure).
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if now < self.retry_at.load(Ordering::Acquire) {
+            self.refreshing.store(false, Ordering::Release);
+            return false;
+        }
+        true
     }
 }
 
