@@ -292,8 +292,9 @@ impl Proxy {
 /// without RST),
 /// the tier times out every call and opens its breaker, yet stays "tracked": timeouts never
 /// lose tracking (the redis crate does not reconnect on them, so no `Disconnection` push
-/// comes), L1 keeps serving values others changed in Redis meanwhile, and fills keep the
-/// tracked TTL, for as long as the partition lasts (up to the L1 TTL, 5 min by default).
+/// comes), and L1 keeps serving values others changed in Redis meanwhile, as long as the
+/// partition lasts (up to their L1 TTL, 5 min by default). Since session 22, fills made
+/// while the breaker is open get the untracked TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known fault: a partition that no socket error reports leaves L1's entries tracked"]
 async fn a_partitioned_tier_stays_tracked_and_serves_stale_values() {
