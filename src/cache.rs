@@ -420,8 +420,11 @@ where
     where
         V: Clone,
     {
-        let load = async { load.await.map(|value| (value, None)) };
-        crate::load::get_or_load_async(self, &self.loads, key, false, load).await
+        let load = async { load.await.map(|value| Some((value, None))) };
+        let loaded =
+            crate::load::get_or_load_async(self, &self.loads, key, false, IfAbsent::LoadOwn, load)
+                .await?;
+        Ok(loaded.expect("a loader that always returns a value ended absent"))
     }
 
     /// [`try_get_or_insert_async`](Self::try_get_or_insert_async) for a caller whose own
@@ -450,9 +453,33 @@ where
     {
         let load = async {
             let (value, ttl) = load.await?;
-            Ok((value, ttl.map(duration_to_nanos)))
+            Ok(Some((value, ttl.map(duration_to_nanos))))
         };
-        crate::load::get_or_load_async(self, &self.loads, key, true, load).await
+        // A load that always finds a value: joining a fill that found nothing, it loads.
+        let loaded =
+            crate::load::get_or_load_async(self, &self.loads, key, true, IfAbsent::LoadOwn, load)
+                .await?;
+        Ok(loaded.expect("a loader that always returns a value ended absent"))
+    }
+
+    /// [`try_get_or_insert_async_with_ttl`](Self::try_get_or_insert_async_with_ttl) for a
+    /// load that may find nothing (`Ok(None)`: nothing cached), an answer the callers
+    /// waiting on it share rather than each looking again: the Redis tier's read of a key
+    /// Redis does not hold (session 22's review: each waiting caller read Redis in turn,
+    /// and on a hung Redis the k-th waited k timeouts).
+    pub(crate) async fn fill_async<E>(
+        &self,
+        key: K,
+        load: impl Future<Output = Result<Option<(V, Option<Duration>)>, E>>,
+    ) -> Result<Option<V>, E>
+    where
+        V: Clone,
+    {
+        let load = async {
+            let found = load.await?;
+            Ok(found.map(|(value, ttl)| (value, ttl.map(duration_to_nanos))))
+        };
+        crate::load::get_or_load_async(self, &self.loads, key, true, IfAbsent::Share, load).await
     }
 
     /// The future form of [`write_with`](Self::write_with), caching the written value for

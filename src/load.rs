@@ -600,8 +600,9 @@ pub(crate) async fn get_or_load_async<K, V, S, E>(
     loads: &Loads<K, V>,
     key: K,
     counted: bool,
-    load: impl Future<Output = Result<(V, Option<u64>), E>>,
-) -> Result<V, E>
+    if_absent: IfAbsent,
+    load: impl Future<Output = Result<Option<(V, Option<u64>)>, E>>,
+) -> Result<Option<V>, E>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -618,15 +619,19 @@ where
             key,
             std::mem::replace(&mut counted, true),
         ) {
-            Step::Cached(value) => return Ok(value),
+            Step::Cached(value) => return Ok(Some(value)),
             Step::Wait(slot, handed_back) => {
                 match slot.wait_async().await {
                     Ended::Value(value) => {
                         cache.raw().count_joined_load();
-                        return Ok(value);
+                        return Ok(Some(value));
                     }
-                    // A blocking read-through found nothing: that is no value for this
-                    // loader's callers, so look again (and load) like after an abandon.
+                    Ended::Absent if if_absent == IfAbsent::Share => {
+                        cache.raw().count_joined_load();
+                        return Ok(None);
+                    }
+                    // A load that found nothing is no value for a loader that always
+                    // returns one: look again (and load) like after an abandon.
                     Ended::Absent | Ended::Abandoned => key = handed_back,
                 }
             }
@@ -634,6 +639,11 @@ where
         }
     };
     cache.raw().count_load();
-    let (value, ttl) = load.await?;
-    Ok(publish(cache, registration, value, ttl))
+    match load.await? {
+        Some((value, ttl)) => Ok(Some(publish(cache, registration, value, ttl))),
+        None => {
+            conclude_absent(registration);
+            Ok(None)
+        }
+    }
 }

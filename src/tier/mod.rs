@@ -526,9 +526,11 @@ where
             return Some(value);
         }
         let fill = FillTicket::default();
-        let loaded: Result<V, ()> = shared
+        // A miss is shared with the callers waiting on this read, as a value would be
+        // (session 22's review: each of them read Redis again in turn).
+        let loaded: Result<Option<V>, std::convert::Infallible> = shared
             .l1
-            .try_get_or_insert_async_with_ttl(key.clone(), async {
+            .fill_async(key.clone(), async {
                 let mut read = shared.read_for_fill(key, &fill).await;
                 if !fill.unchanged(&shared.coherence) {
                     // Invalidated during the read: callers who joined since must not get
@@ -537,16 +539,21 @@ where
                     read = shared.read_for_fill(key, &fill).await;
                 }
                 match read {
-                    L2Read::Hit(found) => Ok(found),
+                    L2Read::Hit(found) => Ok(Some(found)),
                     L2Read::Miss | L2Read::Undecodable => {
                         Counters::bump(&shared.counters.misses);
-                        Err(())
+                        Ok(None)
                     }
                 }
             })
             .await;
-        shared.settle_fill(key, fill.get(), loaded.is_ok());
-        loaded.ok()
+        let Ok(loaded) = loaded;
+        if loaded.is_none() && fill.get().is_none() {
+            // A caller that shared another's miss (the leader counted its own).
+            Counters::bump(&shared.counters.misses);
+        }
+        shared.settle_fill(key, fill.get(), loaded.is_some());
+        loaded
     }
 
     /// The values of `keys` (in the same order) from L1, else Redis, without loading: the
