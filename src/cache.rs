@@ -145,6 +145,7 @@ where
     }
 
     fn insert_inner(&self, key: K, value: V, ttl: Option<u64>) -> Result<(), InsertError<K, V>> {
+        self.loads.invalidate(|| self.raw.hash(&key), &key);
         let guard = crate::sync::pin();
         let mut out = self.raw.departures();
         self.insert_pinned(key, value, ttl, &guard, &mut out)?;
@@ -205,6 +206,7 @@ where
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
+        self.loads.invalidate(|| self.raw.hash(key), key);
         let guard = crate::sync::pin();
         let mut out = self.raw.departures();
         let removed = self.raw.remove(key, &guard, &mut out);
@@ -233,6 +235,7 @@ where
 
     /// Removes every entry (each reported to the listener as removed, or expired).
     pub fn clear(&self) {
+        self.loads.invalidate_all();
         self.raw.clear();
     }
 
@@ -276,11 +279,9 @@ where
     /// returned without being cached.
     ///
     /// An [`insert`](Self::insert), [`remove`](Self::remove) or [`clear`](Self::clear) of
-    /// the key while `load` runs is undone by its value, which may have been read from the
-    /// source before the change (cache-aside's race, bounded by the TTL). Writes that must
-    /// not be undone go through [`patterns::WriteThrough`](crate::patterns::WriteThrough)
-    /// or a [`LoadingCache`](crate::patterns::LoadingCache)'s `remove`, which hold the key
-    /// against loads.
+    /// the key while `load` runs wins: the load's value, which may have been read from the
+    /// source before that change, goes to this caller and its waiters but is not cached
+    /// (until session 22 it was, undoing the change: cache-aside's race).
     ///
     /// ```
     /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
@@ -467,6 +468,7 @@ where
     /// waiting on it share rather than each looking again: the Redis tier's read of a key
     /// Redis does not hold (session 22's review: each waiting caller read Redis in turn,
     /// and on a hung Redis the k-th waited k timeouts).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) async fn fill_async<E>(
         &self,
         key: K,

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use hashbrown::HashTable;
 
-use crate::sync::{lock, Condvar, Mutex};
+use crate::sync::{lock, AtomicUsize, Condvar, Mutex, Ordering};
 use crate::{Cache, LoadError};
 
 /// How a load ended, as seen by its waiters.
@@ -179,6 +179,10 @@ struct InFlight<K, V> {
     hash: u64,
     key: K,
     slot: Arc<Slot<V>>,
+    /// A plain `insert`, `remove` or `clear` of the key came while it ran: its value, maybe
+    /// read from the source before that change, goes to its callers but not to the cache
+    /// (session 22's review: the load's value undid the change).
+    invalidated: bool,
 }
 
 /// One shard of loads in flight.
@@ -187,6 +191,9 @@ type LoadShard<K, V> = Mutex<HashTable<InFlight<K, V>>>;
 /// The loads in flight of one cache, sharded like the cache.
 pub(crate) struct Loads<K, V> {
     shards: Box<[LoadShard<K, V>]>,
+    /// Loads and writes registered, over all shards: a plain write checks it (one load)
+    /// and looks for a load of its key only if there are any.
+    in_flight: AtomicUsize,
 }
 
 impl<K, V> std::fmt::Debug for Loads<K, V> {
@@ -199,11 +206,52 @@ impl<K, V> Loads<K, V> {
     pub(crate) fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards).map(|_| Mutex::new(HashTable::new())).collect(),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
     fn shard(&self, hash: u64) -> &LoadShard<K, V> {
         &self.shards[hash as usize & (self.shards.len() - 1)]
+    }
+
+    /// Marks the load of `key` in flight, if any, so that its value is not cached: called by
+    /// a plain write of the key before it changes the cache. SeqCst with the count's
+    /// increment at registration: a write that sees no load registered came before it, and
+    /// that load's read of the source comes after the write's change there.
+    #[inline]
+    pub(crate) fn invalidate<Q>(&self, hash: impl FnOnce() -> u64, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
+            self.invalidate_in_flight(hash(), key);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn invalidate_in_flight<Q>(&self, hash: u64, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let mut table = lock(self.shard(hash));
+        if let Some(load) = table.find_mut(hash, |load| load.key.borrow() == key) {
+            load.invalidated = true;
+        }
+    }
+
+    /// [`Loads::invalidate`] for every key (`clear`).
+    pub(crate) fn invalidate_all(&self) {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for shard in self.shards.iter() {
+            lock(shard)
+                .iter_mut()
+                .for_each(|load| load.invalidated = true);
+        }
     }
 }
 
@@ -223,12 +271,19 @@ impl<K, V: Clone> Registration<'_, K, V> {
     /// Takes the registration out of `table` (its shard, locked by the caller) and returns
     /// its key.
     fn unregister(&mut self, table: &mut HashTable<InFlight<K, V>>) -> K {
+        self.unregister_marked(table).0
+    }
+
+    /// [`Registration::unregister`], also saying whether a plain write invalidated the load.
+    fn unregister_marked(&mut self, table: &mut HashTable<InFlight<K, V>>) -> (K, bool) {
         let slot = &self.slot;
         let Ok(found) = table.find_entry(self.hash, |load| Arc::ptr_eq(&load.slot, slot)) else {
             unreachable!("a registered load stays registered until its loader ends")
         };
         self.registered = false;
-        found.remove().0.key
+        self.loads.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let load = found.remove().0;
+        (load.key, load.invalidated)
     }
 
     fn end(&mut self, outcome: Outcome<V>) {
@@ -264,8 +319,10 @@ fn register<'a, K, V: Clone>(
         hash,
         key,
         slot: Arc::clone(&slot),
+        invalidated: false,
     };
     table.insert_unique(hash, in_flight, |load| load.hash);
+    loads.in_flight.fetch_add(1, Ordering::SeqCst);
     Registration {
         loads,
         hash,
@@ -474,9 +531,15 @@ where
     // either the registration or the cached value, so loads of one key never run twice.
     // The listener runs after the lock is released (`finish`), so it may use this cache.
     let mut departed = cache.raw().departures();
-    {
+    let mut invalidated_key = None;
+    'publish: {
         let mut table = lock(registration.loads.shard(registration.hash));
-        let key = registration.unregister(&mut table);
+        let (key, invalidated) = registration.unregister_marked(&mut table);
+        if invalidated {
+            // Not cached; the key is dropped outside the lock (its `Drop` may panic).
+            invalidated_key = Some(key);
+            break 'publish;
+        }
         // Weighed apart, while the key is still at hand: a panicking weigher must not leave
         // an older cached value behind either (session 21's review found a write-through
         // whose store held the new value while the cache kept the old).
@@ -501,6 +564,7 @@ where
         }
     }
     registration.end(Outcome::Done(for_waiters));
+    drop(invalidated_key);
     cache.raw().finish(departed);
     for_caller
 }

@@ -1,9 +1,7 @@
 //! Single-flight loading: faults session 22's review showed, each test failing before its
 //! fix (waker lists that grew without bound, waiters left hanging by a key whose `Drop`
-//! panics, `LoadingCache::remove` deadlocking a current-thread runtime). Three tests are
-//! ignored and fail: a plain `insert`, `remove` or `clear` racing a load of the same key is
-//! undone by the load's result, the cache-aside race the README documents (`WriteThrough`
-//! and `LoadingCache` hold the key and have no such race).
+//! panics, `LoadingCache::remove` deadlocking a current-thread runtime, and a plain
+//! `insert`, `remove` or `clear` racing a load of the same key undone by the load's value).
 
 use std::future::Future;
 use std::pin::pin;
@@ -85,7 +83,6 @@ fn cancelled_waiters_do_not_leave_their_wakers_behind() {
 /// `Cache::insert` while a `get_or_insert_with` load of the same key runs: the load's
 /// (older) value replaces the inserted one.
 #[test]
-#[ignore = "documented cache-aside race: a load's result replaces a concurrent insert, remove or clear"]
 fn an_insert_during_a_load_is_not_undone_by_it() {
     let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
     let loading = Barrier::new(2);
@@ -109,7 +106,6 @@ fn an_insert_during_a_load_is_not_undone_by_it() {
 /// `Cache::remove` (an invalidation: the database changed) while a load that read the old
 /// row runs: the old value is cached after the removal, and stays until its TTL.
 #[test]
-#[ignore = "documented cache-aside race: a load's result replaces a concurrent insert, remove or clear"]
 fn a_remove_during_a_load_is_not_undone_by_it() {
     let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
     let database = AtomicUsize::new(10);
@@ -139,7 +135,6 @@ fn a_remove_during_a_load_is_not_undone_by_it() {
 
 /// The same with `clear`.
 #[test]
-#[ignore = "documented cache-aside race: a load's result replaces a concurrent insert, remove or clear"]
 fn a_clear_during_a_load_is_not_undone_by_it() {
     let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
     let loading = Barrier::new(2);
