@@ -51,6 +51,17 @@ impl Node {
         matches!(&role[0], redis::Value::BulkString(b) if b == b"master")
     }
 
+    /// Sends the node's process `signal` (`-STOP` to freeze it, `-CONT` to resume it).
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("a running node")
+            .id()
+            .to_string();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -393,15 +404,9 @@ async fn a_master_stalled_for_a_moment_does_not_empty_l1() {
     // Stalled past the tracking check's timeout, not past the cluster's node timeout: no
     // connection is lost or replaced, so every L1 entry is still covered by tracking.
     let master = cluster.masters()[0];
-    let pid = cluster.nodes[master]
-        .child
-        .as_ref()
-        .unwrap()
-        .id()
-        .to_string();
-    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    cluster.nodes[master].signal("-STOP");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    cluster.nodes[master].signal("-CONT");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let held = (0..100u64).filter(|k| reader.l1().contains_key(k)).count();
     assert_eq!(held, 100, "{:?}", reader.stats());
@@ -445,4 +450,46 @@ async fn a_master_busy_with_a_script_does_not_empty_l1() {
         "L1 emptied by a node busy for {took:?}"
     );
     assert_eq!(held, 100, "{:?}", reader.stats());
+}
+
+/// A master that stops answering without a socket error (stopped here; a partition does the
+/// same) for longer than `untracked_l1_ttl`: its invalidations may be held up, so once the
+/// heartbeat has gone unanswered that long the tier drops tracking and empties L1 (before
+/// session 23 nothing reported it, and L1 kept serving for the tracked TTL). Tracking comes
+/// back once the master answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_silent_past_the_untracked_ttl_drops_tracking() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3, 0);
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let l1 = Cache::builder().max_entries(10_000).build().unwrap();
+    let reader = TieredCache::cluster_builder(l1, &urls)
+        .prefix("c:")
+        .connect_timeout(Duration::from_millis(200))
+        .response_timeout(Duration::from_millis(200))
+        .breaker(3, Duration::from_millis(200))
+        .untracked_l1_ttl(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    for key in 0..100u64 {
+        reader.get_or_load(key, truth(key)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(reader.is_tracked());
+    let master = cluster.masters()[0];
+    // Under the cluster's node timeout (1 s): the other nodes do not mark it failed.
+    cluster.nodes[master].signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let stats = reader.stats();
+    let tracked = reader.is_tracked();
+    let held = (0..100u64).filter(|k| reader.l1().contains_key(k)).count();
+    cluster.nodes[master].signal("-CONT");
+    assert!(
+        stats.silences >= 1 && !tracked,
+        "{stats:?}, tracked {tracked}"
+    );
+    assert!(held < 100, "L1 kept all its entries: {stats:?}");
+    wait_until(Duration::from_secs(10), || reader.is_tracked()).await;
 }

@@ -25,6 +25,14 @@ pub(crate) enum L2Error {
     TimedOut,
 }
 
+impl L2Error {
+    /// Whether Redis itself answered (with an error such as `BUSY` or `LOADING`): the
+    /// connection delivered a reply, so it also delivered every push sent before it.
+    pub(crate) fn answered(&self) -> bool {
+        matches!(self, Self::Failed(e) if e.code().is_some())
+    }
+}
+
 impl std::fmt::Display for L2Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -409,6 +417,20 @@ impl L2 {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// A `PING` under the timeout only, like [`L2::tracked_nodes`]: the tier's heartbeat on
+    /// a single node (see `keep_tracking`), which no caller waits on and which must go on
+    /// while the breaker is open.
+    pub(crate) async fn ping(&self) -> Result<(), L2Error> {
+        self.timed(|c| async move {
+            let ping = redis::cmd("PING");
+            match c {
+                Connection::Node(mut c) => ping.query_async::<Value>(&mut c).await.map(drop),
+                Connection::Cluster(mut c) => ping.query_async::<Value>(&mut c).await.map(drop),
+            }
         })
         .await
     }

@@ -9,7 +9,10 @@
 //! Redis tells this process (RESP3 client tracking) and the key leaves L1, typically within
 //! a millisecond (see the README for measured figures). If the connection drops, L1 is
 //! emptied (invalidations sent meanwhile are lost) and tracking is turned on again once the
-//! connection is back; until then L1 keeps fills only for `untracked_l1_ttl`. See
+//! connection is back; until then L1 keeps fills only for `untracked_l1_ttl`. A connection
+//! that goes silent without dropping (a partition) counts as dropped once the tier's
+//! heartbeat has gone unanswered for `untracked_l1_ttl` (see
+//! [`TierBuilder::tracking_check`]). See
 //! `coherence.rs` for the protocol. Where Redis refuses client tracking, tiers publish their
 //! own writes to each other instead ([`Invalidations::PubSub`], `pubsub.rs`), which covers
 //! only writes made through tiers.
@@ -55,7 +58,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -165,7 +168,11 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     }
 
     /// L1 TTL of values filled while tracking is off (default 1 s): how stale a value may
-    /// get while invalidations cannot arrive.
+    /// get while invalidations cannot arrive. Also how long Redis may leave the tier's
+    /// heartbeat unanswered before the tier stops trusting tracking (see
+    /// [`tracking_check`](Self::tracking_check)): a partition that no socket error reports
+    /// lets L1 serve a value changed meanwhile for about this long, plus one
+    /// `tracking_check` and one call timeout, and no longer.
     pub fn untracked_l1_ttl(mut self, ttl: Duration) -> Self {
         self.untracked_l1_ttl = ttl;
         self
@@ -204,11 +211,16 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
         self
     }
 
-    /// On a cluster, how often the tier checks that every connection the cluster client
-    /// holds still tracks (default 100 ms). The client opens connections by itself; the
-    /// tier notices each as it opens, and this check catches one that is put in use later
-    /// than expected. Until it does, invalidations from that node can be missed: this bounds
-    /// how long. Unused for a single node.
+    /// How often the tier sends its heartbeat while tracking (default 100 ms): a `PING`,
+    /// and on a cluster a check that every connection the cluster client holds still
+    /// tracks. Redis pushes invalidations in order with replies, so an answered heartbeat
+    /// vouches for every invalidation sent before it. A connection cut off without a socket
+    /// error (a partition) reports no disconnection: once no heartbeat has been answered
+    /// for [`untracked_l1_ttl`](Self::untracked_l1_ttl), the tier drops tracking as for a
+    /// disconnection (L1 emptied, counted in [`TierStats::silences`]). On a cluster the
+    /// client also opens connections by itself; the tier notices each as it opens, and the
+    /// check catches one that is put in use later than expected. Until it does,
+    /// invalidations from that node can be missed: this bounds how long.
     pub fn tracking_check(mut self, interval: Duration) -> Self {
         self.tracking_check = interval;
         self
@@ -375,8 +387,9 @@ where
             pubsub: AtomicBool::new(self.invalidations == Invalidations::PubSub),
         });
         // First attempt inline, so a tier built against a live Redis starts tracked.
+        let sent = Instant::now();
         shared.try_enable_tracking().await;
-        tokio::spawn(keep_tracking(Arc::downgrade(&shared)));
+        tokio::spawn(keep_tracking(Arc::downgrade(&shared), sent));
         Ok(TieredCache { shared })
     }
 }
@@ -576,7 +589,7 @@ where
             .map(|&i| shared.coherence.ticket(&keys[i]))
             .collect();
         let names: Vec<Vec<u8>> = missed.iter().map(|&i| shared.redis_key(&keys[i])).collect();
-        let read_at = std::time::Instant::now();
+        let read_at = Instant::now();
         let found = match shared.l2_call(shared.l2.get_many(&names)).await {
             Ok(found) => found,
             Err(_) => vec![None; names.len()],
@@ -939,25 +952,44 @@ where
         self.l2_call(subscribe).await.map(|()| Some(Vec::new()))
     }
 
-    /// Whether tracking still holds on every connection; if not, drops it as a
-    /// disconnection would (L1 emptied) so that the tracking task turns it on again.
+    /// The heartbeat: asks every connection that carries invalidations for a reply, and on
+    /// a cluster whether it still tracks. Returns whether every one answered: Redis pushes
+    /// invalidations in order with replies on the same connection, and the client hands
+    /// pushes over as it reads them, so a reply means every invalidation sent before it
+    /// has been handled.
     ///
-    /// Only a definite answer (a connection that does not track) counts. A check that
-    /// failed or timed out (a node slow for a moment) says nothing: emptying every
-    /// process's L1 for it would send all readers to the loader at once. A lost connection
-    /// is seen anyway, through its `Disconnection` push or its replacement's opening.
-    async fn check_tracking(&self) {
+    /// A connection that does not track drops tracking as a disconnection would (L1
+    /// emptied) so that the tracking task turns it on again. A check that failed or timed
+    /// out (a node slow for a moment) drops nothing by itself: emptying every process's L1
+    /// for it would send all readers to Redis or the loader at once. The tracking task
+    /// drops tracking once the silence outlasts `untracked_l1_ttl` (see `keep_tracking`).
+    async fn check_tracking(&self) -> bool {
+        if !self.l2.is_cluster() {
+            return match self.l2_call(self.l2.ping()).await {
+                Ok(()) => true,
+                Err(e) => e.answered(),
+            };
+        }
         match self.l2_call(self.l2.tracked_nodes()).await {
             // Nodes that left the client's topology drop out: reaching them again is a new
             // node, not a replacement.
-            Ok(Some(nodes)) => self.openings.set_tracked(nodes),
-            Ok(None) => {
-                if self.coherence.lose_tracking() {
-                    self.l1.clear();
-                    Counters::bump(&self.counters.l1_resets);
-                }
+            Ok(Some(nodes)) => {
+                self.openings.set_tracked(nodes);
+                true
             }
-            Err(_) => {}
+            Ok(None) => {
+                self.drop_tracking();
+                true
+            }
+            Err(e) => e.answered(),
+        }
+    }
+
+    /// Drops tracking (invalidations may have been missed) and empties L1.
+    fn drop_tracking(&self) {
+        if self.coherence.lose_tracking() {
+            self.l1.clear();
+            Counters::bump(&self.counters.l1_resets);
         }
     }
 }
@@ -1005,9 +1037,20 @@ enum L2Read<V> {
     Undecodable,
 }
 
-/// Re-enables tracking whenever it is lost, and on a cluster checks it every
-/// `tracking_check`, for as long as the tier exists.
-async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>)
+/// Re-enables tracking whenever it is lost and, while it holds, sends the heartbeat every
+/// `tracking_check` (`Shared::check_tracking`), for as long as the tier exists.
+///
+/// A connection cut off with no socket error (a partition, a peer gone without a reset)
+/// fails every call but reports no disconnection, and the invalidations it should carry
+/// are held up. So tracking counts only while the heartbeat is answered: once no heartbeat
+/// sent in the last `untracked_l1_ttl` has been, tracking is dropped as for a
+/// disconnection (L1 emptied, fills get the untracked TTL) until Redis answers again. A
+/// stale value is then served for at most about `untracked_l1_ttl`, `tracking_check` and a
+/// call timeout: the staleness the untracked TTL already allows.
+///
+/// `heard` is when the heartbeat (or the call that turned tracking on) last answered was
+/// sent.
+async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>, mut heard: Instant)
 where
     K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -1021,13 +1064,7 @@ where
         };
         if shared.coherence.is_tracked() {
             let (wake, check) = (shared.wake_tracker.clone(), shared.tracking_check);
-            // Pub/sub needs no check: the client subscribes every connection it opens.
-            let periodic = shared.l2.is_cluster() && !shared.pubsub.load(Ordering::SeqCst);
             drop(shared);
-            if !periodic {
-                wake.notified().await;
-                continue;
-            }
             // Woken: tracking was lost (the top of the loop sees it), a connection began
             // opening, or the tier is gone.
             let _woken = tokio::time::timeout(check, wake.notified()).await;
@@ -1044,7 +1081,13 @@ where
                 shared = again;
             }
             if shared.coherence.is_tracked() {
-                shared.check_tracking().await;
+                let sent = Instant::now();
+                if shared.check_tracking().await {
+                    heard = sent;
+                } else if heard.elapsed() > shared.untracked_l1_ttl {
+                    Counters::bump(&shared.counters.silences);
+                    shared.drop_tracking();
+                }
             }
             continue;
         }
@@ -1055,7 +1098,9 @@ where
             tokio::time::sleep(left).await;
             continue;
         }
+        let sent = Instant::now();
         if shared.try_enable_tracking().await {
+            heard = sent;
             backoff = Duration::from_millis(10);
             continue;
         }

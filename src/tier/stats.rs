@@ -28,6 +28,11 @@ pub struct TierStats {
     pub l1_resets: u64,
     /// Times tracking was (re-)enabled on a new connection.
     pub tracking_enabled: u64,
+    /// Times Redis left the tier's heartbeat unanswered for longer than the untracked L1
+    /// TTL with no socket error (a partition, a peer gone without a reset): invalidations
+    /// may have been held up, so tracking was dropped as for a disconnection (L1 emptied,
+    /// also counted in `l1_resets`).
+    pub silences: u64,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +47,7 @@ pub(crate) struct Counters {
     pub(crate) invalidations: AtomicU64,
     pub(crate) l1_resets: AtomicU64,
     pub(crate) tracking_enabled: AtomicU64,
+    pub(crate) silences: AtomicU64,
 }
 
 impl Counters {
@@ -66,6 +72,7 @@ impl Counters {
             invalidations: read(&self.invalidations),
             l1_resets: read(&self.l1_resets),
             tracking_enabled: read(&self.tracking_enabled),
+            silences: read(&self.silences),
         }
     }
 }
