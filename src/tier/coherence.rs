@@ -41,6 +41,15 @@ impl Ticket {
         self.tracked
     }
 
+    /// The ticket of a read whose value may not be covered by tracking (it came through a
+    /// cluster redirect, see `l2::Read`): its fill gets the untracked TTL.
+    pub(crate) fn untracked(self) -> Self {
+        Self {
+            tracked: false,
+            ..self
+        }
+    }
+
     /// The ticket as it reads after one invalidation of its stripe: the writer's own (see
     /// `TieredCache::insert`), so that any other shows as a change.
     pub(crate) fn after_own_invalidation(self) -> Self {

@@ -97,6 +97,16 @@ async fn read_apart(connection: Connection, key: &[u8]) -> RedisResult<Vec<Value
 /// What a read found: the value and how long it has left (`None`: no expiry).
 pub(crate) type Found = Option<(Vec<u8>, Option<Duration>)>;
 
+/// A read's result, and whether the cluster redirected it (its slot is moving). A value read
+/// through a redirect may come from a node the client reached only for it, over a
+/// connection that does not track (session 21's review: an `ASK` to a node that owns no
+/// slot yet): no invalidation of it would arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Read {
+    pub(crate) found: Found,
+    pub(crate) redirected: bool,
+}
+
 /// `GET` and `PTTL` for each key, in one pipeline.
 fn reads<'k>(keys: impl Iterator<Item = &'k [u8]>) -> Pipeline {
     let mut pipe = redis::pipe();
@@ -229,24 +239,27 @@ impl L2 {
     }
 
     /// The value of `key` and how long it has left (`None`: no expiry), if it exists.
-    pub(crate) async fn get(&self, key: &[u8]) -> Result<Found, L2Error> {
+    pub(crate) async fn get(&self, key: &[u8]) -> Result<Read, L2Error> {
         let pipe = reads(std::iter::once(key));
-        let replies: Vec<Value> = self
+        let (replies, redirected): (Vec<Value>, bool) = self
             .call(|c| async move {
                 match query(c.clone(), &pipe).await {
-                    Err(e) if is_redirect(&e) => read_apart(c, key).await,
-                    replies => replies,
+                    Err(e) if is_redirect(&e) => Ok((read_apart(c, key).await?, true)),
+                    replies => Ok((replies?, false)),
                 }
             })
             .await?;
-        Ok(found_in(&replies))
+        Ok(Read {
+            found: found_in(&replies),
+            redirected,
+        })
     }
 
     /// [`get`](Self::get) for each of `keys`, in one round of requests: one pipeline on a
     /// single node; on a cluster one pipeline per hash slot (a pipeline, like `MGET`, must
     /// stay within a slot), all sent at once, each routed to its slot's master. A key whose
     /// slot's pipeline failed is `None`; the call fails only if every one did.
-    pub(crate) async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Found>>, L2Error> {
+    pub(crate) async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Read>>, L2Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -274,9 +287,11 @@ impl L2 {
                 for (g, (pipe, group_keys)) in pipes.into_iter().enumerate() {
                     let c = c.clone();
                     queries.spawn(async move {
+                        let mut redirected = false;
                         let reply = match query::<Vec<Value>>(c.clone(), &pipe).await {
                             // A slot in migration: each key on its own (see `read_apart`).
                             Err(e) if is_redirect(&e) => {
+                                redirected = true;
                                 let mut values = Vec::with_capacity(2 * group_keys.len());
                                 let mut failed = None;
                                 for key in &group_keys {
@@ -292,7 +307,7 @@ impl L2 {
                             }
                             reply => reply,
                         };
-                        (g, reply)
+                        (g, reply.map(|values| (values, redirected)))
                     });
                 }
                 let mut replies = vec![None; queries.len()];
@@ -314,23 +329,31 @@ impl L2 {
             .await?;
         let mut out = vec![None; keys.len()];
         for (group, reply) in groups.iter().zip(replies) {
-            let Some(values) = reply else { continue };
+            let Some((values, redirected)) = reply else {
+                continue;
+            };
             for (&i, pair) in group.iter().zip(values.chunks(2)) {
-                out[i] = Some(found_in(pair));
+                out[i] = Some(Read {
+                    found: found_in(pair),
+                    redirected,
+                });
             }
         }
         Ok(out)
     }
 
     /// Stores `key` → `bytes` for `ttl` (at least 1 ms; see [`expiry_millis`] for TTLs that
-    /// mean no expiry), and publishes `notice` in the same round trip if given.
+    /// mean no expiry), and publishes `notice` in the same round trip if given. Returns
+    /// whether the connection that took the write tracks: on a cluster, a write to a moving
+    /// slot can land on a node the client reached only for it (see [`Read`]), and then no
+    /// other client's change of the key would be reported.
     pub(crate) async fn set(
         &self,
         key: &[u8],
         bytes: &[u8],
         ttl: Duration,
         notice: Option<&Notice>,
-    ) -> Result<(), L2Error> {
+    ) -> Result<bool, L2Error> {
         self.store(key, bytes, ttl, false, notice).await
     }
 
@@ -341,7 +364,7 @@ impl L2 {
         key: &[u8],
         bytes: &[u8],
         ttl: Duration,
-    ) -> Result<(), L2Error> {
+    ) -> Result<bool, L2Error> {
         self.store(key, bytes, ttl, true, None).await
     }
 
@@ -352,7 +375,7 @@ impl L2 {
         ttl: Duration,
         only_if_absent: bool,
         notice: Option<&Notice>,
-    ) -> Result<(), L2Error> {
+    ) -> Result<bool, L2Error> {
         let mut set = redis::cmd("SET");
         set.arg(key).arg(bytes);
         if let Some(millis) = expiry_millis(ttl) {
@@ -364,8 +387,20 @@ impl L2 {
         let mut pipe = redis::pipe();
         pipe.add_command(set).ignore();
         announce(&mut pipe, notice);
-        self.call(|c| async move { query::<()>(c, &pipe).await })
+        let Connection::Cluster(_) = &self.connection else {
+            // One connection, tracked unless a disconnection said otherwise.
+            return self
+                .call(|c| async move { query::<()>(c, &pipe).await })
+                .await
+                .map(|()| true);
+        };
+        // Keyless, so it runs wherever the pipeline lands, redirect included (`ASKING`
+        // covers the first command only, and the others need none): -1 when that
+        // connection does not track.
+        pipe.cmd("CLIENT").arg("GETREDIR");
+        self.call(|c| async move { query::<(i64,)>(c, &pipe).await })
             .await
+            .map(|(redirect,)| redirect != -1)
     }
 
     /// Deletes `key`, and publishes `notice` in the same round trip if given.

@@ -601,7 +601,7 @@ where
         for ((&i, ticket), found) in missed.iter().zip(tickets).zip(found) {
             let key = &keys[i];
             let read = match found {
-                Some(found) => shared.decode(found, ticket),
+                Some(read) => shared.decode(read, ticket),
                 None => L2Read::Miss,
             };
             let L2Read::Hit((fill, ttl)) = read else {
@@ -657,9 +657,10 @@ where
                 // Best effort: a Redis that is down costs the next reader a load, not this
                 // one. `NX`: a value another process wrote meanwhile is newer than ours; but
                 // a value no one here can read is replaced.
+                let mut ticket = ticket;
                 if let Ok(bytes) = shared.codec.encode(&value) {
                     let name = shared.redis_key(&key);
-                    let _ = if matches!(read, L2Read::Undecodable) {
+                    let stored = if matches!(read, L2Read::Undecodable) {
                         // This replaces a value other processes may hold in their L1 (one
                         // that can read it): in pub/sub mode they must hear of it (session
                         // 21's review; tracking reports it by itself).
@@ -670,6 +671,10 @@ where
                         let set = shared.l2.set_if_absent(&name, &bytes, shared.l2_ttl);
                         shared.l2_call(set).await
                     };
+                    if let Ok(false) = stored {
+                        // Written through a connection that does not track (see `l2::Read`).
+                        ticket = ticket.untracked();
+                    }
                 }
                 if !shared.coherence.unchanged_since(ticket) {
                     // Another process wrote the key while this one loaded: Redis holds a
@@ -717,14 +722,19 @@ where
                 let set = shared
                     .l2
                     .set(&redis_key, &bytes, shared.l2_ttl, notice.as_ref());
-                shared.l2_call(set).await.map(|()| {
+                shared.l2_call(set).await.map(|tracked| {
                     // Redis sends no invalidation for this connection's own writes
                     // (`NOLOOP`): void the fills that read the old value before this SET (a
                     // `get_many` reads outside the key's single flight), before this value
                     // reaches L1, so that one landing after it is dropped when it settles.
                     // Then only this bump may have moved the stripe since `before`.
                     shared.coherence.invalidate(&key);
-                    let _ = stored.set(before.after_own_invalidation());
+                    // A write that landed on a connection that does not track (a cluster
+                    // redirect: see `l2::Read`) leaves `stored` unset, so that L1 drops
+                    // the value below: no other client's change of it would be reported.
+                    if tracked {
+                        let _ = stored.set(before.after_own_invalidation());
+                    }
                     Some(value)
                 })
             })
@@ -739,7 +749,8 @@ where
         }
         // An invalidation of the key (another process wrote it after this SET), or a change
         // of tracking, may have reached L1 before this value did: then it may be stale
-        // already (and, untracked, cached for too long).
+        // already (and, untracked, cached for too long). Nor does L1 keep a value written
+        // through a connection that does not track.
         let current = stored
             .get()
             .is_some_and(|&stored| shared.coherence.unchanged_since(stored))
@@ -850,22 +861,30 @@ where
     /// TTL it may have.
     /// Reads `key` for an L1 fill under a new ticket, noted in `fill` (the one the fill
     /// settles against).
+    /// A redirected read's ticket is marked untracked (see `l2::Read`), so that the fill,
+    /// or the value a load makes after it, gets the untracked TTL.
     async fn read_for_fill(&self, key: &K, fill: &FillTicket) -> L2Read<V> {
         let ticket = self.coherence.ticket(key);
         fill.set(ticket);
-        self.fill_from_l2(key, ticket).await
-    }
-
-    async fn fill_from_l2(&self, key: &K, ticket: coherence::Ticket) -> L2Read<V> {
         match self.l2_call(self.l2.get(&self.redis_key(key))).await {
-            Ok(found) => self.decode(found, ticket),
+            Ok(read) => {
+                if read.redirected {
+                    fill.set(ticket.untracked());
+                }
+                self.decode(read, ticket)
+            }
             Err(_) => L2Read::Miss,
         }
     }
 
     /// What a read that began at `ticket` found, decoded.
-    fn decode(&self, found: l2::Found, ticket: coherence::Ticket) -> L2Read<V> {
-        let Some((bytes, left)) = found else {
+    fn decode(&self, read: l2::Read, ticket: coherence::Ticket) -> L2Read<V> {
+        let ticket = if read.redirected {
+            ticket.untracked()
+        } else {
+            ticket
+        };
+        let Some((bytes, left)) = read.found else {
             return L2Read::Miss;
         };
         match self.codec.decode(&bytes) {
