@@ -559,12 +559,11 @@ where
     /// Expires what is due in every shard, within `max_work` wheel steps per shard.
     pub(crate) fn run_pending_tasks(&self, max_work: usize) -> bool {
         let guard = crate::sync::pin();
-        let now = self.now();
         let mut done = true;
         let mut first_panic = None;
         for shard in self.shards.iter() {
             let mut out = self.departures();
-            done &= shard.expire(now, max_work, &guard, &mut out);
+            done &= shard.expire(|| self.now(), max_work, &guard, &mut out);
             self.finish_going_on(out, &mut first_panic);
         }
         guard.flush();

@@ -302,7 +302,13 @@ where
         // the entries it had expired). An entry with an expiry is always in the wheel, so a
         // replaced entry's expiry is checked against this reading (the wheel was not empty).
         let wheel_busy = state.wheel.len() != 0;
-        let now = if wheel_busy { clock() } else { 0 };
+        // The new entry's own expiry counts too: a zero-TTL entry that its own insert evicts
+        // is reported expired (session 23's review: read as 0, it was "evicted").
+        let now = if wheel_busy || expires_at != NEVER {
+            clock()
+        } else {
+            0
+        };
         match self
             .table
             .probe(&state.counts, sketch_hash, &entry.key, guard)
@@ -551,12 +557,14 @@ where
     /// Returns true if the wheel caught up with `now`.
     pub(crate) fn expire<'g>(
         &self,
-        now: u64,
+        clock: impl Fn() -> u64,
         max_work: usize,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> bool {
         let mut state = lock_shard(&self.state);
+        // Read under the lock: no earlier lock holder advanced the wheel past this reading.
+        let now = clock();
         let done = self.expire_locked(&mut state, now, max_work, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
         // Maintenance is also when garbage the shard batched goes to the collector (and
