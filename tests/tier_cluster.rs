@@ -493,3 +493,33 @@ async fn a_master_silent_past_the_untracked_ttl_drops_tracking() {
     assert!(held < 100, "L1 kept all its entries: {stats:?}");
     wait_until(Duration::from_secs(10), || reader.is_tracked()).await;
 }
+
+/// Session 23's review: a cluster whose ACL grants what the tier needed before session 23
+/// (least-privilege setups list the `CLIENT` subcommands they allow) refuses the `CLIENT
+/// GETREDIR` that now ends every write's pipeline. That failed every `insert` although
+/// Redis took its SET, and the failures opened the breaker. Now the refusal only means the
+/// write's connection is not known to track: L1 keeps no copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_getredir_does_not_fail_writes_redis_took() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3, 0);
+    for node in &cluster.nodes {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("-client|getredir")
+            .query(&mut node.client())
+            .unwrap();
+    }
+    let tier = tier(&cluster).await;
+    assert!(tier.is_tracked(), "{:?}", tier.stats());
+    for key in 0..10u64 {
+        let inserted = tier.insert(key, format!("v{key}")).await;
+        assert!(inserted.is_ok(), "{inserted:?}: {:?}", tier.stats());
+        assert!(!tier.l1().contains_key(&key));
+    }
+    assert_eq!(tier.stats().l2_errors, 0, "{:?}", tier.stats());
+    for key in 0..10u64 {
+        assert_eq!(tier.get(&key).await, Some(format!("v{key}")));
+    }
+}

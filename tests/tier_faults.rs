@@ -3,7 +3,8 @@
 #![cfg(feature = "redis")]
 
 use std::net::TcpListener;
-
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder::tier::{Invalidations, TieredCache};
@@ -230,32 +231,48 @@ async fn a_read_begun_after_the_invalidation_gets_the_new_value() {
 
 /// A TCP proxy that can hold its traffic back (a network partition between the tier and
 /// Redis: the connection stays open and nothing gets through either way, until the
-/// partition heals and TCP delivers what waited, in order).
+/// partition heals and TCP delivers what waited, in order), or hold back the next `PING`
+/// (the tier's heartbeat) for a while (from session 23's review).
 struct Proxy {
     port: u16,
-    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<AtomicBool>,
+    /// Milliseconds to hold the next `PING` for (0: none armed).
+    ping_stall: Arc<AtomicU64>,
+    pings_stalled: Arc<AtomicU64>,
 }
 
 impl Proxy {
     fn start(upstream: u16) -> Self {
         use std::io::{Read, Write};
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let held = Arc::new(AtomicBool::new(false));
-        let flag = held.clone();
+        let proxy = Self {
+            port,
+            held: Arc::default(),
+            ping_stall: Arc::default(),
+            pings_stalled: Arc::default(),
+        };
+        let (held, ping_stall, pings_stalled) = (
+            proxy.held.clone(),
+            proxy.ping_stall.clone(),
+            proxy.pings_stalled.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
-                for (mut from, mut to) in [
+                for (to_server, (mut from, mut to)) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
-                ] {
-                    let flag = flag.clone();
+                ]
+                .into_iter()
+                .enumerate()
+                .map(|(i, ends)| (i == 0, ends))
+                {
+                    let (held, ping_stall, pings_stalled) =
+                        (held.clone(), ping_stall.clone(), pings_stalled.clone());
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         loop {
@@ -263,8 +280,15 @@ impl Proxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            while flag.load(Ordering::SeqCst) {
+                            while held.load(Ordering::SeqCst) {
                                 std::thread::sleep(Duration::from_millis(1));
+                            }
+                            if to_server && buf[..n].windows(4).any(|w| w == b"PING") {
+                                let stall = ping_stall.swap(0, Ordering::SeqCst);
+                                if stall > 0 {
+                                    std::thread::sleep(Duration::from_millis(stall));
+                                    pings_stalled.fetch_add(1, Ordering::SeqCst);
+                                }
                             }
                             if to.write_all(&buf[..n]).is_err() {
                                 return;
@@ -274,7 +298,7 @@ impl Proxy {
                 }
             }
         });
-        Self { port, held }
+        proxy
     }
 
     fn url(&self) -> String {
@@ -282,11 +306,26 @@ impl Proxy {
     }
 
     fn hold(&self, hold: bool) {
-        self.held.store(hold, std::sync::atomic::Ordering::SeqCst);
+        self.held.store(hold, Ordering::SeqCst);
+    }
+
+    /// Holds the next `PING` for `stall`, and returns once it has gone through.
+    async fn stall_next_ping(&self, stall: Duration) {
+        let before = self.pings_stalled.load(Ordering::SeqCst);
+        self.ping_stall
+            .store(stall.as_millis() as u64, Ordering::SeqCst);
+        wait_until(Duration::from_secs(10), || {
+            self.pings_stalled.load(Ordering::SeqCst) > before
+        })
+        .await;
     }
 }
 
-async fn tier_behind(proxy: &Proxy, untracked_l1_ttl: Duration) -> TieredCache<u64, String> {
+async fn tier_behind(
+    proxy: &Proxy,
+    untracked_l1_ttl: Duration,
+    tracking_check: Duration,
+) -> TieredCache<u64, String> {
     let l1 = Cache::builder().max_entries(100).build().unwrap();
     TieredCache::<u64, String>::builder(l1, &proxy.url())
         .prefix(PREFIX)
@@ -294,7 +333,7 @@ async fn tier_behind(proxy: &Proxy, untracked_l1_ttl: Duration) -> TieredCache<u
         .response_timeout(Duration::from_millis(100))
         .breaker(3, Duration::from_millis(200))
         .untracked_l1_ttl(untracked_l1_ttl)
-        .tracking_check(Duration::from_millis(50))
+        .tracking_check(tracking_check)
         .build()
         .await
         .unwrap()
@@ -320,7 +359,12 @@ fn set_elsewhere(server: &Server, key: &str, value: &str) {
 async fn a_partition_longer_than_the_untracked_ttl_drops_tracking_and_its_l1() {
     let server = Server::start();
     let proxy = Proxy::start(server.port);
-    let b = tier_behind(&proxy, Duration::from_millis(500)).await;
+    let b = tier_behind(
+        &proxy,
+        Duration::from_millis(500),
+        Duration::from_millis(50),
+    )
+    .await;
     assert!(b.is_tracked());
     assert_eq!(b.get_or_load(1, load("old")).await.unwrap(), "old");
     proxy.hold(true);
@@ -365,7 +409,7 @@ async fn a_partition_longer_than_the_untracked_ttl_drops_tracking_and_its_l1() {
 async fn a_stall_shorter_than_the_untracked_ttl_keeps_tracking_and_l1() {
     let server = Server::start();
     let proxy = Proxy::start(server.port);
-    let b = tier_behind(&proxy, Duration::from_secs(3)).await;
+    let b = tier_behind(&proxy, Duration::from_secs(3), Duration::from_millis(50)).await;
     assert!(b.is_tracked());
     assert_eq!(b.get_or_load(1, load("old")).await.unwrap(), "old");
     assert_eq!(b.get_or_load(2, load("kept")).await.unwrap(), "kept");
@@ -380,6 +424,25 @@ async fn a_stall_shorter_than_the_untracked_ttl_keeps_tracking_and_l1() {
     assert!(b.is_tracked());
     assert!(b.l1().contains_key(&2), "L1 kept what did not change");
     assert_eq!(b.get(&1).await.as_deref(), Some("new"));
+}
+
+/// Session 23's review: the silence was measured from the last answered heartbeat, sent a
+/// whole `tracking_check` before the one that went unanswered. With a `tracking_check`
+/// longer than `untracked_l1_ttl` (2 s and 1 s), one heartbeat held up for 300 ms dropped
+/// tracking and emptied L1. It is now measured from the first unanswered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_stall_keeps_tracking_under_a_long_tracking_check() {
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    let b = tier_behind(&proxy, Duration::from_secs(1), Duration::from_secs(2)).await;
+    assert!(b.is_tracked());
+    assert_eq!(b.get_or_load(1, load("one")).await.unwrap(), "one");
+    proxy.stall_next_ping(Duration::from_millis(300)).await;
+    // The stall is over; the tracking task has time to decide.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = b.stats();
+    assert!(stats.silences == 0 && stats.l1_resets == 0, "{stats:?}");
+    assert!(b.is_tracked() && b.l1().contains_key(&1), "{stats:?}");
 }
 
 /// Redis busy with a script for longer than `untracked_l1_ttl` answers the heartbeat with

@@ -160,6 +160,19 @@ fn announce(pipe: &mut Pipeline, notice: Option<&Notice>) {
     }
 }
 
+/// `SET key bytes [PX ttl] [NX]` (see [`expiry_millis`] for TTLs that mean no expiry).
+fn set_command(key: &[u8], bytes: &[u8], ttl: Duration, only_if_absent: bool) -> Cmd {
+    let mut set = redis::cmd("SET");
+    set.arg(key).arg(bytes);
+    if let Some(millis) = expiry_millis(ttl) {
+        set.arg("PX").arg(millis);
+    }
+    if only_if_absent {
+        set.arg("NX");
+    }
+    set
+}
+
 /// Runs `cmd` on every node the cluster client holds a connection to: the primaries, and
 /// the replicas once its slot map lists them (right after a cluster is created it may not,
 /// and a promoted replica is then covered by the opening watch and the periodic check).
@@ -376,31 +389,33 @@ impl L2 {
         only_if_absent: bool,
         notice: Option<&Notice>,
     ) -> Result<bool, L2Error> {
-        let mut set = redis::cmd("SET");
-        set.arg(key).arg(bytes);
-        if let Some(millis) = expiry_millis(ttl) {
-            set.arg("PX").arg(millis);
-        }
-        if only_if_absent {
-            set.arg("NX");
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(set).ignore();
-        announce(&mut pipe, notice);
         let Connection::Cluster(_) = &self.connection else {
+            let mut pipe = redis::pipe();
+            pipe.add_command(set_command(key, bytes, ttl, only_if_absent))
+                .ignore();
+            announce(&mut pipe, notice);
             // One connection, tracked unless a disconnection said otherwise.
             return self
                 .call(|c| async move { query::<()>(c, &pipe).await })
                 .await
                 .map(|()| true);
         };
+        debug_assert!(notice.is_none(), "pub/sub is for a single node only");
+        // The SET's reply is read here, so that an error in GETREDIR's place does not fail a
+        // write Redis took.
+        let mut pipe = redis::pipe();
+        pipe.add_command(set_command(key, bytes, ttl, only_if_absent));
         // Keyless, so it runs wherever the pipeline lands, redirect included (`ASKING`
         // covers the first command only, and the others need none): -1 when that
-        // connection does not track.
-        pipe.cmd("CLIENT").arg("GETREDIR");
-        self.call(|c| async move { query::<(i64,)>(c, &pipe).await })
-            .await
-            .map(|(redirect,)| redirect != -1)
+        // connection does not track. An error instead (an ACL written before the tier
+        // needed it, without `client|getredir`) says nothing: not trusted either (session
+        // 23's review: it failed every write, and opened the breaker).
+        pipe.cmd("CLIENT").arg("GETREDIR").ignore_errors();
+        let replies: Vec<Value> = self.call(|c| async move { query(c, &pipe).await }).await?;
+        if let Some(Value::ServerError(e)) = replies.first() {
+            return Err(L2Error::Failed(e.clone().into()));
+        }
+        Ok(matches!(replies.get(1), Some(Value::Int(redirect)) if *redirect != -1))
     }
 
     /// Deletes `key`, and publishes `notice` in the same round trip if given.
@@ -491,12 +506,15 @@ impl L2 {
                 return Ok(None);
             };
             let mut nodes = Vec::with_capacity(replies.len());
+            let mut busy = None;
             for (node, reply) in &replies {
                 if let Value::ServerError(error) = reply {
                     // A node that answered with an error (`BUSY` running a script, `LOADING`)
                     // said nothing about tracking: no answer, not a "no" (session 21's
-                    // review: a node busy for 0.6 s emptied every L1).
-                    return Err(error.clone().into());
+                    // review: a node busy for 0.6 s emptied every L1). The others' replies
+                    // still count: one that does not track is a "no" (session 23's review).
+                    busy = Some(error);
+                    continue;
                 }
                 match node {
                     Value::BulkString(node) if tracks(reply) => {
@@ -504,6 +522,9 @@ impl L2 {
                     }
                     _ => return Ok(None),
                 }
+            }
+            if let Some(error) = busy {
+                return Err(error.clone().into());
             }
             Ok((!nodes.is_empty()).then_some(nodes))
         })

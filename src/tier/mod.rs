@@ -170,9 +170,9 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     /// L1 TTL of values filled while tracking is off (default 1 s): how stale a value may
     /// get while invalidations cannot arrive. Also how long Redis may leave the tier's
     /// heartbeat unanswered before the tier stops trusting tracking (see
-    /// [`tracking_check`](Self::tracking_check)): a partition that no socket error reports
-    /// lets L1 serve a value changed meanwhile for about this long, plus one
-    /// `tracking_check` and one call timeout, and no longer.
+    /// [`tracking_check`](Self::tracking_check)): a stall shorter than this drops nothing,
+    /// and a partition that no socket error reports lets L1 serve a value changed meanwhile
+    /// for about this long, plus two `tracking_check`s and one call timeout, and no longer.
     pub fn untracked_l1_ttl(mut self, ttl: Duration) -> Self {
         self.untracked_l1_ttl = ttl;
         self
@@ -215,9 +215,10 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     /// and on a cluster a check that every connection the cluster client holds still
     /// tracks. Redis pushes invalidations in order with replies, so an answered heartbeat
     /// vouches for every invalidation sent before it. A connection cut off without a socket
-    /// error (a partition) reports no disconnection: once no heartbeat has been answered
+    /// error (a partition) reports no disconnection: once heartbeats have gone unanswered
     /// for [`untracked_l1_ttl`](Self::untracked_l1_ttl), the tier drops tracking as for a
-    /// disconnection (L1 emptied, counted in [`TierStats::silences`]). On a cluster the
+    /// disconnection (L1 emptied, counted in [`TierStats::silences`]). On a cluster every
+    /// node must answer, replicas included. On a cluster the
     /// client also opens connections by itself; the tier notices each as it opens, and the
     /// check catches one that is put in use later than expected. Until it does,
     /// invalidations from that node can be missed: this bounds how long.
@@ -387,9 +388,8 @@ where
             pubsub: AtomicBool::new(self.invalidations == Invalidations::PubSub),
         });
         // First attempt inline, so a tier built against a live Redis starts tracked.
-        let sent = Instant::now();
         shared.try_enable_tracking().await;
-        tokio::spawn(keep_tracking(Arc::downgrade(&shared), sent));
+        tokio::spawn(keep_tracking(Arc::downgrade(&shared)));
         Ok(TieredCache { shared })
     }
 }
@@ -418,7 +418,9 @@ impl<K, V, S> TieredCache<K, V, MessagePack, S> {
     /// must answer at [`build`](TierBuilder::build), to hand out its slot map. Tracking is
     /// turned on at every node the client is connected to, and on every connection it opens
     /// later (after a failover, say): see [`tracking_check`](TierBuilder::tracking_check).
-    /// Needs Redis 6.2 or later (`CLIENT INFO`).
+    /// Needs Redis 6.2 or later (`CLIENT INFO`). Every write on a cluster also asks `CLIENT
+    /// GETREDIR` whether the connection that took it tracks; an ACL that refuses it costs
+    /// the write its L1 copy, never the write.
     pub fn cluster_builder(
         l1: Cache<K, V, S>,
         nodes: &[&str],
@@ -997,19 +999,22 @@ where
                 true
             }
             Ok(None) => {
-                self.drop_tracking();
+                let _: bool = self.drop_tracking();
                 true
             }
             Err(e) => e.answered(),
         }
     }
 
-    /// Drops tracking (invalidations may have been missed) and empties L1.
-    fn drop_tracking(&self) {
-        if self.coherence.lose_tracking() {
+    /// Drops tracking (invalidations may have been missed) and empties L1. Returns whether
+    /// tracking was on until now.
+    fn drop_tracking(&self) -> bool {
+        let was = self.coherence.lose_tracking();
+        if was {
             self.l1.clear();
             Counters::bump(&self.counters.l1_resets);
         }
+        was
     }
 }
 
@@ -1061,15 +1066,17 @@ enum L2Read<V> {
 ///
 /// A connection cut off with no socket error (a partition, a peer gone without a reset)
 /// fails every call but reports no disconnection, and the invalidations it should carry
-/// are held up. So tracking counts only while the heartbeat is answered: once no heartbeat
-/// sent in the last `untracked_l1_ttl` has been, tracking is dropped as for a
-/// disconnection (L1 emptied, fills get the untracked TTL) until Redis answers again. A
-/// stale value is then served for at most about `untracked_l1_ttl`, `tracking_check` and a
-/// call timeout: the staleness the untracked TTL already allows.
-///
-/// `heard` is when the heartbeat (or the call that turned tracking on) last answered was
-/// sent.
-async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>, mut heard: Instant)
+/// are held up. So tracking counts only while the heartbeat is answered: once heartbeats
+/// have gone unanswered for `untracked_l1_ttl`, counted from the first of them, tracking
+/// is dropped as for a disconnection (L1 emptied, fills get the untracked TTL) until Redis
+/// answers again. While they go unanswered the heartbeat runs at least four times per
+/// `untracked_l1_ttl`, so that a stall's end is seen in time. A stale value is then served
+/// for at most about `untracked_l1_ttl`, two `tracking_check`s and a call timeout (on a
+/// cluster whose client is opening connections, one call timeout more: the new ones are
+/// checked once they can be in place). A stall shorter than `untracked_l1_ttl` drops
+/// nothing, whatever `tracking_check` is (session 23's review: measured from the last
+/// answered heartbeat, a 300 ms stall dropped tracking under a 2 s `tracking_check`).
+async fn keep_tracking<K, V, C, S>(tier: Weak<Shared<K, V, C, S>>)
 where
     K: RedisKey + Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -1077,12 +1084,19 @@ where
     S: BuildHasher + Send + Sync + 'static,
 {
     let mut backoff = Duration::from_millis(10);
+    // When the first heartbeat of the current silence was sent (`None`: the last one was
+    // answered).
+    let mut silent_since: Option<Instant> = None;
     loop {
         let Some(shared) = tier.upgrade() else {
             return;
         };
         if shared.coherence.is_tracked() {
-            let (wake, check) = (shared.wake_tracker.clone(), shared.tracking_check);
+            let mut check = shared.tracking_check;
+            if silent_since.is_some() {
+                check = check.min(shared.untracked_l1_ttl / 4);
+            }
+            let wake = shared.wake_tracker.clone();
             drop(shared);
             // Woken: tracking was lost (the top of the loop sees it), a connection began
             // opening, or the tier is gone.
@@ -1102,10 +1116,12 @@ where
             if shared.coherence.is_tracked() {
                 let sent = Instant::now();
                 if shared.check_tracking().await {
-                    heard = sent;
-                } else if heard.elapsed() > shared.untracked_l1_ttl {
-                    Counters::bump(&shared.counters.silences);
-                    shared.drop_tracking();
+                    silent_since = None;
+                } else {
+                    let since = *silent_since.get_or_insert(sent);
+                    if since.elapsed() > shared.untracked_l1_ttl && shared.drop_tracking() {
+                        Counters::bump(&shared.counters.silences);
+                    }
                 }
             }
             continue;
@@ -1117,9 +1133,8 @@ where
             tokio::time::sleep(left).await;
             continue;
         }
-        let sent = Instant::now();
         if shared.try_enable_tracking().await {
-            heard = sent;
+            silent_since = None;
             backoff = Duration::from_millis(10);
             continue;
         }
