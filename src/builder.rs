@@ -66,6 +66,9 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     listener: Option<Listener<K, V>>,
     /// Most entries per shard: `SHARD_ENTRY_LIMIT`, lowered only by tests.
     shard_entry_limit: usize,
+    /// Bytes each entry keeps outside the engine's cell that the weigher does not see (a
+    /// loading cache's shared allocation of the value it wraps): charged in byte mode.
+    out_of_line: u64,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -92,6 +95,7 @@ impl<K, V> CacheBuilder<K, V> {
             clock: None,
             listener: None,
             shard_entry_limit: SHARD_ENTRY_LIMIT,
+            out_of_line: 0,
             _types: PhantomData,
         }
     }
@@ -100,7 +104,15 @@ impl<K, V> CacheBuilder<K, V> {
 impl<K, V, S> CacheBuilder<K, V, S> {
     /// The same settings for a cache of `W`, each holding a `V` that `project` reaches: the
     /// weigher and listener see the `V`. For caches that wrap values (loading caches).
-    pub(crate) fn map_values<W: 'static>(self, project: fn(&W) -> &V) -> CacheBuilder<K, W, S>
+    /// `out_of_line` is what each `W` keeps beyond its own inline size that the weigher
+    /// does not count (the wrapper's allocation, the `V` inside it included): byte mode
+    /// charges it to every entry (session 23's review: a loading cache of 4 KiB arrays under
+    /// a 1 MiB budget held 8 MB of them, charged 168 KB).
+    pub(crate) fn map_values<W: 'static>(
+        self,
+        project: fn(&W) -> &V,
+        out_of_line: u64,
+    ) -> CacheBuilder<K, W, S>
     where
         K: 'static,
         V: 'static,
@@ -121,6 +133,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             clock: self.clock,
             listener,
             shard_entry_limit: self.shard_entry_limit,
+            out_of_line: self.out_of_line.saturating_add(out_of_line),
             _types: PhantomData,
         }
     }
@@ -173,6 +186,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// and larder's per-entry metadata (about 68 bytes plus `size_of::<K>() +
     /// size_of::<V>()`), and the sum stays within `n` at rest (see the crate docs for the
     /// overshoot bound under concurrency). Without a weigher, only the fixed part is charged.
+    /// A [`LoadingCache`](crate::patterns::LoadingCache) keeps each value in a shared
+    /// allocation of its own (with its load time), whose size is charged too.
     ///
     /// Entries are stored in chunks of memory the cache reuses and frees only when it is
     /// dropped: after a [`clear`](Cache::clear) or a wave of expirations it keeps the room
@@ -239,6 +254,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             clock: self.clock,
             listener: self.listener,
             shard_entry_limit: self.shard_entry_limit,
+            out_of_line: self.out_of_line,
             _types: PhantomData,
         }
     }
@@ -275,6 +291,8 @@ where
     /// large or (in bytes) below one entry's overhead, a weigher was set without `max_bytes`, or `shards` is not a power of two in
     /// `1..=MAX_SHARDS`.
     pub fn build(self) -> Result<Cache<K, V, S>, BuildError> {
+        // What byte mode charges each entry beyond its weigher's figure.
+        let overhead = crate::raw::entry_overhead::<K, V>().saturating_add(self.out_of_line);
         let (budget, weigher) = match (self.max_entries, self.max_bytes) {
             (None, None) => return Err(BuildError::NoCapacity),
             (Some(_), Some(_)) => return Err(BuildError::BothCapacities),
@@ -289,10 +307,10 @@ where
                 return Err(BuildError::CapacityTooLarge { requested: n })
             }
             (Some(n), None) => (n, None),
-            (None, Some(n)) if n < crate::raw::entry_overhead::<K, V>() => {
+            (None, Some(n)) if n < overhead => {
                 return Err(BuildError::BelowOneEntry {
                     max_bytes: n,
-                    entry_overhead: crate::raw::entry_overhead::<K, V>(),
+                    entry_overhead: overhead,
                 })
             }
             (None, Some(n)) => {
@@ -303,7 +321,7 @@ where
         // In byte mode, guess entries from the smallest plausible entry.
         let expected_entries = match weigher {
             None => budget,
-            Some(_) => budget / crate::raw::entry_overhead::<K, V>().max(1),
+            Some(_) => budget / overhead.max(1),
         };
         let limit = self.shard_entry_limit as u64;
         let shards = match self.shards {
@@ -321,6 +339,7 @@ where
             budget,
             shards,
             weigher,
+            entry_overhead: overhead,
             default_ttl: self.default_ttl.map(duration_to_nanos),
             hasher: self.hasher,
             clock: self

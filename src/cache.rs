@@ -145,30 +145,34 @@ where
     }
 
     fn insert_inner(&self, key: K, value: V, ttl: Option<u64>) -> Result<(), InsertError<K, V>> {
+        // Weighed and checked before a load in flight is told of the write: an insert that
+        // is refused (too heavy) or whose weigher panics changes nothing, and must not keep
+        // that load's value out of the cache (session 23's review).
+        let weight = self.raw.weigh(&key, &value);
+        if let Err(kind) = self.admits(weight) {
+            return Err(InsertError { key, value, kind });
+        }
         self.loads.invalidate(|| self.raw.hash(&key), &key);
         let guard = crate::sync::pin();
         let mut out = self.raw.departures();
-        self.insert_pinned(key, value, ttl, &guard, &mut out)?;
+        self.raw.insert(key, value, weight, ttl, &guard, &mut out);
         self.raw.finish(out);
         Ok(())
     }
 
-    /// Inserts without settling what left the cache: the caller passes `out` to
-    /// `raw().finish` once it holds no lock of its own, since the listener runs there.
-    pub(crate) fn insert_pinned<'g>(
-        &self,
-        key: K,
-        value: V,
-        ttl: Option<u64>,
-        guard: &'g Guard,
-        out: &mut Departures<'g, K, V>,
-    ) -> Result<(), InsertError<K, V>> {
-        let weight = self.raw.weigh(&key, &value);
-        self.insert_weighed_pinned(key, value, weight, ttl, guard, out)
+    /// Whether an entry of `weight` (overhead included) fits the whole budget.
+    fn admits(&self, weight: u64) -> Result<(), InsertErrorKind> {
+        let budget = self.raw.budget();
+        if weight > budget {
+            return Err(InsertErrorKind::TooHeavy { weight, budget });
+        }
+        Ok(())
     }
 
-    /// [`Cache::insert_pinned`] with the weight already taken (`raw().weigh`), for a
-    /// caller that must weigh before it gives up the key.
+    /// Inserts an entry already weighed (`raw().weigh`, for a caller that must weigh
+    /// before it gives up the key) without settling what left the cache: the caller passes
+    /// `out` to `raw().finish` once it holds no lock of its own, since the listener runs
+    /// there.
     pub(crate) fn insert_weighed_pinned<'g>(
         &self,
         key: K,
@@ -178,13 +182,8 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> Result<(), InsertError<K, V>> {
-        let budget = self.raw.budget();
-        if weight > budget {
-            return Err(InsertError {
-                key,
-                value,
-                kind: InsertErrorKind::TooHeavy { weight, budget },
-            });
+        if let Err(kind) = self.admits(weight) {
+            return Err(InsertError { key, value, kind });
         }
         self.raw.insert(key, value, weight, ttl, guard, out);
         Ok(())

@@ -13,18 +13,8 @@ use std::time::Duration;
 
 use larder::{Cache, InsertErrorKind, ManualClock, RemovalCause};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+mod common;
+use common::Rng;
 
 type Heard = Arc<Mutex<Vec<(u32, u64, RemovalCause)>>>;
 

@@ -167,9 +167,14 @@ where
             _ => Duration::ZERO,
         };
         let fresh_for = ttl.map_or(u64::MAX, duration_to_nanos);
-        let mut inner = self
-            .cache
-            .map_values(|stamped: &Arc<Stamped<V>>| &stamped.value);
+        // The entry's cell holds the `Arc`; the stamped value and the `Arc`'s two counts
+        // live in an allocation of their own.
+        let shared_allocation =
+            std::mem::size_of::<Stamped<V>>() + 2 * std::mem::size_of::<usize>();
+        let mut inner = self.cache.map_values(
+            |stamped: &Arc<Stamped<V>>| &stamped.value,
+            shared_allocation as u64,
+        );
         if let Some(ttl) = ttl {
             inner = inner.default_ttl(ttl.saturating_add(grace));
         }

@@ -38,6 +38,9 @@ pub(crate) struct Config<K, V, S> {
     /// Weight of one entry: `None` in count mode (each weighs 1), else the weigher plus
     /// larder's per-entry overhead.
     pub(crate) weigher: Option<Weigher<K, V>>,
+    /// What byte mode adds to the weigher's figure: [`entry_overhead`], plus what a wrapped
+    /// value keeps out of line (see `CacheBuilder::map_values`).
+    pub(crate) entry_overhead: u64,
     pub(crate) default_ttl: Option<u64>,
     pub(crate) hasher: S,
     pub(crate) clock: Arc<dyn Clock>,
@@ -85,6 +88,8 @@ pub(crate) struct RawCache<K, V, S> {
     hasher: S,
     budget: Budget,
     weigher: Option<Weigher<K, V>>,
+    /// See [`Config::entry_overhead`].
+    entry_overhead: u64,
     default_ttl: Option<u64>,
     clock: Arc<dyn Clock>,
     listener: Option<Listener<K, V>>,
@@ -233,6 +238,7 @@ where
             hasher: config.hasher,
             budget,
             weigher: config.weigher,
+            entry_overhead: config.entry_overhead,
             default_ttl: config.default_ttl,
             clock: config.clock,
             listener: config.listener,
@@ -296,7 +302,7 @@ where
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u64 {
         match &self.weigher {
             None => 1,
-            Some(weigher) => weigher(key, value).saturating_add(entry_overhead::<K, V>()),
+            Some(weigher) => weigher(key, value).saturating_add(self.entry_overhead),
         }
     }
 
@@ -505,17 +511,24 @@ where
         out: &mut Departures<'g, K, V>,
     ) {
         let clock = || self.now();
-        while self.budget.is_over() {
+        // A shard picked by its weight's mirror may have been emptied meanwhile by another
+        // thread, as may the home shard: look again (the mirror is current now) before
+        // giving up, while another shard may still hold entries (session 23's review,
+        // argued from the code).
+        let mut fruitless = 0;
+        while self.budget.is_over() && fruitless <= self.shards.len() {
             let evicted = match self.heaviest_other(home) {
                 Some(victim) => {
                     victim.evict_one(clock, guard, out) || home.evict_one(clock, guard, out)
                 }
                 None => home.evict_one(clock, guard, out),
             };
-            if !evicted {
-                break;
+            if evicted {
+                fruitless = 0;
+                self.settle_weight(out);
+            } else {
+                fruitless += 1;
             }
-            self.settle_weight(out);
         }
     }
 

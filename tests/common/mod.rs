@@ -25,3 +25,21 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A xorshift generator: seeded, so random test runs repeat.
+#[allow(dead_code)] // Only the randomised checks use it.
+pub(crate) struct Rng(pub(crate) u64);
+
+#[allow(dead_code)]
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
