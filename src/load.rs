@@ -76,7 +76,21 @@ impl<V: Clone> Slot<V> {
             std::mem::take(&mut state.wakers)
         };
         self.ended.notify_all();
-        wakers.into_iter().flatten().for_each(Waker::wake);
+        // Every waiter is woken even if one's waker panics (an executor's bug): the first
+        // panic goes on once all are awake, unless this thread is already unwinding, where
+        // a second panic would abort (session 23's review: the waiters after it slept on).
+        let mut first_panic = None;
+        for waker in wakers.into_iter().flatten() {
+            let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+            if let Err(panic) = woken {
+                first_panic.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first_panic {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(panic);
+            }
+        }
     }
 
     /// What the load ended with, once it has.
@@ -183,6 +197,18 @@ struct InFlight<K, V> {
     /// read from the source before that change, goes to its callers but not to the cache
     /// (session 22's review: the load's value undid the change).
     invalidated: bool,
+    /// A write holding the key (write-through and its kin), not a load: callers that come
+    /// after it was invalidated still wait for it, since its value is what the store will
+    /// hold; an invalidated load they pass by (see [`step`]).
+    write: bool,
+}
+
+impl<K, V> InFlight<K, V> {
+    /// Whether a caller that finds its key missing from the cache waits for this load or
+    /// write rather than loading anew.
+    fn joinable(&self) -> bool {
+        self.write || !self.invalidated
+    }
 }
 
 /// One shard of loads in flight.
@@ -237,7 +263,10 @@ impl<K, V> Loads<K, V> {
         Q: Eq + ?Sized,
     {
         let mut table = lock(self.shard(hash));
-        if let Some(load) = table.find_mut(hash, |load| load.key.borrow() == key) {
+        // Loads already invalidated may linger beside the one callers join now.
+        if let Some(load) =
+            table.find_mut(hash, |load| !load.invalidated && load.key.borrow() == key)
+        {
             load.invalidated = true;
         }
     }
@@ -307,12 +336,15 @@ impl<K, V: Clone> Drop for Registration<'_, K, V> {
     }
 }
 
-/// Registers a load or write of `key` (absent from `table`, the locked shard of `loads`).
+/// Registers a load or (`write`) a write of `key`, which no caller of `table` (the locked
+/// shard of `loads`) would join now: none is registered, or only loads a plain write
+/// invalidated.
 fn register<'a, K, V: Clone>(
     loads: &'a Loads<K, V>,
     table: &mut HashTable<InFlight<K, V>>,
     hash: u64,
     key: K,
+    write: bool,
 ) -> Registration<'a, K, V> {
     let slot = Arc::new(Slot::new());
     let in_flight = InFlight {
@@ -320,6 +352,7 @@ fn register<'a, K, V: Clone>(
         key,
         slot: Arc::clone(&slot),
         invalidated: false,
+        write,
     };
     table.insert_unique(hash, in_flight, |load| load.hash);
     loads.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -349,7 +382,7 @@ where
     if let Some(load) = table.find(hash, |load| load.key == *key) {
         return Claim::Busy(Arc::clone(&load.slot));
     }
-    Claim::Held(register(loads, &mut table, hash, key.clone()))
+    Claim::Held(register(loads, &mut table, hash, key.clone(), true))
 }
 
 /// Ends a write holding its key's registration: `Some(value)` is cached and handed to the
@@ -383,14 +416,22 @@ where
     // registration or the key gone. The listener runs after the lock is released.
     let guard = crate::sync::pin();
     let mut departed = cache.raw().departures();
-    {
+    let key = {
         let mut table = lock(registration.loads.shard(registration.hash));
-        let key = registration.unregister(&mut table);
-        cache.raw().remove(&key, &guard, &mut departed);
-    }
+        let (key, invalidated) = registration.unregister_marked(&mut table);
+        // A plain write of the key came meanwhile, as for `publish`: what it left stays
+        // (session 23's review: a load whose value's `Clone` panicked removed it).
+        if !invalidated {
+            cache.raw().remove(&key, &guard, &mut departed);
+        }
+        key
+    };
     // Waiters look again: the key is gone, so one of them loads it.
     registration.end(Outcome::Abandoned);
     cache.raw().finish(departed);
+    // Last, outside the lock: its `Drop` may panic, and the weight of what left must be
+    // settled first (session 23's review: a panicking key left it on the budget for good).
+    drop(key);
 }
 
 /// Runs `write` with exclusive hold of `key` against every load and write of it through
@@ -495,10 +536,13 @@ where
     if let Some(value) = cache.peek(&key) {
         return Step::Cached(value);
     }
-    if let Some(load) = table.find(hash, |load| load.key == key) {
+    // A load that a plain `remove` or `clear` invalidated may have read the source before
+    // that change: a caller that came after it loads anew (session 23's review: it got the
+    // old value, after `remove` had returned).
+    if let Some(load) = table.find(hash, |load| load.joinable() && load.key == key) {
         return Step::Wait(Arc::clone(&load.slot), key);
     }
-    Step::Lead(register(loads, &mut table, hash, key))
+    Step::Lead(register(loads, &mut table, hash, key, false))
 }
 
 /// Publishes the loader's value: unregisters, caches it and hands it to the waiters.
@@ -531,7 +575,10 @@ where
     // either the registration or the cached value, so loads of one key never run twice.
     // The listener runs after the lock is released (`finish`), so it may use this cache.
     let mut departed = cache.raw().departures();
+    // What is dropped only once the waiters are released and the weight settled: user
+    // `Drop` code may panic (session 23's review: a refused value's panic skipped both).
     let mut invalidated_key = None;
+    let mut refused_entry = None;
     'publish: {
         let mut table = lock(registration.loads.shard(registration.hash));
         let (key, invalidated) = registration.unregister_marked(&mut table);
@@ -561,11 +608,13 @@ where
             // Too heavy to cache: still handed to this caller and its waiters, and an older
             // cached value of the key (a write replacing it) must not stay behind.
             cache.raw().remove(&refused.key, &guard, &mut departed);
+            refused_entry = Some(refused);
         }
     }
     registration.end(Outcome::Done(for_waiters));
-    drop(invalidated_key);
     cache.raw().finish(departed);
+    drop(invalidated_key);
+    drop(refused_entry);
     for_caller
 }
 

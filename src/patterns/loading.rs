@@ -444,7 +444,8 @@ where
         if now < stamped.fresh_until {
             if let Refresh::Early { beta } = shared.refresh {
                 if shared.early_refresh_due(&stamped, now, beta) && stamped.claim(now) {
-                    return Ok(self.refresh_async(key, &stamped).await);
+                    let refreshed = self.refresh_async(key, &stamped).await;
+                    return Ok(refreshed.unwrap_or_else(|| stamped.value.clone()));
                 }
             }
             return Ok(stamped.value.clone());
@@ -455,22 +456,27 @@ where
         if !matches!(shared.refresh, Refresh::StaleWhileRevalidate { .. }) {
             return Ok(stamped.value.clone());
         }
-        shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+        // The reader that refreshes waits for the refresh, and is served stale only if it
+        // fails (session 23's review: it was counted stale while it got the new value).
         if stamped.claim(now) {
-            return Ok(self.refresh_async(key, &stamped).await);
+            if let Some(refreshed) = self.refresh_async(key, &stamped).await {
+                return Ok(refreshed);
+            }
         }
+        shared.counters.stale_served.fetch_add(1, Ordering::Relaxed);
         Ok(stamped.value.clone())
     }
 
-    /// The async form of `refresh_in_line`.
-    async fn refresh_async(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
+    /// The async form of `refresh_in_line`, giving the newer value if one came (`None`:
+    /// the refresh failed, or found the entry replaced without a value for it).
+    async fn refresh_async(&self, key: &K, current: &Arc<Stamped<V>>) -> Option<V> {
         let shared = &self.shared;
         // Also when this future is dropped mid-refresh (cancelled).
         let _release = Release(&current.refreshing);
         let attempt = std::sync::Mutex::new(Attempt::new(current, &*shared.clock));
         let attempt_ref = &attempt;
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-        let newest = std::sync::Mutex::new(current.value.clone());
+        let newest = std::sync::Mutex::new(None);
         let newest_ref = &newest;
         let succeeded = || {
             attempt_ref
@@ -485,7 +491,7 @@ where
             }
             let fresh = shared.refreshed(shared.load_async(&key).await)?;
             succeeded();
-            *newest_ref.lock().unwrap_or_else(|e| e.into_inner()) = fresh.value.clone();
+            *newest_ref.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.value.clone());
             Ok(Some(fresh))
         };
         let _ = shared
