@@ -280,7 +280,8 @@ where
     /// An [`insert`](Self::insert), [`remove`](Self::remove) or [`clear`](Self::clear) of
     /// the key while `load` runs wins: the load's value, which may have been read from the
     /// source before that change, goes to this caller and its waiters but is not cached
-    /// (until session 22 it was, undoing the change: cache-aside's race).
+    /// (until session 22 it was, undoing the change: cache-aside's race). A caller that
+    /// comes after the change does not wait for that load: it loads anew.
     ///
     /// ```
     /// let cache = larder::Cache::<u64, u64>::builder().max_entries(100).build().unwrap();
