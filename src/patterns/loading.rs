@@ -30,9 +30,11 @@ pub enum Refresh {
     /// while exactly one refresh runs in the background. A failed refresh keeps the stale
     /// value until the grace period ends; then the entry is gone and the next caller loads.
     ///
-    /// Under either policy, a value whose refresh failed (the loader erred or panicked) is
-    /// not refreshed again for 10 ms, a wait that doubles with each failure in a row up to
-    /// 1 s, so a database that is down is not asked again at every read of a hot key.
+    /// Under either policy, a value whose refresh failed (the loader erred or panicked, or
+    /// the future of an async refresh was dropped before it ended) is not refreshed again
+    /// for 10 ms, a wait that doubles with each failure in a row up to 1 s, so a database
+    /// that is down is not asked again at every read of a hot key. Only the loader's errors
+    /// count in [`LoadingStats::refresh_failures`].
     StaleWhileRevalidate {
         /// How long past its TTL an entry may be served.
         grace: Duration,
