@@ -62,6 +62,9 @@
 //! reaches the caller of the call that ran it, and leaves the cache consistent and every other
 //! entry in place; a panic in a key's or value's `Drop` is contained where larder drops
 //! entries (it would otherwise unwind through the epoch collector on some unrelated thread).
+//! Keys and values larder drops on the caller's thread without caching them (a single-flight
+//! load's key, a value refused as too heavy) are dropped last, once the cache is settled:
+//! their `Drop`'s panic reaches the caller and leaves the cache consistent.
 //! Keys whose `Hash` and `Eq` disagree cannot be found again but corrupt nothing. The default
 //! hasher is seeded at random per cache, so keys chosen to collide under a known hash do not
 //! slow it down; a fixed [`CacheBuilder::hasher`] gives that up. The README's "Bad input"

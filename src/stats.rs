@@ -19,7 +19,8 @@ use crate::policy::shift::GhostCounts;
 /// Counters are summed across stripes and shards without a lock, so a snapshot taken while
 /// other threads work may be a few operations stale; at rest the figures add up exactly: every
 /// insert of a new key ends as a live entry, an eviction, an expiration or a removal, so
-/// `inserts == entries + evictions + expirations + removals` (`clear` counts as removals;
+/// `inserts == entries + evictions + expirations + removals` (`clear` and `remove` count as
+/// removals, except for entries already past their TTL, which count as expirations;
 /// `updates` replace a value without starting a new entry).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -28,11 +29,12 @@ pub struct Stats {
     pub hits: u64,
     /// Reads that found nothing, or only an expired entry.
     pub misses: u64,
-    /// Inserts of a key that was not present.
+    /// Inserts of a key that had no live entry (an expired one it replaces counts as an
+    /// expiration).
     pub inserts: u64,
-    /// Inserts over a present key (the old value was replaced).
+    /// Inserts over a live entry of the key (the old value was replaced).
     pub updates: u64,
-    /// Entries taken out by `remove` or `clear`.
+    /// Live entries taken out by `remove` or `clear` (expired ones count as expirations).
     pub removals: u64,
     /// Entries evicted to stay within the budget, rejected candidates included.
     pub evictions: u64,

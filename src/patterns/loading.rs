@@ -33,8 +33,8 @@ pub enum Refresh {
     /// Under either policy, a value whose refresh failed (the loader erred or panicked, or
     /// the future of an async refresh was dropped before it ended) is not refreshed again
     /// for 10 ms, a wait that doubles with each failure in a row up to 1 s, so a database
-    /// that is down is not asked again at every read of a hot key. Only the loader's errors
-    /// count in [`LoadingStats::refresh_failures`].
+    /// that is down is not asked again at every read of a hot key. The loader's errors and
+    /// panics count in [`LoadingStats::refresh_failures`]; a cancelled refresh does not.
     StaleWhileRevalidate {
         /// How long past its TTL an entry may be served.
         grace: Duration,
@@ -81,7 +81,7 @@ pub struct LoadingStats {
     pub loads: u64,
     /// Refreshes started (early or stale-while-revalidate).
     pub refreshes: u64,
-    /// Refreshes whose loader failed (the old value stayed).
+    /// Refreshes whose loader erred or panicked (the old value stayed).
     pub refresh_failures: u64,
     /// Reads answered with a stale value during the grace period.
     pub stale_served: u64,
@@ -326,6 +326,12 @@ where
     /// # Errors
     /// The loader's error on a miss (nothing cached). A failed refresh is not an error:
     /// the current value is returned and the failure counted.
+    ///
+    /// # Panics
+    /// If the loader panics in a load this call runs: on a miss, or in an early refresh
+    /// ([`Refresh::Early`] runs it in line, on the reader that draws it; the old value
+    /// stays cached). A stale-while-revalidate refresh runs on a thread of its own, whose
+    /// panic no reader sees.
     pub fn get(&self, key: &K) -> Result<V, E> {
         let shared = &self.shared;
         let Some(stamped) = shared.cache.get(key) else {
@@ -375,7 +381,7 @@ where
     fn refresh_in_line(&self, key: &K, current: &Arc<Stamped<V>>) -> V {
         let shared = &self.shared;
         let _release = Release(&current.refreshing);
-        let mut attempt = Attempt::new(current, &*shared.clock);
+        let mut attempt = Attempt::new(current, &*shared.clock, &shared.counters.refresh_failures);
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let mut newest = current.value.clone();
         // Exclusive against loads and other writes of the key.
@@ -475,7 +481,11 @@ where
         let shared = &self.shared;
         // Also when this future is dropped mid-refresh (cancelled).
         let _release = Release(&current.refreshing);
-        let attempt = std::sync::Mutex::new(Attempt::new(current, &*shared.clock));
+        let attempt = std::sync::Mutex::new(Attempt::new(
+            current,
+            &*shared.clock,
+            &shared.counters.refresh_failures,
+        ));
         let attempt_ref = &attempt;
         shared.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let newest = std::sync::Mutex::new(None);
@@ -561,14 +571,18 @@ impl<V> Stamped<V> {
 struct Attempt<'a, V> {
     stamped: &'a Stamped<V>,
     clock: &'a dyn Clock,
+    /// `LoadingStats::refresh_failures`: a loader's error is counted where it is seen
+    /// (`Shared::refreshed`), a panic here.
+    panics: &'a AtomicU64,
     failed: bool,
 }
 
 impl<'a, V> Attempt<'a, V> {
-    fn new(stamped: &'a Stamped<V>, clock: &'a dyn Clock) -> Self {
+    fn new(stamped: &'a Stamped<V>, clock: &'a dyn Clock, panics: &'a AtomicU64) -> Self {
         Self {
             stamped,
             clock,
+            panics,
             failed: true,
         }
     }
@@ -583,6 +597,11 @@ impl<V> Drop for Attempt<'_, V> {
     fn drop(&mut self) {
         if !self.failed {
             return;
+        }
+        if std::thread::panicking() {
+            // A cancelled refresh is no failure of the loader (session 23's review: a
+            // panicking one went uncounted).
+            self.panics.fetch_add(1, Ordering::Relaxed);
         }
         let failures = self.stamped.failures.fetch_add(1, Ordering::Relaxed);
         let wait = REFRESH_RETRY_FIRST

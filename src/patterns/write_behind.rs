@@ -98,8 +98,11 @@ impl WriteBehindBuilder {
         self
     }
 
-    /// Most distinct keys waiting (default 65,536). Writes to a key already waiting replace
-    /// its value and need no room.
+    /// Most distinct keys waiting in the queue (default 65,536). Writes to a key already
+    /// waiting replace its value and need no room. The batch being written (up to
+    /// [`batch_size`](Self::batch_size) keys) has left the queue and does not count, so up
+    /// to `capacity + batch_size` keys can be unwritten at once (all of them counted in
+    /// `WriteBehindStats::pending`).
     pub fn capacity(mut self, n: usize) -> Self {
         self.capacity = n.max(1);
         self
