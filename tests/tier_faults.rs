@@ -231,14 +231,24 @@ async fn a_read_begun_after_the_invalidation_gets_the_new_value() {
 
 /// A TCP proxy that can hold its traffic back (a network partition between the tier and
 /// Redis: the connection stays open and nothing gets through either way, until the
-/// partition heals and TCP delivers what waited, in order), or hold back the next `PING`
-/// (the tier's heartbeat) for a while (from session 23's review).
+/// partition heals and TCP delivers what waited, in order), hold back the next `PING` (the
+/// tier's heartbeat) for a while, or cut the connection in the middle of the next write
+/// that announces itself with `PUBLISH` (all from session 23's reviews).
 struct Proxy {
     port: u16,
-    held: Arc<AtomicBool>,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    held: AtomicBool,
     /// Milliseconds to hold the next `PING` for (0: none armed).
-    ping_stall: Arc<AtomicU64>,
-    pings_stalled: Arc<AtomicU64>,
+    ping_stall: AtomicU64,
+    pings_stalled: AtomicU64,
+    /// Armed: the next chunk sent to Redis that holds `PUBLISH` goes only up to it, and the
+    /// connection is closed.
+    cut_at_publish: AtomicBool,
+    cuts: AtomicU64,
 }
 
 impl Proxy {
@@ -246,17 +256,8 @@ impl Proxy {
         use std::io::{Read, Write};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxy = Self {
-            port,
-            held: Arc::default(),
-            ping_stall: Arc::default(),
-            pings_stalled: Arc::default(),
-        };
-        let (held, ping_stall, pings_stalled) = (
-            proxy.held.clone(),
-            proxy.ping_stall.clone(),
-            proxy.pings_stalled.clone(),
-        );
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -271,8 +272,7 @@ impl Proxy {
                 .enumerate()
                 .map(|(i, ends)| (i == 0, ends))
                 {
-                    let (held, ping_stall, pings_stalled) =
-                        (held.clone(), ping_stall.clone(), pings_stalled.clone());
+                    let state = shared.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         loop {
@@ -280,17 +280,28 @@ impl Proxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            while held.load(Ordering::SeqCst) {
+                            while state.held.load(Ordering::SeqCst) {
                                 std::thread::sleep(Duration::from_millis(1));
                             }
-                            if to_server && buf[..n].windows(4).any(|w| w == b"PING") {
-                                let stall = ping_stall.swap(0, Ordering::SeqCst);
+                            let chunk = &buf[..n];
+                            if to_server && chunk.windows(4).any(|w| w == b"PING") {
+                                let stall = state.ping_stall.swap(0, Ordering::SeqCst);
                                 if stall > 0 {
                                     std::thread::sleep(Duration::from_millis(stall));
-                                    pings_stalled.fetch_add(1, Ordering::SeqCst);
+                                    state.pings_stalled.fetch_add(1, Ordering::SeqCst);
                                 }
                             }
-                            if to.write_all(&buf[..n]).is_err() {
+                            let publish = chunk.windows(7).position(|w| w == b"PUBLISH");
+                            if let (true, Some(at)) = (to_server, publish) {
+                                if state.cut_at_publish.swap(false, Ordering::SeqCst) {
+                                    let _ = to.write_all(&chunk[..at]);
+                                    state.cuts.fetch_add(1, Ordering::SeqCst);
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    let _ = from.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                            }
+                            if to.write_all(chunk).is_err() {
                                 return;
                             }
                         }
@@ -298,7 +309,7 @@ impl Proxy {
                 }
             }
         });
-        proxy
+        Self { port, state }
     }
 
     fn url(&self) -> String {
@@ -306,16 +317,23 @@ impl Proxy {
     }
 
     fn hold(&self, hold: bool) {
-        self.held.store(hold, Ordering::SeqCst);
+        self.state.held.store(hold, Ordering::SeqCst);
+    }
+
+    /// Cuts the connection that sends the next write with a `PUBLISH` in it, just before
+    /// the `PUBLISH`.
+    fn cut_at_next_publish(&self) {
+        self.state.cut_at_publish.store(true, Ordering::SeqCst);
     }
 
     /// Holds the next `PING` for `stall`, and returns once it has gone through.
     async fn stall_next_ping(&self, stall: Duration) {
-        let before = self.pings_stalled.load(Ordering::SeqCst);
-        self.ping_stall
+        let before = self.state.pings_stalled.load(Ordering::SeqCst);
+        self.state
+            .ping_stall
             .store(stall.as_millis() as u64, Ordering::SeqCst);
         wait_until(Duration::from_secs(10), || {
-            self.pings_stalled.load(Ordering::SeqCst) > before
+            self.state.pings_stalled.load(Ordering::SeqCst) > before
         })
         .await;
     }
@@ -484,4 +502,88 @@ async fn a_redis_busy_past_the_untracked_ttl_still_answers_and_keeps_l1() {
     let stats = b.stats();
     assert!(stats.silences == 0 && stats.l1_resets == 0, "{stats:?}");
     assert!(b.is_tracked() && b.l1().contains_key(&1));
+}
+
+fn redis_get(server: &Server, key: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query(&mut server.client())
+        .unwrap();
+    bytes.map(|b| rmp_serde::from_slice(&b).unwrap())
+}
+
+/// Session 23's review: in pub/sub mode a tier's write and its `PUBLISH` went as a plain
+/// pipeline, so a connection lost between the two (reset, killed, a proxy failing over)
+/// left Redis with the write and no tier told of it: the other tiers served the old value
+/// from L1 for its whole TTL (5 min by default). Now the write and its notice are one
+/// script: Redis applies both or neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_a_write_cut_off_before_its_publish_leaves_no_tier_stale() {
+    let server = Server::start();
+    let proxy = Proxy::start(server.port);
+    let url = proxy.url();
+    let a = tier_with(&url, Invalidations::PubSub, Duration::from_secs(300)).await;
+    let b = tier_with(
+        &server.url(),
+        Invalidations::PubSub,
+        Duration::from_secs(300),
+    )
+    .await;
+    assert!(a.is_tracked() && b.is_tracked());
+    assert_eq!(b.get_or_load(1, load("old")).await.unwrap(), "old");
+    assert_eq!(b.get_or_load(2, load("old")).await.unwrap(), "old");
+    proxy.cut_at_next_publish();
+    let written = a.insert(1, "new".to_string()).await;
+    assert_eq!(proxy.state.cuts.load(Ordering::SeqCst), 1, "{written:?}");
+    wait_until(Duration::from_secs(10), || a.is_tracked()).await;
+    proxy.cut_at_next_publish();
+    let deleted = a.invalidate(&2).await;
+    assert_eq!(proxy.state.cuts.load(Ordering::SeqCst), 2, "{deleted:?}");
+    let (one_in_redis, two_in_redis) = (redis_get(&server, "t:1"), redis_get(&server, "t:2"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (one, two) = (b.l1().get(&1), b.l1().get(&2));
+    assert!(
+        one.as_ref()
+            .map_or(true, |one| Some(one) == one_in_redis.as_ref())
+            && two
+                .as_ref()
+                .map_or(true, |two| Some(two) == two_in_redis.as_ref()),
+        "1 s after the writes (insert {written:?}, invalidate {deleted:?}), B's L1 holds \
+         key 1 = {one:?} (Redis: {one_in_redis:?}) and key 2 = {two:?} (Redis: {two_in_redis:?})"
+    );
+}
+
+/// Where scripts are refused (an ACL without `eval`), pub/sub writes fall back to the
+/// pipeline: the write still succeeds and the other tiers still hear of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_writes_without_scripts_still_reach_the_other_tiers() {
+    let server = Server::start();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-eval")
+        .query(&mut server.client())
+        .unwrap();
+    let a = tier_with(
+        &server.url(),
+        Invalidations::PubSub,
+        Duration::from_secs(300),
+    )
+    .await;
+    let b = tier_with(
+        &server.url(),
+        Invalidations::PubSub,
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_eq!(b.get_or_load(1, load("old")).await.unwrap(), "old");
+    assert_eq!(b.get_or_load(2, load("old")).await.unwrap(), "old");
+    a.insert(1, "new".to_string()).await.unwrap();
+    a.invalidate(&2).await.unwrap();
+    wait_until(Duration::from_secs(5), || {
+        !b.l1().contains_key(&1) && !b.l1().contains_key(&2)
+    })
+    .await;
+    assert_eq!(b.get(&1).await.as_deref(), Some("new"));
+    assert_eq!(a.stats().l2_errors, 0, "{:?}", a.stats());
 }

@@ -107,10 +107,15 @@ async fn setup() -> Setup {
     let b = Node::start(&dir);
     let _: () = a.cmd(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
     let _: () = a.cmd(&["CLUSTER", "MEET", "127.0.0.1", &b.0.to_string()]);
+    // Both nodes must see the cluster up: A answered `CLUSTERDOWN` to the setup's SET while
+    // only B was checked, with five such setups running at once on a loaded machine.
     wait(|| {
-        let info: String = b.cmd(&["CLUSTER", "INFO"]);
+        let ok = |node: &Node| {
+            let info: String = node.cmd(&["CLUSTER", "INFO"]);
+            info.contains("cluster_state:ok")
+        };
         let nodes: String = a.cmd(&["CLUSTER", "NODES"]);
-        info.contains("cluster_state:ok") && nodes.lines().count() == 2
+        ok(&a) && ok(&b) && nodes.lines().count() == 2
     });
     let l1 = Cache::builder().max_entries(1000).build().unwrap();
     let url = format!("redis://127.0.0.1:{}", a.0);

@@ -2,6 +2,7 @@
 //! cluster (whose client routes each key to its slot's master), every call bounded by a
 //! timeout and gated by the circuit breaker.
 
+use crate::sync::{AtomicBool, Ordering};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -154,10 +155,56 @@ fn expiry_millis(ttl: Duration) -> Option<u64> {
 /// A message for other tiers: the channel, and what to publish on it.
 pub(crate) type Notice = (Vec<u8>, Vec<u8>);
 
-fn announce(pipe: &mut Pipeline, notice: Option<&Notice>) {
-    if let Some((channel, message)) = notice {
-        pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+/// Whether Redis refused a command for good: it is unknown (renamed away, or a proxy that
+/// lacks it) or the user may not run it.
+pub(crate) fn refused_for_good(e: &RedisError) -> bool {
+    // Matched on the text: inside a pipeline the error carries the failures of each
+    // command, with no detail of its own.
+    let text = e.to_string();
+    e.code() == Some("NOPERM")
+        || text.contains("NOPERM")
+        || text.contains("unknown command")
+        || text.contains("unknown subcommand")
+}
+
+/// A write of one key (`KEYS[1]`: the command after the notice in `ARGV`) and its notice to
+/// the other tiers (`ARGV[1]` channel, `ARGV[2]` message), as one script: Redis runs both
+/// or neither. As a pipeline of two commands, a connection lost between them left the write
+/// applied and no tier told (session 23's review).
+const WRITE_AND_ANNOUNCE: &str = "redis.call(ARGV[3], KEYS[1], unpack(ARGV, 4)) \
+     redis.call('PUBLISH', ARGV[1], ARGV[2])";
+
+/// `command` (`SET` or `DEL` of `key`, then `args`) with `notice`: one script where Redis
+/// runs them, else (scripts refused) a pipeline.
+fn announced(
+    scripts: bool,
+    command: &str,
+    key: &[u8],
+    args: &[&[u8]],
+    notice: Option<&Notice>,
+) -> Pipeline {
+    let mut pipe = redis::pipe();
+    match notice {
+        Some((channel, message)) if scripts => {
+            let eval = pipe.cmd("EVAL").arg(WRITE_AND_ANNOUNCE).arg(1).arg(key);
+            eval.arg(channel).arg(message).arg(command);
+            for arg in args {
+                eval.arg(*arg);
+            }
+            eval.ignore();
+        }
+        _ => {
+            let write = pipe.cmd(command).arg(key);
+            for arg in args {
+                write.arg(*arg);
+            }
+            write.ignore();
+            if let Some((channel, message)) = notice {
+                pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
+            }
+        }
     }
+    pipe
 }
 
 /// `SET key bytes [PX ttl] [NX]` (see [`expiry_millis`] for TTLs that mean no expiry).
@@ -204,6 +251,9 @@ pub(crate) struct L2 {
     breaker: Breaker,
     /// The most one call may take, connecting included.
     call_timeout: Duration,
+    /// Redis refused a script (`EVAL` renamed away, or not allowed): writes and their
+    /// notices go as a pipeline, which a lost connection can split.
+    scripts_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for L2 {
@@ -221,6 +271,7 @@ impl L2 {
             connection,
             breaker,
             call_timeout,
+            scripts_refused: AtomicBool::new(false),
         }
     }
 
@@ -390,13 +441,17 @@ impl L2 {
         notice: Option<&Notice>,
     ) -> Result<bool, L2Error> {
         let Connection::Cluster(_) = &self.connection else {
-            let mut pipe = redis::pipe();
-            pipe.add_command(set_command(key, bytes, ttl, only_if_absent))
-                .ignore();
-            announce(&mut pipe, notice);
+            let millis = expiry_millis(ttl).map(|millis| millis.to_string());
+            let mut args: Vec<&[u8]> = vec![bytes];
+            if let Some(millis) = &millis {
+                args.extend([&b"PX"[..], millis.as_bytes()]);
+            }
+            if only_if_absent {
+                args.push(b"NX");
+            }
             // One connection, tracked unless a disconnection said otherwise.
             return self
-                .call(|c| async move { query::<()>(c, &pipe).await })
+                .announced_write("SET", key, &args, notice)
                 .await
                 .map(|()| true);
         };
@@ -420,11 +475,32 @@ impl L2 {
 
     /// Deletes `key`, and publishes `notice` in the same round trip if given.
     pub(crate) async fn delete(&self, key: &[u8], notice: Option<&Notice>) -> Result<(), L2Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(key).ignore();
-        announce(&mut pipe, notice);
-        self.call(|c| async move { query::<()>(c, &pipe).await })
-            .await
+        self.announced_write("DEL", key, &[], notice).await
+    }
+
+    /// Runs `command` on `key` with `args`, and publishes `notice` with it if given (see
+    /// [`announced`]). A script refused for good is not tried again.
+    async fn announced_write(
+        &self,
+        command: &str,
+        key: &[u8],
+        args: &[&[u8]],
+        notice: Option<&Notice>,
+    ) -> Result<(), L2Error> {
+        let scripts = !self.scripts_refused.load(Ordering::Relaxed);
+        let pipe = announced(scripts, command, key, args, notice);
+        let written = self
+            .call(|c| async move { query::<()>(c, &pipe).await })
+            .await;
+        match written {
+            Err(L2Error::Failed(e)) if scripts && notice.is_some() && refused_for_good(&e) => {
+                self.scripts_refused.store(true, Ordering::Relaxed);
+                let pipe = announced(false, command, key, args, notice);
+                self.call(|c| async move { query::<()>(c, &pipe).await })
+                    .await
+            }
+            written => written,
+        }
     }
 
     /// Subscribes the connection to `channel` (RESP3: messages arrive as pushes). After a

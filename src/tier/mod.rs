@@ -214,7 +214,8 @@ impl<K, V, C, S> TierBuilder<K, V, C, S> {
     /// How often the tier sends its heartbeat while tracking (default 100 ms): a `PING`,
     /// and on a cluster a check that every connection the cluster client holds still
     /// tracks. Redis pushes invalidations in order with replies, so an answered heartbeat
-    /// vouches for every invalidation sent before it. A connection cut off without a socket
+    /// vouches that every invalidation sent before it has come in (the client hands it to
+    /// the tier moments later). A connection cut off without a socket
     /// error (a partition) reports no disconnection: once heartbeats have gone unanswered
     /// for [`untracked_l1_ttl`](Self::untracked_l1_ttl), the tier drops tracking as for a
     /// disconnection (L1 emptied, counted in [`TierStats::silences`]). On a cluster every
@@ -975,9 +976,10 @@ where
 
     /// The heartbeat: asks every connection that carries invalidations for a reply, and on
     /// a cluster whether it still tracks. Returns whether every one answered: Redis pushes
-    /// invalidations in order with replies on the same connection, and the client hands
-    /// pushes over as it reads them, so a reply means every invalidation sent before it
-    /// has been handled.
+    /// invalidations in order with replies on the same connection, so a reply means every
+    /// invalidation sent before it has come in. (It may not have been handled yet: a
+    /// single node's `ConnectionManager` hands pushes over through a task of its own,
+    /// moments later. A late invalidation still drops its key and voids racing fills.)
     ///
     /// A connection that does not track drops tracking as a disconnection would (L1
     /// emptied) so that the tracking task turns it on again. A check that failed or timed
@@ -1021,13 +1023,7 @@ where
 /// Whether Redis refused `CLIENT TRACKING` for good: the command is unknown (renamed away,
 /// or a proxy that lacks it) or the user may not run it.
 fn refuses_tracking(e: &redis::RedisError) -> bool {
-    // Matched on the text: inside a pipeline (tracking goes OFF then ON in one) the error
-    // carries the failures of each command, with no detail of its own.
-    let text = e.to_string();
-    e.code() == Some("NOPERM")
-        || text.contains("NOPERM")
-        || text.contains("unknown command")
-        || text.contains("unknown subcommand")
+    l2::refused_for_good(e)
 }
 
 /// The ticket of the read a caller's fill is built on, if this caller led the fill: the
