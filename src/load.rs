@@ -284,6 +284,14 @@ impl<K, V> Loads<K, V> {
     }
 }
 
+/// What an ended registration was.
+struct Unregistered {
+    /// A plain write of the key came while it ran.
+    invalidated: bool,
+    /// A write, not a load.
+    write: bool,
+}
+
 /// The loader's hold on its registration. Whatever way the loader leaves (value, error or
 /// panic anywhere, including in `Clone` or the weigher), dropping this unregisters the key if
 /// still registered and ends the slot as abandoned if it has not ended, so no waiter blocks
@@ -305,6 +313,12 @@ impl<K, V: Clone> Registration<'_, K, V> {
 
     /// [`Registration::unregister`], also saying whether a plain write invalidated the load.
     fn unregister_marked(&mut self, table: &mut HashTable<InFlight<K, V>>) -> (K, bool) {
+        let (key, load) = self.unregister_whole(table);
+        (key, load.invalidated)
+    }
+
+    /// [`Registration::unregister`], also giving what the registration was.
+    fn unregister_whole(&mut self, table: &mut HashTable<InFlight<K, V>>) -> (K, Unregistered) {
         let slot = &self.slot;
         let Ok(found) = table.find_entry(self.hash, |load| Arc::ptr_eq(&load.slot, slot)) else {
             unreachable!("a registered load stays registered until its loader ends")
@@ -312,7 +326,11 @@ impl<K, V: Clone> Registration<'_, K, V> {
         self.registered = false;
         self.loads.in_flight.fetch_sub(1, Ordering::SeqCst);
         let load = found.remove().0;
-        (load.key, load.invalidated)
+        let was = Unregistered {
+            invalidated: load.invalidated,
+            write: load.write,
+        };
+        (load.key, was)
     }
 
     fn end(&mut self, outcome: Outcome<V>) {
@@ -418,10 +436,12 @@ where
     let mut departed = cache.raw().departures();
     let key = {
         let mut table = lock(registration.loads.shard(registration.hash));
-        let (key, invalidated) = registration.unregister_marked(&mut table);
-        // A plain write of the key came meanwhile, as for `publish`: what it left stays
-        // (session 23's review: a load whose value's `Clone` panicked removed it).
-        if !invalidated {
+        let (key, was) = registration.unregister_whole(&mut table);
+        // A plain write of the key that came during a *load* stays, as for `publish`
+        // (session 23's review: a load whose value's `Clone` panicked removed it). A write's
+        // withdrawal removes the key whatever came meanwhile: its store may hold no value,
+        // or one this process could not clone, and a miss is always safe.
+        if !was.invalidated || was.write {
             cache.raw().remove(&key, &guard, &mut departed);
         }
         key

@@ -632,3 +632,61 @@ fn a_reader_after_a_remove_still_waits_for_a_write_in_flight() {
     );
     assert_eq!(wt.get(&1).unwrap(), Some(2));
 }
+
+/// The write side of the `Clone` case above: a write-through `remove` still removes the key
+/// when a plain `insert` came while its store call ran. Its store holds no value, and a
+/// miss is always safe, where keeping the plain insert's value would leave the cache
+/// holding what the store had just deleted.
+#[test]
+fn a_write_through_remove_withdraws_the_key_even_after_a_plain_insert_meanwhile() {
+    use larder::patterns::{Store, WriteThrough};
+    use std::collections::HashMap;
+    use std::sync::{mpsc, Mutex};
+    struct Gated {
+        map: Mutex<HashMap<u64, u64>>,
+        gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+    impl Store<u64, u64> for Gated {
+        type Error = std::convert::Infallible;
+        fn load(&self, key: &u64) -> Result<Option<u64>, Self::Error> {
+            Ok(self.map.lock().unwrap().get(key).copied())
+        }
+        fn store(&self, key: &u64, value: &u64) -> Result<(), Self::Error> {
+            self.map.lock().unwrap().insert(*key, *value);
+            Ok(())
+        }
+        fn delete(&self, key: &u64) -> Result<(), Self::Error> {
+            self.map.lock().unwrap().remove(key);
+            let gate = self.gate.lock().unwrap().take();
+            if let Some((started, go)) = gate {
+                started.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            Ok(())
+        }
+    }
+    let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
+    let store = Gated {
+        map: Mutex::new(HashMap::new()),
+        gate: Mutex::new(None),
+    };
+    let wt = WriteThrough::new(cache, store);
+    wt.insert(1, 1).unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    *wt.store().gate.lock().unwrap() = Some((started_tx, go_rx));
+    let remover = {
+        let wt = wt.clone();
+        std::thread::spawn(move || wt.remove(&1).unwrap())
+    };
+    started_rx.recv().unwrap();
+    wt.cache().insert(1, 9).unwrap();
+    go_tx.send(()).unwrap();
+    remover.join().unwrap();
+    assert_eq!(wt.store().load(&1).unwrap(), None);
+    assert_eq!(
+        wt.cache().get(&1),
+        None,
+        "the cache holds what the store deleted"
+    );
+}
