@@ -197,15 +197,17 @@ struct InFlight<K, V> {
     /// read from the source before that change, goes to its callers but not to the cache
     /// (session 22's review: the load's value undid the change).
     invalidated: bool,
-    /// A write holding the key (write-through and its kin), not a load: callers that come
-    /// after it was invalidated still wait for it, since its value is what the store will
-    /// hold; an invalidated load they pass by (see [`step`]).
+    /// A write holding the key (write-through and its kin), not a load. Callers that come
+    /// after it was invalidated wait for it to end, then look again: its value may be older
+    /// than the change that invalidated it (another writer's, in the store before a
+    /// cache-aside `remove`), and a load beside it could cache the store's value from
+    /// before it. An invalidated load they pass by (see [`step`]).
     write: bool,
 }
 
 impl<K, V> InFlight<K, V> {
     /// Whether a caller that finds its key missing from the cache waits for this load or
-    /// write rather than loading anew.
+    /// write (takes its value, or outlasts it: see `write`) rather than loading anew.
     fn joinable(&self) -> bool {
         self.write || !self.invalidated
     }
@@ -520,6 +522,8 @@ enum Step<'a, K, V: Clone> {
     /// Another caller is loading it: wait on the slot, then (if abandoned) look again with
     /// the key handed back.
     Wait(Arc<Slot<V>>, K),
+    /// An invalidated write holds the key: wait for it to end, then look again.
+    Outlast(Arc<Slot<V>>, K),
     /// This caller is the loader.
     Lead(Registration<'a, K, V>),
 }
@@ -560,6 +564,12 @@ where
     // that change: a caller that came after it loads anew (session 23's review: it got the
     // old value, after `remove` had returned).
     if let Some(load) = table.find(hash, |load| load.joinable() && load.key == key) {
+        // An invalidated write: its value may be older than the change that invalidated
+        // it (another writer's, made in the store before a cache-aside `remove`). Outlast
+        // it (a load beside it could cache the old value after it), then look again.
+        if load.invalidated {
+            return Step::Outlast(Arc::clone(&load.slot), key);
+        }
         return Step::Wait(Arc::clone(&load.slot), key);
     }
     Step::Lead(register(loads, &mut table, hash, key, false))
@@ -702,6 +712,16 @@ where
                     Ended::Absent | Ended::Abandoned => key = handed_back,
                 }
             }
+            Step::Outlast(slot, handed_back) => {
+                match deadline {
+                    None => drop(slot.wait()),
+                    Some(deadline) => drop(
+                        slot.wait_until(deadline)
+                            .map_err(|()| LoadError::TimedOut)?,
+                    ),
+                }
+                key = handed_back;
+            }
             Step::Lead(registration) => break registration,
         }
     };
@@ -767,6 +787,10 @@ where
                     // returns one: look again (and load) like after an abandon.
                     Ended::Absent | Ended::Abandoned => key = handed_back,
                 }
+            }
+            Step::Outlast(slot, handed_back) => {
+                drop(slot.wait_async().await);
+                key = handed_back;
             }
             Step::Lead(registration) => break registration,
         }

@@ -570,9 +570,9 @@ fn a_load_whose_clone_panics_does_not_remove_an_insert_made_during_it() {
 }
 
 /// The other side of the first two tests: a *write* in flight (a write-through storing v2)
-/// that a plain `remove` invalidated is still joined by a reader that comes after, since
-/// its value is what the store will hold. Loading anew instead would read the store before
-/// the write lands and cache v1 for good beside a store holding v2.
+/// that a plain `remove` invalidated is still waited for by a reader that comes after (it
+/// then looks again: `write_load_races.rs`). Loading beside it instead would read the store
+/// before the write lands and cache v1 for good beside a store holding v2.
 #[test]
 fn a_reader_after_a_remove_still_waits_for_a_write_in_flight() {
     use larder::patterns::{Store, WriteThrough};
