@@ -310,13 +310,7 @@ impl<K, V: Clone> Registration<'_, K, V> {
     /// Takes the registration out of `table` (its shard, locked by the caller) and returns
     /// its key.
     fn unregister(&mut self, table: &mut HashTable<InFlight<K, V>>) -> K {
-        self.unregister_marked(table).0
-    }
-
-    /// [`Registration::unregister`], also saying whether a plain write invalidated the load.
-    fn unregister_marked(&mut self, table: &mut HashTable<InFlight<K, V>>) -> (K, bool) {
-        let (key, load) = self.unregister_whole(table);
-        (key, load.invalidated)
+        self.unregister_whole(table).0
     }
 
     /// [`Registration::unregister`], also giving what the registration was.
@@ -611,8 +605,8 @@ where
     let mut refused_entry = None;
     'publish: {
         let mut table = lock(registration.loads.shard(registration.hash));
-        let (key, invalidated) = registration.unregister_marked(&mut table);
-        if invalidated {
+        let (key, was) = registration.unregister_whole(&mut table);
+        if was.invalidated {
             // Not cached; the key is dropped outside the lock (its `Drop` may panic).
             invalidated_key = Some(key);
             break 'publish;

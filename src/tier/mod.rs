@@ -946,7 +946,7 @@ where
                 // sharing it hears the same refusal and falls back alike. A transient error
                 // (too many clients, loading) is retried instead: a fleet where some tiers
                 // track and others listen would miss each other's writes.
-                Err(L2Error::Failed(e)) if refuses_tracking(&e) && !self.l2.is_cluster() => {
+                Err(L2Error::Failed(e)) if l2::refused_for_good(&e) && !self.l2.is_cluster() => {
                     self.pubsub.store(true, Ordering::SeqCst);
                     self.subscribe().await
                 }
@@ -1018,12 +1018,6 @@ where
         }
         was
     }
-}
-
-/// Whether Redis refused `CLIENT TRACKING` for good: the command is unknown (renamed away,
-/// or a proxy that lacks it) or the user may not run it.
-fn refuses_tracking(e: &redis::RedisError) -> bool {
-    l2::refused_for_good(e)
 }
 
 /// The ticket of the read a caller's fill is built on, if this caller led the fill: the
