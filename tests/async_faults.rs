@@ -433,9 +433,14 @@ fn checked_runtime_shutdown_releases_loads_in_flight() {
         .enable_time()
         .build()
         .unwrap();
+    // The leaders first, so that the waiters find their loads (spawned together, a waiter
+    // polled first led with its own ready loader: one CI run cached 1).
     for k in 0..8u64 {
         let c = cache.clone();
         rt.spawn(async move { c.get_or_insert_async(k, std::future::pending()).await });
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for k in 0..8u64 {
         let c = cache.clone();
         rt.spawn(async move { c.get_or_insert_async(k, async { 1 }).await });
     }
