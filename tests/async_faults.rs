@@ -574,48 +574,65 @@ fn a_load_whose_clone_panics_does_not_remove_an_insert_made_during_it() {
     );
 }
 
+/// A store whose next armed `store` (before the write lands) or `delete` (after it) waits
+/// for the test, the write-through holding its key meanwhile.
+struct Gated {
+    map: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    gate: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl Gated {
+    fn holding(entries: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        Self {
+            map: std::sync::Mutex::new(entries.into_iter().collect()),
+            gate: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Arms the gate: returns (started, go).
+    fn arm(&self) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        *self.gate.lock().unwrap() = Some((started_tx, go_rx));
+        (started_rx, go_tx)
+    }
+
+    fn pass(&self) {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((started, go)) = gate {
+            started.send(()).unwrap();
+            go.recv().unwrap();
+        }
+    }
+}
+
+impl larder::patterns::Store<u64, u64> for Gated {
+    type Error = std::convert::Infallible;
+    fn load(&self, key: &u64) -> Result<Option<u64>, Self::Error> {
+        Ok(self.map.lock().unwrap().get(key).copied())
+    }
+    fn store(&self, key: &u64, value: &u64) -> Result<(), Self::Error> {
+        self.pass();
+        self.map.lock().unwrap().insert(*key, *value);
+        Ok(())
+    }
+    fn delete(&self, key: &u64) -> Result<(), Self::Error> {
+        self.map.lock().unwrap().remove(key);
+        self.pass();
+        Ok(())
+    }
+}
+
 /// The other side of the first two tests: a *write* in flight (a write-through storing v2)
 /// that a plain `remove` invalidated is still waited for by a reader that comes after (it
 /// then looks again: `write_load_races.rs`). Loading beside it instead would read the store
 /// before the write lands and cache v1 for good beside a store holding v2.
 #[test]
 fn a_reader_after_a_remove_still_waits_for_a_write_in_flight() {
-    use larder::patterns::{Store, WriteThrough};
-    use std::collections::HashMap;
-    use std::sync::{mpsc, Mutex};
-    struct Gated {
-        map: Mutex<HashMap<u64, u64>>,
-        gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
-    }
-    impl Store<u64, u64> for Gated {
-        type Error = std::convert::Infallible;
-        fn load(&self, key: &u64) -> Result<Option<u64>, Self::Error> {
-            Ok(self.map.lock().unwrap().get(key).copied())
-        }
-        fn store(&self, key: &u64, value: &u64) -> Result<(), Self::Error> {
-            // Held before the write lands: the store still holds the old value meanwhile.
-            let gate = self.gate.lock().unwrap().take();
-            if let Some((started, go)) = gate {
-                started.send(()).unwrap();
-                go.recv().unwrap();
-            }
-            self.map.lock().unwrap().insert(*key, *value);
-            Ok(())
-        }
-        fn delete(&self, key: &u64) -> Result<(), Self::Error> {
-            self.map.lock().unwrap().remove(key);
-            Ok(())
-        }
-    }
+    use larder::patterns::WriteThrough;
     let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
-    let store = Gated {
-        map: Mutex::new(HashMap::from([(1, 1)])),
-        gate: Mutex::new(None),
-    };
-    let wt = WriteThrough::new(cache, store);
-    let (started_tx, started_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel();
-    *wt.store().gate.lock().unwrap() = Some((started_tx, go_rx));
+    let wt = WriteThrough::new(cache, Gated::holding([(1, 1)]));
+    let (started_rx, go_tx) = wt.store().arm();
     let writer = {
         let wt = wt.clone();
         std::thread::spawn(move || wt.insert(1, 2).unwrap())
@@ -644,42 +661,12 @@ fn a_reader_after_a_remove_still_waits_for_a_write_in_flight() {
 /// holding what the store had just deleted.
 #[test]
 fn a_write_through_remove_withdraws_the_key_even_after_a_plain_insert_meanwhile() {
-    use larder::patterns::{Store, WriteThrough};
-    use std::collections::HashMap;
-    use std::sync::{mpsc, Mutex};
-    struct Gated {
-        map: Mutex<HashMap<u64, u64>>,
-        gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
-    }
-    impl Store<u64, u64> for Gated {
-        type Error = std::convert::Infallible;
-        fn load(&self, key: &u64) -> Result<Option<u64>, Self::Error> {
-            Ok(self.map.lock().unwrap().get(key).copied())
-        }
-        fn store(&self, key: &u64, value: &u64) -> Result<(), Self::Error> {
-            self.map.lock().unwrap().insert(*key, *value);
-            Ok(())
-        }
-        fn delete(&self, key: &u64) -> Result<(), Self::Error> {
-            self.map.lock().unwrap().remove(key);
-            let gate = self.gate.lock().unwrap().take();
-            if let Some((started, go)) = gate {
-                started.send(()).unwrap();
-                go.recv().unwrap();
-            }
-            Ok(())
-        }
-    }
+    use larder::patterns::WriteThrough;
     let cache: Cache<u64, u64> = Cache::builder().max_entries(100).build().unwrap();
-    let store = Gated {
-        map: Mutex::new(HashMap::new()),
-        gate: Mutex::new(None),
-    };
-    let wt = WriteThrough::new(cache, store);
+    use larder::patterns::Store;
+    let wt = WriteThrough::new(cache, Gated::holding([]));
     wt.insert(1, 1).unwrap();
-    let (started_tx, started_rx) = mpsc::channel();
-    let (go_tx, go_rx) = mpsc::channel();
-    *wt.store().gate.lock().unwrap() = Some((started_tx, go_rx));
+    let (started_rx, go_tx) = wt.store().arm();
     let remover = {
         let wt = wt.clone();
         std::thread::spawn(move || wt.remove(&1).unwrap())
