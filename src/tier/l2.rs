@@ -207,19 +207,6 @@ fn announced(
     pipe
 }
 
-/// `SET key bytes [PX ttl] [NX]` (see [`expiry_millis`] for TTLs that mean no expiry).
-fn set_command(key: &[u8], bytes: &[u8], ttl: Duration, only_if_absent: bool) -> Cmd {
-    let mut set = redis::cmd("SET");
-    set.arg(key).arg(bytes);
-    if let Some(millis) = expiry_millis(ttl) {
-        set.arg("PX").arg(millis);
-    }
-    if only_if_absent {
-        set.arg("NX");
-    }
-    set
-}
-
 /// Runs `cmd` on every node the cluster client holds a connection to: the primaries, and
 /// the replicas once its slot map lists them (right after a cluster is created it may not,
 /// and a promoted replica is then covered by the opening watch and the periodic check).
@@ -440,15 +427,16 @@ impl L2 {
         only_if_absent: bool,
         notice: Option<&Notice>,
     ) -> Result<bool, L2Error> {
+        // `SET key bytes [PX ttl] [NX]` (see `expiry_millis` for TTLs that mean no expiry).
+        let millis = expiry_millis(ttl).map(|millis| millis.to_string());
+        let mut args: Vec<&[u8]> = vec![bytes];
+        if let Some(millis) = &millis {
+            args.extend([&b"PX"[..], millis.as_bytes()]);
+        }
+        if only_if_absent {
+            args.push(b"NX");
+        }
         let Connection::Cluster(_) = &self.connection else {
-            let millis = expiry_millis(ttl).map(|millis| millis.to_string());
-            let mut args: Vec<&[u8]> = vec![bytes];
-            if let Some(millis) = &millis {
-                args.extend([&b"PX"[..], millis.as_bytes()]);
-            }
-            if only_if_absent {
-                args.push(b"NX");
-            }
             // One connection, tracked unless a disconnection said otherwise.
             return self
                 .announced_write("SET", key, &args, notice)
@@ -459,7 +447,10 @@ impl L2 {
         // The SET's reply is read here, so that an error in GETREDIR's place does not fail a
         // write Redis took.
         let mut pipe = redis::pipe();
-        pipe.add_command(set_command(key, bytes, ttl, only_if_absent));
+        let set = pipe.cmd("SET").arg(key);
+        for arg in &args {
+            set.arg(*arg);
+        }
         // Keyless, so it runs wherever the pipeline lands, redirect included (`ASKING`
         // covers the first command only, and the others need none): -1 when that
         // connection does not track. An error instead (an ACL written before the tier
