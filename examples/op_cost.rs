@@ -21,7 +21,7 @@
 //! Usage: `op_cost CACHE WORKLOAD OPS [CAPACITY]` with CACHE `larder` or `quick_cache`,
 //! WORKLOAD `get-only`, `95-5`, `50-50`, `insert-only`, `update-only` or `new-only`, and
 //! CAPACITY in entries (default 100,000, the benchmark's; small caches cost more per
-//! operation, see the README's "Not done yet"). The last two workloads are not the
+//! operation, see the README's "Throughput"). The last two workloads are not the
 //! benchmark's. `update-only` draws its keys uniformly from half the capacity, all resident
 //! once warmed, so every operation replaces a value (a write without an eviction). `new-only`
 //! inserts a key never seen before each time, so every operation evicts (the write path's

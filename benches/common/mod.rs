@@ -24,7 +24,7 @@ pub(crate) const STREAM_LEN: usize = 1 << 20;
 pub(crate) const CAPACITY: usize = 100_000;
 
 /// The caches' capacity: [`CAPACITY`], or the `CAPACITY` environment variable's (small
-/// caches cost larder more per write, see the README's "Not done yet").
+/// caches cost larder more per write, see the README's "Throughput").
 pub(crate) fn capacity() -> usize {
     std::env::var("CAPACITY")
         .ok()
