@@ -25,7 +25,7 @@ use crate::Cache;
 pub use loading::{LoadingBuilder, LoadingCache, LoadingStats, Refresh};
 pub use store::Store;
 pub use write_behind::{
-    Backpressure, WriteBehind, WriteBehindBuilder, WriteBehindError, WriteBehindStats,
+    Backpressure, Unwritten, WriteBehind, WriteBehindBuilder, WriteBehindError, WriteBehindStats,
 };
 pub use write_through::WriteThrough;
 

@@ -43,6 +43,30 @@ impl<K, V> fmt::Display for WriteBehindError<K, V> {
 
 impl<K: fmt::Debug, V: fmt::Debug> std::error::Error for WriteBehindError<K, V> {}
 
+/// The writes a [`WriteBehind::close_within`] could not store in its time: each waiting key
+/// once, with its newest write (`None`: a delete), for the caller to keep elsewhere or
+/// replay later. They are still in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwritten<K, V> {
+    /// The keys' newest writes, the batch the store last failed (or was writing) first,
+    /// then the queue oldest first.
+    pub writes: Vec<(K, Option<V>)>,
+    /// The store's last error, if a batch failed.
+    pub last_error: Option<String>,
+}
+
+impl<K, V> fmt::Display for Unwritten<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} write-behind writes not stored", self.writes.len())?;
+        match &self.last_error {
+            Some(error) => write!(f, " (the store's last error: {error})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> std::error::Error for Unwritten<K, V> {}
+
 /// Counters of a [`WriteBehind`]'s background writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -177,6 +201,9 @@ struct Queue<K, V> {
     /// in queue order and complete in that order.
     taken: u64,
     closed: bool,
+    /// Set by `close_within`: past this instant the background thread takes no new batch
+    /// and stops retrying a failed one, leaving it in `in_flight`.
+    give_up_at: Option<Instant>,
     /// The background thread died (see [`StopOnUnwind`]): nothing queued will reach the
     /// store, so writers and flushes must not wait on it.
     stopped: bool,
@@ -193,6 +220,7 @@ impl<K, V> Default for Queue<K, V> {
             flushing: 0,
             taken: 0,
             closed: false,
+            give_up_at: None,
             stopped: false,
             stats: WriteBehindStats::default(),
         }
@@ -206,6 +234,28 @@ impl<K: Hash + Eq + Clone, V: Clone> Queue<K, V> {
             .get(key)
             .or_else(|| self.in_flight.get(key))
             .cloned()
+    }
+
+    /// Whether `close_within`'s time is up.
+    fn giving_up(&self) -> bool {
+        self.give_up_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Everything not stored, each key once with its newest write: the batch in flight's
+    /// keys that no later write replaced, then the queue in order. Empties both.
+    fn take_unwritten(&mut self) -> Vec<(K, Option<V>)> {
+        let mut writes: Vec<(K, Option<V>)> = self
+            .in_flight
+            .drain()
+            .filter(|(key, _)| !self.pending.contains_key(key))
+            .collect();
+        for key in self.order.drain(..) {
+            if let Some(value) = self.pending.remove(&key) {
+                writes.push((key, value));
+            }
+        }
+        self.oldest = None;
+        writes
     }
 }
 
@@ -281,7 +331,10 @@ where
     fn run(&self) {
         let _stop_on_unwind = StopOnUnwind(self);
         while let Some(batch) = self.next_batch() {
-            self.write(&batch);
+            if !self.write(&batch) {
+                // `close_within`'s time is up: the batch stays in `in_flight` for it.
+                return;
+            }
             let mut queue = self.lock();
             queue.in_flight.clear();
             queue.stats.written += batch.len() as u64;
@@ -294,6 +347,9 @@ where
     fn next_batch(&self) -> Option<Vec<(K, Option<V>)>> {
         let mut queue = self.lock();
         loop {
+            if queue.giving_up() {
+                return None;
+            }
             if let Some(oldest) = queue.oldest {
                 let age = oldest.elapsed();
                 // A full queue is due too, or writers blocked on it would wait the interval.
@@ -337,8 +393,9 @@ where
         Some(batch)
     }
 
-    /// Writes one batch, retrying with backoff until the store accepts it.
-    fn write(&self, batch: &[(K, Option<V>)]) {
+    /// Writes one batch, retrying with backoff until the store accepts it (true) or
+    /// `close_within`'s time is up (false).
+    fn write(&self, batch: &[(K, Option<V>)]) -> bool {
         let (stores, deletes): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, v)| v.is_some());
         let stores: Vec<(K, V)> = stores
             .into_iter()
@@ -364,7 +421,7 @@ where
                     Ok(())
                 }));
             let error = match attempt {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return true,
                 Ok(Err(error)) => error,
                 Err(_) => "the store panicked".to_string(),
             };
@@ -373,11 +430,19 @@ where
             queue.stats.last_error = Some(error);
             // Sleep the whole backoff: every queue change wakes this condvar. A backoff the
             // clock cannot count (`None`) never ends, rather than panic here: that would kill
-            // this thread and lose the batch and everything queued behind it.
+            // this thread and lose the batch and everything queued behind it. Only
+            // `close_within`'s deadline cuts it short.
             let until = Instant::now().checked_add(backoff);
             loop {
+                if queue.giving_up() {
+                    return false;
+                }
+                let until = match (until, queue.give_up_at) {
+                    (Some(until), Some(give_up)) => Some(until.min(give_up)),
+                    (until, give_up) => until.or(give_up),
+                };
                 let left = until.map(|until| until.saturating_duration_since(Instant::now()));
-                if left.is_some_and(|left| left.is_zero()) {
+                if left == Some(Duration::ZERO) && !queue.giving_up() {
                     break;
                 }
                 queue = self.wait(queue, left);
@@ -388,17 +453,22 @@ where
     }
 
     /// Waits until everything queued before this call has been stored (later writes may
-    /// still be waiting).
-    fn drain(&self) {
+    /// still be waiting), or until `deadline` (`None`: for good). Whether it was stored.
+    fn drain(&self, deadline: Option<Instant>) -> bool {
         let mut queue = self.lock();
         let target = queue.taken + queue.order.len() as u64;
         queue.flushing += 1;
         self.changed.notify_all();
         while queue.stats.written < target {
             assert_running(&queue);
-            queue = self.wait(queue, None);
+            let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                break;
+            }
+            queue = self.wait(queue, left);
         }
         queue.flushing -= 1;
+        queue.stats.written >= target
     }
 }
 
@@ -449,7 +519,9 @@ where
 /// before the thread stops. A full queue blocks writers or refuses writes
 /// ([`Backpressure`]). Cost: a write is acknowledged before it is durable, so a crash of the
 /// process loses what was queued; and a store that stays down makes `flush`, `close` and
-/// drop wait until it is back. The background thread runs the key's and value's `Hash`,
+/// drop wait until it is back. [`flush_within`](Self::flush_within) and
+/// [`close_within`](Self::close_within) bound that wait; the latter hands back what was not
+/// stored ([`Unwritten`]), for the caller to keep elsewhere. The background thread runs the key's and value's `Hash`,
 /// `Eq` and `Clone`: if one of those panics there, the thread stops, what was queued is not
 /// stored, later writes and `flush` panic rather than wait for it, and `close` or drop
 /// re-raises the thread's panic (a panicking store, by contrast, is retried).
@@ -580,7 +652,17 @@ where
     /// # Panics
     /// If the background thread has died (see the type's docs).
     pub fn flush(&self) {
-        self.shared.drain();
+        self.shared.drain(None);
+    }
+
+    /// [`flush`](Self::flush) for at most `timeout`: whether every write queued before this
+    /// call reached the store in that time. Those that did not stay queued and are still
+    /// retried.
+    ///
+    /// # Panics
+    /// As [`flush`](Self::flush).
+    pub fn flush_within(&self, timeout: Duration) -> bool {
+        self.shared.drain(Instant::now().checked_add(timeout))
     }
 
     /// Counters of the background writes.
@@ -599,17 +681,73 @@ where
     }
 
     /// Writes everything queued, then stops the background thread. Dropping does the same.
+    /// A store that stays down makes it wait until the store is back: for a shutdown with
+    /// a bound, see [`close_within`](Self::close_within).
     pub fn close(mut self) {
-        self.shutdown();
+        self.shutdown(None);
     }
 
-    fn shutdown(&mut self) {
+    /// Writes what is queued for at most `timeout`, then stops the background thread, and
+    /// hands back what the store has not taken: nothing is dropped unstored, even when the
+    /// store stays down at shutdown.
+    ///
+    /// It returns after `timeout`, or later by the store call in progress then (a call is
+    /// never cut short). Batches keep going to the store until the time is up; a failed
+    /// batch is retried with the usual backoff, cut short at the deadline. A batch the store
+    /// failed part-way (its `store_many` wrote some keys, then erred) comes back whole:
+    /// replaying it writes the same newest values again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use larder::patterns::{Store, WriteBehindBuilder};
+    ///
+    /// struct Down; // a database that refuses every write
+    /// impl Store<u64, u64> for Down {
+    ///     type Error = String;
+    ///     fn load(&self, _: &u64) -> Result<Option<u64>, String> { Err("down".into()) }
+    ///     fn store(&self, _: &u64, _: &u64) -> Result<(), String> { Err("down".into()) }
+    ///     fn delete(&self, _: &u64) -> Result<(), String> { Err("down".into()) }
+    /// }
+    ///
+    /// let cache = larder::Cache::builder().max_entries(100).build().unwrap();
+    /// let counters = WriteBehindBuilder::default().build(cache, Down);
+    /// counters.insert(1, 10).unwrap();
+    /// counters.remove(&2).unwrap();
+    /// let unwritten = counters.close_within(Duration::from_millis(50)).unwrap_err();
+    /// let mut writes = unwritten.writes;
+    /// writes.sort();
+    /// assert_eq!(writes, vec![(1, Some(10)), (2, None)]);
+    /// assert_eq!(unwritten.last_error.as_deref(), Some("down"));
+    /// ```
+    ///
+    /// # Errors
+    /// [`Unwritten`] with every write not stored when the time ran out (`Ok` once all are).
+    ///
+    /// # Panics
+    /// As [`close`](Self::close), if the background thread panicked.
+    pub fn close_within(mut self, timeout: Duration) -> Result<(), Unwritten<K, V>> {
+        self.shutdown(Some(Instant::now().checked_add(timeout)));
+        let mut queue = self.shared.lock();
+        let writes = queue.take_unwritten();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        Err(Unwritten {
+            writes,
+            last_error: queue.stats.last_error.clone(),
+        })
+    }
+
+    /// Stops the background thread once it has drained the queue, or, with a deadline
+    /// (`Some(None)`: one too far to count, so none), once the deadline passes.
+    fn shutdown(&mut self, deadline: Option<Option<Instant>>) {
         let Some(worker) = self.worker.take() else {
             return;
         };
         {
             let mut queue = self.shared.lock();
             queue.closed = true;
+            queue.give_up_at = deadline.flatten();
             self.shared.changed.notify_all();
         }
         // The worker only ends after draining. It catches the store's panics; a panic here
@@ -631,6 +769,6 @@ where
     S: BuildHasher,
 {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(None);
     }
 }
