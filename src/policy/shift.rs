@@ -142,7 +142,10 @@ impl ShiftDetector {
                     self.contrary = 0;
                 }
             }
-            _ => self.contrary = 0,
+            Some(_) => self.contrary = 0,
+            // Says nothing, open or closed: neither counts nor breaks the run (session 24's
+            // review: a catch-all here reset the run on a silent period while closed).
+            None => {}
         }
         if evidence.is_some() || !self.moving {
             self.quiet = 0;
@@ -161,6 +164,25 @@ mod tests {
             returning,
             recalled,
         }
+    }
+
+    #[test]
+    fn a_silent_period_does_not_break_a_run_of_moving_periods() {
+        assert_eq!(period(2, 3).evidence(), None);
+        assert_eq!(period(50, 0).evidence(), Some(true));
+        let mut detector = ShiftDetector::default();
+        for _ in 0..PERIODS_TO_TURN / 2 {
+            detector.observe(period(50, 0));
+        }
+        // Says nothing: neither counts nor breaks the run.
+        detector.observe(period(2, 3));
+        for _ in PERIODS_TO_TURN / 2..PERIODS_TO_TURN {
+            detector.observe(period(50, 0));
+        }
+        assert!(
+            detector.moving(),
+            "{PERIODS_TO_TURN} moving periods with one silent period among them did not open the window"
+        );
     }
 
     #[test]
