@@ -255,6 +255,31 @@ impl Policy {
         self.released.clear();
     }
 
+    /// Whether another shard's new entry, estimated at `candidate` by that shard's sketch,
+    /// should displace the entry this shard would give up next. That entry is found as
+    /// [`Policy::evict`] finds its victims, but left in place. Main's CLOCK victim is
+    /// dueled as a candidate leaving the window would duel it ([`Policy::admits`]). With
+    /// main empty the victim is the window's CLOCK victim, which in one shard would have
+    /// left for the new entry by recency alone, its frequency unasked: it stays only if the
+    /// sketch counts it more often than the new entry, so an unread resident leaves and a
+    /// hot one stays. `None` if the shard is empty.
+    pub(crate) fn yields_to(&mut self, candidate: u8, members: &impl Members) -> Option<bool> {
+        if self.main_is_empty() {
+            let (_, victim) = self.sweep(Region::Window, members)?;
+            return Some(candidate >= self.sketch.frequency(victim));
+        }
+        let (_, victim) = self.main_victim(members)?;
+        Some(self.admits(candidate, victim))
+    }
+
+    /// Forgets a new entry that lost a duel against another shard's victim (see
+    /// [`Policy::yields_to`]), as [`Policy::on_remove`] does, and remembers it as a
+    /// rejected candidate: if it comes back soon, it wins its next duel.
+    pub(crate) fn reject(&mut self, id: u32, hash: u64, weight: u64) {
+        self.on_remove(id, weight);
+        self.ghost.insert(hash);
+    }
+
     /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
     pub(crate) fn evict(&mut self, members: &impl Members) -> Option<Eviction> {
         // Window overflow moves into main for free while main has room: no one must leave.
@@ -337,6 +362,13 @@ impl Policy {
     #[inline]
     fn admit(&mut self, candidate_hash: u64, victim_hash: u64) -> bool {
         let candidate = self.sketch.frequency(candidate_hash);
+        self.admits(candidate, victim_hash)
+    }
+
+    /// The duel of [`Policy::admit`] for a candidate whose frequency is already known (a
+    /// new entry of another shard, estimated by that shard's sketch).
+    #[inline]
+    pub(crate) fn admits(&mut self, candidate: u8, victim_hash: u64) -> bool {
         // A candidate within the margin of zero loses to any victim and is too rare for
         // jitter, so the victim's estimate (another sketch line) is not needed. Most
         // candidates are keys seen once or twice, so most duels end here. Under cachegrind

@@ -23,7 +23,7 @@ use crate::time::Clock;
 use crate::{RemovalCause, Stats};
 use budget::Budget;
 use entry::{Entry, NEVER};
-use shard::{Departures, Shard};
+use shard::{Candidate, Departures, Duel, Shard};
 
 /// The user's eviction listener.
 pub(crate) type Listener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
@@ -349,8 +349,8 @@ where
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
-        shard.insert(entry, weight, clock, &self.budget, window, guard, out);
-        self.make_room(shard, guard, out);
+        let candidate = shard.insert(entry, weight, clock, &self.budget, window, guard, out);
+        self.make_room(shard, candidate, guard, out);
         if out.sample_due {
             self.sample_hit_ratio();
         }
@@ -495,11 +495,19 @@ where
     /// Evicts until the global weight is within budget, when the inserting shard could not
     /// pay for its insert itself (it is far below its share, or holds only the new entry):
     /// from the shards most over their share, and from `home` only as a last resort.
+    /// `candidate` is the new entry the home shard left the eviction for, which duels each
+    /// victim of another shard and leaves itself when it loses.
     #[inline]
-    fn make_room<'g>(&self, home: &Shard<K, V>, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
+    fn make_room<'g>(
+        &self,
+        home: &Shard<K, V>,
+        candidate: Option<Candidate>,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) {
         // Inline for the common case, where the home shard paid and there is nothing to do.
         if self.budget.is_over() {
-            self.make_room_elsewhere(home, guard, out);
+            self.make_room_elsewhere(home, candidate, guard, out);
         }
     }
 
@@ -507,6 +515,7 @@ where
     fn make_room_elsewhere<'g>(
         &self,
         home: &Shard<K, V>,
+        mut candidate: Option<Candidate>,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
@@ -517,11 +526,19 @@ where
         // argued from the code).
         let mut fruitless = 0;
         while self.budget.is_over() && fruitless <= self.shards.len() {
-            let evicted = match self.heaviest_other(home) {
-                Some(victim) => {
+            let evicted = match (self.heaviest_other(home), candidate) {
+                (Some(victim), Some(new)) => match victim.evict_one_for(new, clock, guard, out) {
+                    Duel::MadeRoom => true,
+                    Duel::Empty => home.evict_one(clock, guard, out),
+                    Duel::Lost => {
+                        candidate = None;
+                        home.reject(new, guard, out) || home.evict_one(clock, guard, out)
+                    }
+                },
+                (Some(victim), None) => {
                     victim.evict_one(clock, guard, out) || home.evict_one(clock, guard, out)
                 }
-                None => home.evict_one(clock, guard, out),
+                (None, _) => home.evict_one(clock, guard, out),
             };
             if evicted {
                 fruitless = 0;

@@ -41,6 +41,31 @@ pub(crate) struct Departures<'g, K, V> {
     pub(crate) flush_due: bool,
 }
 
+/// A new entry whose shard left the eviction it needs to other shards (the shard was far
+/// below its share, or held nothing else): it duels each victim they would give up for it,
+/// as it would duel its own shard's victim (see `Shard::evict_one_for`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate {
+    /// The entry's slab id in its own shard.
+    id: u32,
+    /// Its key's short hash, as the sketch and the table know it.
+    hash: u64,
+    /// Its own shard's frequency estimate; `u8::MAX` for a key the ghost recognised, which
+    /// wins its duel outright.
+    frequency: u8,
+}
+
+/// How [`Shard::evict_one_for`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Duel {
+    /// Weight left the shard: an expired entry, or the victim the candidate beat.
+    MadeRoom,
+    /// The shard holds no entry.
+    Empty,
+    /// The victim was the more frequent: the candidate should leave instead.
+    Lost,
+}
+
 impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
     pub(crate) fn new(keep: bool) -> Self {
         Self {
@@ -275,7 +300,7 @@ where
         window_per_mille: u32,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
-    ) {
+    ) -> Option<Candidate> {
         // The probe below needs this slot: let its miss overlap with taking the lock.
         self.table.prefetch_home(u64::from(entry.hash), guard);
         let mut state = lock_shard(&self.state);
@@ -309,6 +334,8 @@ where
         } else {
             0
         };
+        // A new key's id, and whether the ghost recognised it.
+        let mut arrived = None;
         match self
             .table
             .probe(&state.counts, sketch_hash, &entry.key, guard)
@@ -389,6 +416,7 @@ where
                 slab.set_slot(id, slot);
                 pending.add(weight);
                 let arrival = state.policy.on_insert(id, sketch_hash, weight);
+                arrived = Some((id, arrival.returning));
                 if arrival.returning {
                     WriteTally::add(&tally.returning, 1);
                 }
@@ -408,13 +436,31 @@ where
         if wheel_busy {
             self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
         }
+        let mut candidate = None;
         loop {
             pending.remove(std::mem::take(&mut out.weight));
+            if !pending.is_over() {
+                break;
+            }
             // Steady state: the inserting shard pays for its insert, through the policy's
             // admission duel (its window just grew). Only a shard far below its share (skew)
             // or holding nothing but the new entry (one entry may use the whole budget)
-            // leaves the eviction to others.
-            if !pending.is_over() || state.policy.len() <= 1 || state.weight < budget.share / 2 {
+            // leaves the eviction to others, and then the new entry, if still here, duels
+            // their victims (session 24's review: it displaced them unopposed, so a scan of
+            // entries heavier than half a shard's share flushed a hot set held elsewhere).
+            if state.policy.len() <= 1 || state.weight < budget.share / 2 {
+                candidate =
+                    arrived
+                        .filter(|&(id, _)| state.slab.is_occupied(id))
+                        .map(|(id, returning)| Candidate {
+                            id,
+                            hash: sketch_hash,
+                            frequency: if returning {
+                                u8::MAX
+                            } else {
+                                state.policy.frequency(sketch_hash)
+                            },
+                        });
                 break;
             }
             let Some(eviction) =
@@ -431,6 +477,7 @@ where
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
+        candidate
     }
 
     /// Evicts until the shard is back within its entry limit, whatever the budget: in byte
@@ -497,6 +544,68 @@ where
         let made_room = state.weight < before || self.evict_locked(state, now, guard, out);
         self.weight.store(state.weight, Ordering::Relaxed);
         made_room
+    }
+
+    /// [`evict_one`](Self::evict_one) for another shard's new entry, which must win the
+    /// admission duel against the victim first. Expired entries leave without a duel.
+    pub(crate) fn evict_one_for<'g>(
+        &self,
+        candidate: Candidate,
+        clock: impl Fn() -> u64,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> Duel {
+        let mut state = lock_shard(&self.state);
+        let state = &mut *state;
+        let before = state.weight;
+        let now = if state.wheel.len() != 0 { clock() } else { 0 };
+        self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
+        let outcome = if state.weight < before {
+            Duel::MadeRoom
+        } else {
+            let members = self.members(&state.slab, &state.counts, guard);
+            match state.policy.yields_to(candidate.frequency, &members) {
+                None => Duel::Empty,
+                Some(false) => Duel::Lost,
+                Some(true) => {
+                    if self.evict_locked(state, now, guard, out) {
+                        Duel::MadeRoom
+                    } else {
+                        Duel::Empty
+                    }
+                }
+            }
+        };
+        release_ids(state);
+        self.weight.store(state.weight, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Evicts `candidate`, a new entry of this shard that lost its duel in another shard,
+    /// counted as an admission rejection. False if it is gone already (removed, replaced
+    /// by a write of its key that took its id, or evicted here meanwhile).
+    pub(crate) fn reject<'g>(
+        &self,
+        candidate: Candidate,
+        guard: &'g Guard,
+        out: &mut Departures<'g, K, V>,
+    ) -> bool {
+        let mut state = lock_shard(&self.state);
+        let state = &mut *state;
+        let id = candidate.id;
+        if !state.slab.is_occupied(id)
+            || self.members(&state.slab, &state.counts, guard).hash(id) != candidate.hash
+        {
+            return false;
+        }
+        state
+            .policy
+            .reject(id, candidate.hash, state.slab.weight(id));
+        WriteTally::add(&self.tally.admission_rejections, 1);
+        self.unlink(state, id, RemovalCause::Evicted, guard, out);
+        release_ids(state);
+        self.weight.store(state.weight, Ordering::Relaxed);
+        true
     }
 
     /// Evicts one entry chosen by the policy, for the lock holder, who publishes the

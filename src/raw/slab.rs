@@ -72,6 +72,13 @@ impl Slab {
         self.slots[id as usize] = slot as u32;
     }
 
+    /// Whether `id` is taken by an entry in the table.
+    pub(crate) fn is_occupied(&self, id: u32) -> bool {
+        self.slots
+            .get(id as usize)
+            .is_some_and(|&slot| slot != VACANT)
+    }
+
     /// The table slot of an occupied id.
     pub(crate) fn slot(&self, id: u32) -> usize {
         let slot = self.slots[id as usize];
