@@ -241,16 +241,16 @@ where
     /// Removes every expired entry now, instead of a little at a time on writes. Useful
     /// before reading `len` or `stats`, or from a timer on a cache that is rarely written.
     pub fn run_pending_tasks(&self) {
-        // A listener's panic is re-raised once every due entry is gone.
+        // A listener's panic is re-raised once every due entry is gone; a clock's reaches
+        // the caller at once.
         let mut first_panic = None;
         loop {
-            let round = std::panic::AssertUnwindSafe(|| self.raw.run_pending_tasks(4096));
-            match std::panic::catch_unwind(round) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(panic) => {
-                    first_panic.get_or_insert(panic);
-                }
+            let (done, panic) = self.raw.run_pending_tasks(4096);
+            if let Some(panic) = panic {
+                first_panic.get_or_insert(panic);
+            }
+            if done {
+                break;
             }
         }
         if let Some(panic) = first_panic {

@@ -519,7 +519,25 @@ where
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) {
-        let clock = || self.now();
+        // The home shard has published the write already: a clock that panics here must not
+        // cut the eviction short (the cache would stay over budget) nor skip the listener's
+        // notices. Its panic is kept and re-raised by `finish`, and until then no entry
+        // counts as expired (session 24's review: the write stood, unsettled, its replaced
+        // value never reported).
+        let clock_panic = std::cell::Cell::new(None);
+        let clock_failed = std::cell::Cell::new(false);
+        let clock = || {
+            if clock_failed.get() {
+                return 0;
+            }
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.now())).unwrap_or_else(
+                |panic| {
+                    clock_failed.set(true);
+                    clock_panic.set(Some(panic));
+                    0
+                },
+            )
+        };
         // A shard picked by its weight's mirror may have been emptied meanwhile by another
         // thread, as may the home shard: look again (the mirror is current now) before
         // giving up, while another shard may still hold entries (session 23's review,
@@ -546,6 +564,9 @@ where
             } else {
                 fruitless += 1;
             }
+        }
+        if let Some(panic) = clock_panic.into_inner() {
+            out.clock_panic.get_or_insert(panic);
         }
     }
 
@@ -587,7 +608,15 @@ where
     }
 
     /// Expires what is due in every shard, within `max_work` wheel steps per shard.
-    pub(crate) fn run_pending_tasks(&self, max_work: usize) -> bool {
+    /// Expires up to about `max_work` due entries per shard. Returns whether every shard
+    /// caught up, and the first listener panic, for the caller to re-raise once it is done
+    /// (a listener's panic cannot recur once its entries are gone). The clock's panic is
+    /// not caught: it would recur at every round (session 24's review: the caller's retry
+    /// loop spun on a clock that kept panicking).
+    pub(crate) fn run_pending_tasks(
+        &self,
+        max_work: usize,
+    ) -> (bool, Option<Box<dyn std::any::Any + Send>>) {
         let guard = crate::sync::pin();
         let mut done = true;
         let mut first_panic = None;
@@ -597,8 +626,7 @@ where
             self.finish_going_on(out, &mut first_panic);
         }
         guard.flush();
-        resume_first(first_panic);
-        done
+        (done, first_panic)
     }
 
     pub(crate) fn clear(&self) {
@@ -639,9 +667,14 @@ where
         if out.flush_due {
             flush_garbage();
         }
+        let clock_panic = out.clock_panic.take();
         if !out.list.is_empty() {
-            self.notify(out);
+            let notify = std::panic::AssertUnwindSafe(|| self.notify(out));
+            if let Err(listener_panic) = std::panic::catch_unwind(notify) {
+                std::panic::resume_unwind(clock_panic.unwrap_or(listener_panic));
+            }
         }
+        resume_first(clock_panic);
     }
 
     /// Runs the listener over what left (see [`RawCache::finish`]).

@@ -133,8 +133,10 @@ impl<K, V> Returned<K, V> {
 
 /// An entry built in a cell of the shard's chunks and not yet published.
 ///
-/// Owns the entry: dropped (a panic in the user's `Eq` or `Hash` before publication), it
-/// drops the key and value and leaves the cell unused until the chunks are freed.
+/// Owns the entry: dropped before publication, it drops the key and value and leaves the
+/// cell unused until the chunks are freed. `Shard::insert` places an entry only once the
+/// user's `Eq` has run (session 24: a panicking `Eq` leaked a cell per write), so only an
+/// internal panic (an allocation) can drop one.
 pub(crate) struct Placed<K, V>(NonNull<Entry<K, V>>, CellId);
 
 impl<K, V> Placed<K, V> {

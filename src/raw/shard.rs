@@ -39,6 +39,9 @@ pub(crate) struct Departures<'g, K, V> {
     /// This thread handed enough garbage to the collector that its bag should be flushed
     /// once no lock is held (see `Retired::push`).
     pub(crate) flush_due: bool,
+    /// A panic of the clock while other shards made room for this write, re-raised once the
+    /// write is settled (see `RawCache::make_room_elsewhere`).
+    pub(crate) clock_panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// A new entry whose shard left the eviction it needs to other shards (the shard was far
@@ -74,6 +77,7 @@ impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
             weight: 0,
             sample_due: false,
             flush_due: false,
+            clock_panic: None,
         }
     }
 
@@ -306,7 +310,6 @@ where
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let mut pending = budget.pending();
-        let mut entry = state.retired.place(entry);
         state.policy.set_window_per_mille(window_per_mille);
         state.inserts_since_sample += 1;
         // Ask often enough for small caches to adapt, rarely enough to cost nothing.
@@ -336,10 +339,14 @@ where
         };
         // A new key's id, and whether the ghost recognised it.
         let mut arrived = None;
-        match self
+        let probe = self
             .table
-            .probe(&state.counts, sketch_hash, &entry.key, guard)
-        {
+            .probe(&state.counts, sketch_hash, &entry.key, guard);
+        // Built in its cell only once the user's `Eq` has run: a panic there left the cell
+        // taken until the cache was dropped (session 24's review: a million panicking
+        // writes leaked 40 MB, and about 2^26 left the shard without cells for good).
+        let mut entry = state.retired.place(entry);
+        match probe {
             Probe::Found(found) => {
                 let old = found.entry;
                 let id = old.id();

@@ -1,0 +1,273 @@
+//! Faults session 24's review of the engine (`src/raw/`) found, each test failing before
+//! its fix: a cell leaked by every write whose key's `Eq` panicked, `run_pending_tasks`
+//! spinning on a clock that keeps panicking, and a clock panic while other shards made room
+//! for a write that left the write unsettled. Also the review's churn check of readers
+//! against rebuilds and recycled cells.
+
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use larder::{Cache, Clock, RemovalCause};
+
+/// Panics these tests cause on purpose carry this prefix, and are not printed.
+const INTENDED: &str = "engine_faults:";
+
+fn quiet_intended_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let intended = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|s| s.starts_with(INTENDED));
+            if !intended {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// A key whose `Eq` panics when either side is armed.
+#[derive(Debug)]
+struct Bomb {
+    id: u64,
+    armed: bool,
+}
+
+impl Hash for Bomb {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl PartialEq for Bomb {
+    fn eq(&self, other: &Self) -> bool {
+        if self.armed || other.armed {
+            std::panic::panic_any("engine_faults: Eq panicked");
+        }
+        self.id == other.id
+    }
+}
+
+impl Eq for Bomb {}
+
+/// A write whose key's `Eq` panics leaves the entries unchanged, and must leave nothing
+/// else behind: the entry used to be built in a cell before the probe ran `Eq`, and the
+/// cell stayed taken until the cache was dropped (about 40 bytes a write; after about 2^26
+/// such writes a shard had no cell left, and every insert into it panicked). Shown through
+/// `metadata_bytes`, which counts the chunk directory, grown by about a byte a leaked cell.
+#[test]
+fn a_panicking_eq_does_not_leak_a_cell_per_write() {
+    quiet_intended_panics();
+    let cache: Cache<Bomb, u64> = Cache::builder()
+        .max_entries(1000)
+        .shards(1)
+        .build()
+        .unwrap();
+    cache
+        .insert(
+            Bomb {
+                id: 1,
+                armed: false,
+            },
+            1,
+        )
+        .unwrap();
+    let before = cache.metadata_bytes();
+    let writes = 300_000;
+    for _ in 0..writes {
+        let write = std::panic::AssertUnwindSafe(|| {
+            let _ = cache.insert(Bomb { id: 1, armed: true }, 2);
+        });
+        assert!(std::panic::catch_unwind(write).is_err(), "Eq ran");
+    }
+    cache.validate();
+    assert_eq!(cache.len(), 1);
+    let after = cache.metadata_bytes();
+    assert!(
+        after < before + 64 * 1024,
+        "metadata grew from {before} to {after} bytes over {writes} failed writes of a \
+         one-entry cache"
+    );
+}
+
+/// A clock that panics while `failing` is set (one behind a poisoned lock, say), and stops
+/// after `limit` panics so that a test of a spinning caller ends.
+#[derive(Debug)]
+struct FailingClock {
+    failing: Arc<AtomicBool>,
+    panics: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl Clock for FailingClock {
+    fn now_nanos(&self) -> u64 {
+        if self.failing.load(Ordering::SeqCst) {
+            if self.panics.fetch_add(1, Ordering::SeqCst) + 1 >= self.limit {
+                self.failing.store(false, Ordering::SeqCst);
+            }
+            std::panic::panic_any("engine_faults: the clock failed");
+        }
+        0
+    }
+}
+
+/// `run_pending_tasks` re-raises a listener's panic once every due entry is gone, which
+/// it did by retrying after any panic: a clock that kept panicking made it spin (here
+/// 100,000 times, where the clock gives up) instead of passing the first panic on.
+#[test]
+fn run_pending_tasks_passes_a_clock_panic_on_instead_of_spinning() {
+    quiet_intended_panics();
+    let failing = Arc::new(AtomicBool::new(false));
+    let panics = Arc::new(AtomicU64::new(0));
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_entries(100)
+        .shards(1)
+        .clock(FailingClock {
+            failing: Arc::clone(&failing),
+            panics: Arc::clone(&panics),
+            limit: 100_000,
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 1).unwrap();
+    failing.store(true, Ordering::SeqCst);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.run_pending_tasks();
+    }));
+    failing.store(false, Ordering::SeqCst);
+    let panics = panics.load(Ordering::SeqCst);
+    assert_eq!(panics, 1, "the clock was asked {panics} times");
+    assert!(outcome.is_err(), "the clock's panic was swallowed");
+    cache.run_pending_tasks();
+    assert_eq!(cache.get(&1), Some(1));
+    cache.validate();
+}
+
+/// Hashes a `u64` key to itself, so a test picks each key's shard: the top bit of the hash
+/// chooses between two shards.
+#[derive(Debug, Default, Clone)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A clock that panics only when another shard makes room for a write, after the home
+/// shard has published it: the write used to stand unsettled (the cache over its budget at
+/// rest, the replaced value never reported to the listener). Now the eviction completes
+/// without it (nothing counts as expired), the listener hears of everything that left, and
+/// then the panic reaches the writer.
+#[test]
+fn a_clock_panic_while_other_shards_make_room_leaves_the_write_settled() {
+    quiet_intended_panics();
+    let failing = Arc::new(AtomicBool::new(false));
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let cache: Cache<u64, u64, BuildHasherDefault<IdHasher>> = Cache::builder()
+        .max_bytes(10_000)
+        .weigher(|_: &u64, value: &u64| *value)
+        .shards(2)
+        .hasher(BuildHasherDefault::<IdHasher>::default())
+        .clock(FailingClock {
+            failing: Arc::clone(&failing),
+            panics: Arc::new(AtomicU64::new(0)),
+            limit: u64::MAX,
+        })
+        .eviction_listener({
+            let notices = Arc::clone(&notices);
+            move |key: &u64, value: &u64, cause| notices.lock().unwrap().push((*key, *value, cause))
+        })
+        .build()
+        .unwrap();
+    let (home, other) = (1u64, (1u64 << 63) | 1);
+    // The other shard holds an entry with a TTL, so making room there reads the clock.
+    cache
+        .insert_with_ttl(other, 3000, Duration::from_secs(3600))
+        .unwrap();
+    cache.insert(home, 100).unwrap();
+    failing.store(true, Ordering::SeqCst);
+    // Over the budget, and the home shard holds only this key: the other shard makes room.
+    let write = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.insert(home, 7000)));
+    failing.store(false, Ordering::SeqCst);
+    let message = write
+        .expect_err("the clock's panic reaches the writer")
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string());
+    assert_eq!(message.as_deref(), Some("engine_faults: the clock failed"));
+    assert_eq!(cache.get(&home), Some(7000));
+    assert!(cache.weighted_size() <= 10_000, "{}", cache.weighted_size());
+    cache.validate();
+    let notices = notices.lock().unwrap().clone();
+    assert!(
+        notices.contains(&(home, 100, RemovalCause::Replaced)),
+        "{notices:?}"
+    );
+    assert!(
+        notices.contains(&(other, 3000, RemovalCause::Evicted)),
+        "{notices:?}"
+    );
+}
+
+/// Readers never see a value that is not their key's, nor a torn one, while one writer
+/// churns a one-shard cache through inserts, replacements, removals, clears, table
+/// rebuilds (tombstone purges and growth) and recycled cells. (No fault found.)
+#[test]
+fn readers_see_only_their_keys_values_under_churn_rebuilds_and_recycling() {
+    let cache: Cache<u64, [u64; 4]> = Cache::builder().max_entries(512).shards(1).build().unwrap();
+    let value = |key: u64, version: u64| [key, version, key ^ version, key.wrapping_mul(version)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let cache = cache.clone();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut reads, mut hits) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                for key in 0..2048u64 {
+                    if let Some(v) = cache.get(&key) {
+                        hits += 1;
+                        assert!(
+                            v[0] == key && v[2] == key ^ v[1] && v[3] == key.wrapping_mul(v[1]),
+                            "key {key} read {v:?}"
+                        );
+                    }
+                    reads += 1;
+                }
+            }
+            (reads, hits)
+        })
+    };
+    let started = Instant::now();
+    let mut version = 0u64;
+    let mut state = 0x1234_5678_9abc_def0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let key = state % 2048;
+        version += 1;
+        match state >> 60 {
+            0 => {
+                cache.remove(&key);
+            }
+            1 if version % 4096 == 0 => cache.clear(),
+            _ => cache.insert(key, value(key, version)).unwrap(),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, hits) = reader.join().unwrap();
+    assert!(reads > 0 && hits > 0, "reads {reads}, hits {hits}");
+    cache.validate();
+}
