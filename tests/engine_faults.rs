@@ -1,8 +1,9 @@
 //! Faults session 24's review of the engine (`src/raw/`) found, each test failing before
 //! its fix: a cell leaked by every write whose key's `Eq` panicked, `run_pending_tasks`
 //! spinning on a clock that keeps panicking, and a clock panic while other shards made room
-//! for a write that left the write unsettled. Also the review's churn check of readers
-//! against rebuilds and recycled cells.
+//! for a write that left the write unsettled; and, from the review of the API's edges,
+//! `run_pending_tasks` looping under a listener that panicked. Also the review's churn
+//! check of readers against rebuilds and recycled cells.
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -270,4 +271,63 @@ fn readers_see_only_their_keys_values_under_churn_rebuilds_and_recycling() {
     let (reads, hits) = reader.join().unwrap();
     assert!(reads > 0 && hits > 0, "reads {reads}, hits {hits}");
     cache.validate();
+}
+
+/// A round of `run_pending_tasks` whose listener panicked lost that round's "done", so
+/// the call ran another round: a listener that re-inserts the expired key it is told about
+/// (with a zero TTL, so it is due at once) and then panics kept it going for ever, where
+/// the same listener without the panic let it return (session 24's review of the API
+/// edges). Now the call ends once a round catches up, and re-raises the listener's panic.
+#[test]
+fn run_pending_tasks_ends_under_a_panicking_listener_that_reinserts() {
+    quiet_intended_panics();
+    fn returns(panics: bool) -> bool {
+        let stop = Arc::new(AtomicBool::new(false));
+        let slot: Arc<Mutex<Option<Cache<u64, u64>>>> = Arc::default();
+        let clock = larder::ManualClock::new();
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_entries(16)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener({
+                let slot = Arc::clone(&slot);
+                let stop = Arc::clone(&stop);
+                move |key: &u64, value: &u64, cause| {
+                    if stop.load(Ordering::SeqCst) || cause != RemovalCause::Expired {
+                        return;
+                    }
+                    let cache = slot.lock().unwrap().clone();
+                    if let Some(cache) = cache {
+                        let _ = cache.insert_with_ttl(*key, *value, Duration::ZERO);
+                    }
+                    if panics {
+                        std::panic::panic_any("engine_faults: the listener panicked");
+                    }
+                }
+            })
+            .build()
+            .unwrap();
+        *slot.lock().unwrap() = Some(cache.clone());
+        cache.insert_with_ttl(1, 1, Duration::from_secs(1)).unwrap();
+        clock.advance(Duration::from_secs(2));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                let outcome = std::panic::catch_unwind(|| cache.run_pending_tasks());
+                let _ = tx.send(outcome.is_err());
+            })
+        };
+        let outcome = rx.recv_timeout(Duration::from_secs(5));
+        stop.store(true, Ordering::SeqCst);
+        worker.join().unwrap();
+        *slot.lock().unwrap() = None;
+        // Ended, and with a panic exactly when the listener panicked.
+        outcome == Ok(panics)
+    }
+    assert!(returns(false), "without the panic it returns");
+    assert!(
+        returns(true),
+        "with the listener's panic it must end too, re-raising that panic"
+    );
 }
