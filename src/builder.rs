@@ -66,6 +66,8 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     listener: Option<Listener<K, V>>,
     /// Most entries per shard: `SHARD_ENTRY_LIMIT`, lowered only by tests.
     shard_entry_limit: usize,
+    /// Most cells per shard: `arena::MAX_CELLS`, lowered only by tests.
+    shard_cell_limit: usize,
     /// Bytes each entry keeps outside the engine's cell that the weigher does not see (a
     /// loading cache's shared allocation of the value it wraps): charged in byte mode.
     out_of_line: u64,
@@ -95,6 +97,7 @@ impl<K, V> CacheBuilder<K, V> {
             clock: None,
             listener: None,
             shard_entry_limit: SHARD_ENTRY_LIMIT,
+            shard_cell_limit: crate::raw::MAX_SHARD_CELLS,
             out_of_line: 0,
             _types: PhantomData,
         }
@@ -133,6 +136,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             clock: self.clock,
             listener,
             shard_entry_limit: self.shard_entry_limit,
+            shard_cell_limit: self.shard_cell_limit,
             out_of_line: self.out_of_line.saturating_add(out_of_line),
             _types: PhantomData,
         }
@@ -241,6 +245,15 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Lowers the most cells a shard's entries and the retired ones readers may still see
+    /// take together (2^26), so tests can reach it (see [`InsertErrorKind::NoFreeCell`]).
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn shard_cell_limit(mut self, n: usize) -> Self {
+        self.shard_cell_limit = n.clamp(1, crate::raw::MAX_SHARD_CELLS);
+        self
+    }
+
     /// The hasher for keys. The default, `ahash::RandomState`, is seeded at random per
     /// cache, which keeps crafted colliding keys from degrading lookups.
     pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> CacheBuilder<K, V, S2> {
@@ -254,6 +267,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             clock: self.clock,
             listener: self.listener,
             shard_entry_limit: self.shard_entry_limit,
+            shard_cell_limit: self.shard_cell_limit,
             out_of_line: self.out_of_line,
             _types: PhantomData,
         }
@@ -349,6 +363,7 @@ where
             expected_entries: expected_entries.min(INITIAL_SKETCH_ENTRIES * shards as u64) as usize,
             sample_size: crate::raw::window_sample_size(expected_entries),
             shard_entry_limit: self.shard_entry_limit,
+            shard_cell_limit: self.shard_cell_limit,
             capacity_entries: expected_entries,
         });
         Ok(Cache::from_raw(raw))

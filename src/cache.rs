@@ -117,7 +117,9 @@ where
     /// # Errors
     /// [`InsertErrorKind::TooHeavy`] if the entry's weight (overhead included) exceeds the
     /// whole budget; the key and value come back in the error and the cache is unchanged
-    /// (a previous value of the key stays).
+    /// (a previous value of the key stays). [`InsertErrorKind::NoFreeCell`], likewise, if
+    /// the key's shard has no free cell left while a thread stays pinned (see there); a
+    /// `get_or_insert_with` load of the key in flight then caches nothing.
     pub fn insert(&self, key: K, value: V) -> Result<(), InsertError<K, V>> {
         self.insert_inner(key, value, None)
     }
@@ -155,9 +157,13 @@ where
         self.loads.invalidate(|| self.raw.hash(&key), &key);
         let guard = crate::sync::pin();
         let mut out = self.raw.departures();
-        self.raw.insert(key, value, weight, ttl, &guard, &mut out);
+        let inserted = self.raw.insert(key, value, weight, ttl, &guard, &mut out);
         self.raw.finish(out);
-        Ok(())
+        inserted.map_err(|(key, value)| InsertError {
+            key,
+            value,
+            kind: InsertErrorKind::NoFreeCell,
+        })
     }
 
     /// Whether an entry of `weight` (overhead included) fits the whole budget.
@@ -185,8 +191,13 @@ where
         if let Err(kind) = self.admits(weight) {
             return Err(InsertError { key, value, kind });
         }
-        self.raw.insert(key, value, weight, ttl, guard, out);
-        Ok(())
+        self.raw
+            .insert(key, value, weight, ttl, guard, out)
+            .map_err(|(key, value)| InsertError {
+                key,
+                value,
+                kind: InsertErrorKind::NoFreeCell,
+            })
     }
 
     /// The live value of `key` without counting a read (no statistics, no frequency).

@@ -91,6 +91,12 @@ pub enum InsertErrorKind {
         /// The cache's budget.
         budget: u64,
     },
+    /// The key's shard has no free cell for the entry: every cell it may take (2^26) holds
+    /// an entry, or a replaced or removed one that the epoch collector has not freed
+    /// because some thread has stayed pinned (inside an eviction listener that blocks, say)
+    /// through tens of millions of writes to that shard. Inserts succeed again once that
+    /// thread moves on.
+    NoFreeCell,
 }
 
 impl<K, V> fmt::Debug for InsertError<K, V> {
@@ -107,6 +113,10 @@ impl<K, V> fmt::Display for InsertError<K, V> {
             InsertErrorKind::TooHeavy { weight, budget } => write!(
                 f,
                 "entry weighs {weight} (overhead included), more than the whole budget of {budget}"
+            ),
+            InsertErrorKind::NoFreeCell => write!(
+                f,
+                "no free cell in the key's shard: a thread has stayed pinned while it took them all"
             ),
         }
     }

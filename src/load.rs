@@ -629,8 +629,9 @@ where
         };
         let inserted = cache.insert_weighed_pinned(key, value, weight, ttl, &guard, &mut departed);
         if let Err(refused) = inserted {
-            // Too heavy to cache: still handed to this caller and its waiters, and an older
-            // cached value of the key (a write replacing it) must not stay behind.
+            // Too heavy to cache, or no free cell for it: still handed to this caller and its
+            // waiters, and an older cached value of the key (a write replacing it) must not
+            // stay behind.
             cache.raw().remove(&refused.key, &guard, &mut departed);
             refused_entry = Some(refused);
         }

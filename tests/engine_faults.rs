@@ -331,3 +331,39 @@ fn run_pending_tasks_ends_under_a_panicking_listener_that_reinserts() {
         "with the listener's panic it must end too, re-raising that panic"
     );
 }
+
+/// A replaced entry's cell comes back only through the epoch collector, so while a thread
+/// stays pinned every write takes a fresh cell, and a shard's cells run out (2^26, lowered
+/// here to 64). Inserts are then refused with `NoFreeCell`, key and value handed back and
+/// the old value kept, until the pinned thread moves on; before session 24 an internal
+/// assertion panicked in every insert into the shard.
+#[test]
+fn a_shard_out_of_cells_refuses_inserts_until_reclamation_resumes() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_entries(16)
+        .shards(1)
+        .shard_cell_limit(64)
+        .build()
+        .unwrap();
+    cache.insert(0, 0).unwrap();
+    // This thread's own pin holds back every retired cell, as a listener that blocks would.
+    let pinned = crossbeam_epoch::pin();
+    let refused = (1..10_000u64).find_map(|n| cache.insert(0, n).err().map(|e| (n, e)));
+    let (n, refused) = refused.expect("refused once the cells ran out");
+    assert!(n <= 64, "{n} writes before the refusal, with 64 cells");
+    assert_eq!(refused.kind, larder::InsertErrorKind::NoFreeCell);
+    assert_eq!((refused.key, refused.value), (0, n));
+    assert!(refused.to_string().contains("no free cell"));
+    assert_eq!(cache.get(&0), Some(n - 1), "the previous value stays");
+    assert!(cache.insert(1, 1).is_err(), "no cell for a new key either");
+    cache.validate();
+    drop(pinned);
+    // Unpinned, the collector frees the retired entries and their cells come back.
+    let accepted = (0..10_000).any(|_| {
+        crossbeam_epoch::pin().flush();
+        cache.insert(0, 99).is_ok()
+    });
+    assert!(accepted, "inserts stay refused after the pin ended");
+    assert_eq!(cache.get(&0), Some(99));
+    cache.validate();
+}

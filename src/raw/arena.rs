@@ -192,19 +192,16 @@ impl<T> Chunks<T> {
     }
 
     /// A new chunk, published in the directory; returns its first cell, that cell's id and
-    /// the chunk's length.
-    ///
-    /// # Panics
-    /// If the shard would hold more than [`MAX_CELLS`] cells.
-    fn allocate(&self) -> (NonNull<T>, CellId, usize) {
+    /// the chunk's length. `None` if the chunks would then hold more than `max_cells` cells
+    /// (at most [`MAX_CELLS`] + 1, all that table slots can name).
+    fn allocate(&self, max_cells: usize) -> Option<(NonNull<T>, CellId, usize)> {
         let mut owned = lock(&self.owned);
         let index = owned.chunks.len();
         let len = self.geometry.chunk_len();
         let first_id = index * len;
-        assert!(
-            first_id + len <= MAX_CELLS as usize + 1,
-            "a shard holds fewer than 2^26 cells"
-        );
+        if first_id + len > max_cells.min(MAX_CELLS as usize + 1) {
+            return None;
+        }
         let mut cells: Vec<MaybeUninit<T>> = Vec::with_capacity(len);
         // SAFETY: `MaybeUninit` needs no initialisation, and the capacity is `len`.
         unsafe { cells.set_len(len) };
@@ -228,7 +225,7 @@ impl<T> Chunks<T> {
         }
         // Release: a reader that sees this chunk's first cell sees the chunk allocated.
         directory[index].store(first.as_ptr(), Ordering::Release);
-        (first, CellId(first_id as u32), len)
+        Some((first, CellId(first_id as u32), len))
     }
 
     /// Bytes of the directories (the newest and those it outgrew), for memory accounting.
@@ -281,6 +278,8 @@ pub(crate) struct Fresh<T> {
     next: NonNull<T>,
     next_id: u32,
     left: usize,
+    /// Most cells the chunks may hold (all that table slots can name, unless a test lowers it).
+    max_cells: usize,
 }
 
 impl<T> Fresh<T> {
@@ -289,14 +288,21 @@ impl<T> Fresh<T> {
             next: NonNull::dangling(),
             next_id: 0,
             left: 0,
+            max_cells: MAX_CELLS as usize + 1,
         }
     }
 
+    /// Hands out at most `cells` cells (rounded down to whole chunks).
+    pub(crate) fn limit(&mut self, cells: usize) {
+        self.max_cells = cells;
+    }
+
     /// An unused cell and its id, from a new chunk of `chunks` when the current one is used
-    /// up. The cell holds no value; it stays allocated as long as `chunks`.
-    pub(crate) fn cell(&mut self, chunks: &Chunks<T>) -> (NonNull<T>, CellId) {
+    /// up; `None` once the chunks hold all the cells allowed. The cell holds no value; it
+    /// stays allocated as long as `chunks`.
+    pub(crate) fn cell(&mut self, chunks: &Chunks<T>) -> Option<(NonNull<T>, CellId)> {
         if self.left == 0 {
-            let (first, id, len) = chunks.allocate();
+            let (first, id, len) = chunks.allocate(self.max_cells)?;
             self.next = first;
             self.next_id = id.0;
             self.left = len;
@@ -307,7 +313,7 @@ impl<T> Fresh<T> {
         // SAFETY: `cell` is one of the `left + 1` cells at the end of a live chunk, so the
         // next one is in that chunk or one past its end.
         self.next = unsafe { self.next.add(1) };
-        cell
+        Some(cell)
     }
 
     /// Cells not handed out yet.
@@ -327,13 +333,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fresh_cells_stop_at_the_limit_in_whole_chunks() {
+        let chunks = Chunks::<u64>::new(0);
+        let len = chunks.geometry.chunk_len();
+        let mut fresh = Fresh::new();
+        fresh.limit(2 * len + len / 2);
+        for i in 0..2 * len {
+            let (_, id) = fresh.cell(&chunks).expect("within the limit");
+            assert_eq!(id.get(), i as u32);
+        }
+        assert!(
+            fresh.cell(&chunks).is_none(),
+            "a third chunk would pass the limit"
+        );
+        assert!(fresh.cell(&chunks).is_none(), "and stays refused");
+        assert_eq!(lock(&chunks.owned).chunks.len(), 2);
+    }
+
+    #[test]
     fn cells_are_distinct_aligned_resolvable_and_chunks_grow_to_a_bound() {
         let chunks = Chunks::<[u64; 4]>::new(0);
         let mut fresh = Fresh::new();
         let n = if cfg!(miri) { 600 } else { 20_000 };
         let mut cells: Vec<usize> = (0..n)
             .map(|i| {
-                let (cell, id) = fresh.cell(&chunks);
+                let (cell, id) = fresh.cell(&chunks).expect("within the limit");
                 assert_eq!(id.get(), i as u32, "ids are dense, in order");
                 // SAFETY: handed out just now, on this thread.
                 let resolved = unsafe { chunks.cell(id) };
@@ -397,7 +421,7 @@ mod loom_models {
             let chunks = Arc::new(Chunks::<u64>::new(0));
             let mut fresh = Fresh::new();
             for i in 0..32 {
-                let (cell, _) = fresh.cell(&chunks);
+                let (cell, _) = fresh.cell(&chunks).expect("within the limit");
                 // SAFETY: a fresh cell, used by nothing else yet.
                 unsafe { cell.as_ptr().write(i) };
             }
@@ -419,7 +443,7 @@ mod loom_models {
                     }
                 })
             };
-            let (cell, id) = fresh.cell(&chunks);
+            let (cell, id) = fresh.cell(&chunks).expect("within the limit");
             assert_eq!(id.get(), 32);
             // SAFETY: a fresh cell, used by nothing else yet.
             unsafe { cell.as_ptr().write(32) };

@@ -54,14 +54,21 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) capacity_entries: u64,
     /// Most entries one shard holds (see [`SHARD_ENTRY_LIMIT`]; lowered only by tests).
     pub(crate) shard_entry_limit: usize,
+    /// Most cells one shard takes (see [`MAX_SHARD_CELLS`]; lowered only by tests).
+    pub(crate) shard_cell_limit: usize,
 }
+
+/// Most cells a shard takes, for its entries and for the retired ones readers may still
+/// see: what its table slots can name.
+pub(crate) const MAX_SHARD_CELLS: usize = arena::MAX_CELLS as usize + 1;
 
 /// Most entries one shard holds: half the cells its table can name (2^26, see
 /// `arena::MAX_CELLS`), which leaves room for the cells of replaced entries that readers
 /// may still see. The builder spreads a large count
 /// budget over enough shards and refuses one that would need more than 256 of them; in
 /// byte mode the weights bound the entries, but a shard that reaches this many evicts its
-/// own before taking another (a shard's slab or arena running out of ids panics).
+/// own before taking another (a shard's slab running out of ids panics; its cells, which
+/// replaced entries also take until the collector frees them, refuse the insert instead).
 pub(crate) const SHARD_ENTRY_LIMIT: usize = 1 << 25;
 const _: () = assert!(SHARD_ENTRY_LIMIT < entry::MAX_ID as usize);
 
@@ -231,7 +238,7 @@ where
                 .map(|index| {
                     let shard_seed = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                     Shard::new(share, per_shard_entries, shard_seed, now, unit_weights)
-                        .limited_to(config.shard_entry_limit)
+                        .limited_to(config.shard_entry_limit, config.shard_cell_limit)
                 })
                 .collect(),
             shard_bits: shards.trailing_zeros(),
@@ -330,6 +337,10 @@ where
     /// Inserts an already weighed entry and brings the cache back within budget. What left
     /// the cache goes to `out`, readable while `guard` is pinned, for the caller to settle
     /// with [`RawCache::finish`] once it holds no lock of its own (the listener runs there).
+    ///
+    /// # Errors
+    /// The key and value, unchanged and uninserted, when the key's shard has no free cell
+    /// (see [`Shard::insert`]).
     #[inline]
     pub(crate) fn insert<'g>(
         &self,
@@ -339,7 +350,7 @@ where
         ttl: Option<u64>,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
-    ) {
+    ) -> Result<(), (K, V)> {
         let hash = self.hash(&key);
         let needs_clock = ttl.or(self.default_ttl).is_some();
         let now = if needs_clock { self.now() } else { 0 };
@@ -349,11 +360,14 @@ where
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
-        let candidate = shard.insert(entry, weight, clock, &self.budget, window, guard, out);
+        let candidate = shard
+            .insert(entry, weight, clock, &self.budget, window, guard, out)
+            .map_err(|entry| (entry.key, entry.value))?;
         self.make_room(shard, candidate, guard, out);
         if out.sample_due {
             self.sample_hit_ratio();
         }
+        Ok(())
     }
 
     /// Byte mode sizes the miniatures and the sample for the most entries the budget allows

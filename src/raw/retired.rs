@@ -232,9 +232,19 @@ impl<K, V> Retired<K, V> {
         }
     }
 
+    /// Lowers the most cells the shard takes (tests only reach the real limit slowly).
+    pub(crate) fn limit_cells(&mut self, cells: usize) {
+        self.fresh.limit(cells);
+    }
+
     /// Builds `entry` in a spare shell, or in a fresh cell if no shell is back.
+    ///
+    /// # Errors
+    /// The entry, when no shell is back and the shard has taken all the cells it may: the
+    /// others hold entries, or retired ones the collector has not run yet because a thread
+    /// stays pinned.
     #[inline]
-    pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Placed<K, V> {
+    pub(crate) fn place(&mut self, entry: Entry<K, V>) -> Result<Placed<K, V>, Entry<K, V>> {
         if self.spare.0.is_empty() {
             if let Some(shells) = lock(&self.returned.batches).pop() {
                 let emptied = std::mem::replace(&mut self.spare, shells);
@@ -247,7 +257,10 @@ impl<K, V> Retired<K, V> {
             // SAFETY: a shell is a cell this shard's `Fresh` handed out; it came back through
             // the `returned` mutex, which orders its hand-out before this.
             Some(shell) => (unsafe { chunks.cell(shell) }, shell),
-            None => self.fresh.cell(chunks),
+            None => match self.fresh.cell(chunks) {
+                Some(fresh) => fresh,
+                None => return Err(entry),
+            },
         };
         // The next insert writes the next shell, which has sat unused since its entry was
         // retired: start fetching it now so that write does not wait for memory.
@@ -259,7 +272,7 @@ impl<K, V> Retired<K, V> {
         // a fresh cell never had one) and is this shard's alone once taken: writing a whole
         // entry makes it one, which `Placed` owns.
         unsafe { cell.as_ptr().write(entry) };
-        Placed(cell, id)
+        Ok(Placed(cell, id))
     }
 
     /// Takes ownership of the entry in `cell`, charged at `weight`, and hands the batch to
@@ -370,7 +383,10 @@ mod tests {
         let guard = unsafe { crossbeam_epoch::unprotected() };
         let placed: Vec<CellId> = (0..n)
             .map(|key| {
-                let entry = retired.place(Entry::new(key, Counted(drops), key, NEVER));
+                let entry = retired
+                    .place(Entry::new(key, Counted(drops), key, NEVER))
+                    .ok()
+                    .expect("a cell");
                 entry.into_cell()
             })
             .collect();
@@ -440,7 +456,12 @@ mod tests {
     fn an_entry_dropped_before_publication_drops_its_value_once() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         let mut retired = Retired::new(1_000, true, Arc::new(Chunks::new(0)));
-        drop(retired.place(Entry::new(1, Counted(&DROPS), 1, NEVER)));
+        drop(
+            retired
+                .place(Entry::new(1, Counted(&DROPS), 1, NEVER))
+                .ok()
+                .expect("a cell"),
+        );
         assert_eq!(DROPS.load(StdOrdering::Relaxed), 1);
         drop(retired);
         assert_eq!(
@@ -457,7 +478,10 @@ mod tests {
         let guard = unsafe { crossbeam_epoch::unprotected() };
         let mut retired = Retired::new(1_000_000, true, Arc::new(Chunks::new(0)));
         for key in 0..3 {
-            let entry = retired.place(Entry::new(key, Counted(&DROPS), key, NEVER));
+            let entry = retired
+                .place(Entry::new(key, Counted(&DROPS), key, NEVER))
+                .ok()
+                .expect("a cell");
             // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
             let _ = unsafe { retired.push(guard, entry.into_cell(), 1) };
         }
@@ -476,7 +500,10 @@ mod tests {
         // thread's bag is due a flush once it was handed 800 / 64 = 12.5.
         let mut retired = Retired::new(800, false, Arc::new(Chunks::new(0)));
         let retire = |retired: &mut Retired<u64, Counted>, weight| {
-            let entry = retired.place(Entry::new(0, Counted(drops), 0, NEVER));
+            let entry = retired
+                .place(Entry::new(0, Counted(drops), 0, NEVER))
+                .ok()
+                .expect("a cell");
             // SAFETY: in the shard's chunks, never published, so unreachable; retired once.
             unsafe { retired.push(guard, entry.into_cell(), weight) }
         };

@@ -217,8 +217,9 @@ where
     }
 
     /// The same shard, holding at most `entry_limit` entries.
-    pub(crate) fn limited_to(mut self, entry_limit: usize) -> Self {
+    pub(crate) fn limited_to(mut self, entry_limit: usize, cell_limit: usize) -> Self {
         self.entry_limit = entry_limit.clamp(1, super::SHARD_ENTRY_LIMIT);
+        lock_shard(&self.state).retired.limit_cells(cell_limit);
         self
     }
 
@@ -304,7 +305,7 @@ where
         window_per_mille: u32,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
-    ) -> Option<Candidate> {
+    ) -> Result<Option<Candidate>, Entry<K, V>> {
         // The probe below needs this slot: let its miss overlap with taking the lock.
         self.table.prefetch_home(u64::from(entry.hash), guard);
         let mut state = lock_shard(&self.state);
@@ -345,7 +346,9 @@ where
         // Built in its cell only once the user's `Eq` has run: a panic there left the cell
         // taken until the cache was dropped (session 24's review: a million panicking
         // writes leaked 40 MB, and about 2^26 left the shard without cells for good).
-        let mut entry = state.retired.place(entry);
+        // No free cell (all taken by entries and by retired ones a pinned reader may still
+        // see): nothing has changed yet, and the entry goes back to the caller.
+        let mut entry = state.retired.place(entry)?;
         match probe {
             Probe::Found(found) => {
                 let old = found.entry;
@@ -484,7 +487,7 @@ where
         // One write to the shared counter, none when the insert paid for itself.
         drop(pending);
         self.weight.store(state.weight, Ordering::Relaxed);
-        candidate
+        Ok(candidate)
     }
 
     /// Evicts until the shard is back within its entry limit, whatever the budget: in byte

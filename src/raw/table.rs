@@ -691,7 +691,10 @@ impl<K: Copy + 'static, V: Copy + 'static> LooseCells<K, V> {
 
     /// Builds `entry` in a fresh cell, unpublished.
     pub(crate) fn place(&mut self, entry: Entry<K, V>) -> CellId {
-        let (cell, id) = self.fresh.cell(&self.chunks);
+        let (cell, id) = self
+            .fresh
+            .cell(&self.chunks)
+            .expect("a test table within its cells");
         // SAFETY: a fresh cell of these chunks, used by nothing else: writing a whole entry
         // makes it one.
         unsafe { cell.as_ptr().write(entry) };
