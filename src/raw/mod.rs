@@ -360,10 +360,13 @@ where
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
         let window = self.window_per_mille.load(Ordering::Relaxed);
-        let candidate = shard
+        shard
             .insert(entry, weight, clock, &self.budget, window, guard, out)
-            .map_err(|entry| (entry.key, entry.value))?;
-        self.make_room(shard, candidate, guard, out);
+            .map_err(|entry| {
+                let entry = *entry;
+                (entry.key, entry.value)
+            })?;
+        self.make_room(shard, guard, out);
         if out.sample_due {
             self.sample_hit_ratio();
         }
@@ -509,18 +512,13 @@ where
     /// Evicts until the global weight is within budget, when the inserting shard could not
     /// pay for its insert itself (it is far below its share, or holds only the new entry):
     /// from the shards most over their share, and from `home` only as a last resort.
-    /// `candidate` is the new entry the home shard left the eviction for, which duels each
-    /// victim of another shard and leaves itself when it loses.
+    /// `out.candidate` is the new entry the home shard left the eviction for, which duels
+    /// each victim of another shard and leaves itself when it loses.
     #[inline]
-    fn make_room<'g>(
-        &self,
-        home: &Shard<K, V>,
-        candidate: Option<Candidate>,
-        guard: &'g Guard,
-        out: &mut Departures<'g, K, V>,
-    ) {
+    fn make_room<'g>(&self, home: &Shard<K, V>, guard: &'g Guard, out: &mut Departures<'g, K, V>) {
         // Inline for the common case, where the home shard paid and there is nothing to do.
         if self.budget.is_over() {
+            let candidate = out.candidate.take();
             self.make_room_elsewhere(home, candidate, guard, out);
         }
     }
