@@ -561,8 +561,11 @@ where
                     Duel::MadeRoom => true,
                     Duel::Empty => home.evict_one(clock, guard, out),
                     Duel::Lost => {
+                        // Gone already (removed, or replaced by a later write): the loop
+                        // looks at the budget again, which that write may have settled.
                         candidate = None;
-                        home.reject(new, guard, out) || home.evict_one(clock, guard, out)
+                        home.reject(new, clock(), guard, out);
+                        true
                     }
                 },
                 (Some(victim), None) => {

@@ -56,6 +56,11 @@ pub(crate) struct Candidate {
     id: u32,
     /// Its key's short hash, as the sketch and the table know it.
     hash: u64,
+    /// The entry's address, which tells it from a later entry under the same id and short
+    /// hash (a rewrite of its key, or another key that took the id after a removal: session
+    /// 24's review showed `Shard::reject` evicting both). The inserting thread stays pinned
+    /// until the candidate's duels are over, so its cell is not reused meanwhile.
+    address: usize,
     /// Its own shard's frequency estimate; `u8::MAX` for a key the ghost recognised, which
     /// wins its duel outright.
     frequency: u8,
@@ -415,6 +420,7 @@ where
                 state.policy.prefetch_frequency(sketch_hash);
                 let id = state.slab.insert(weight);
                 entry.set_id(id);
+                let address = std::ptr::from_ref::<Entry<K, V>>(&entry) as usize;
                 let slab = &mut state.slab;
                 let hash = entry.hash;
                 // SAFETY: a whole entry of that hash, built in a cell of this shard's chunks
@@ -435,7 +441,7 @@ where
                 slab.set_slot(id, slot);
                 pending.add(weight);
                 let arrival = state.policy.on_insert(id, sketch_hash, weight);
-                arrived = Some((id, arrival.returning));
+                arrived = Some((id, arrival.returning, address));
                 if arrival.returning {
                     WriteTally::add(&tally.returning, 1);
                 }
@@ -467,18 +473,30 @@ where
             // their victims (session 24's review: it displaced them unopposed, so a scan of
             // entries heavier than half a shard's share flushed a hot set held elsewhere).
             if state.policy.len() <= 1 || state.weight < budget.share / 2 {
-                out.candidate =
-                    arrived
-                        .filter(|&(id, _)| state.slab.is_occupied(id))
-                        .map(|(id, returning)| Candidate {
-                            id,
-                            hash: sketch_hash,
-                            frequency: if returning {
-                                u8::MAX
-                            } else {
-                                state.policy.frequency(sketch_hash)
-                            },
-                        });
+                let Some((id, returning, address)) =
+                    arrived.filter(|&(id, ..)| state.slab.is_occupied(id))
+                else {
+                    break;
+                };
+                // Already expired (a zero TTL): it leaves at once, as expired, and duels no
+                // one (session 24's review: it was dueled, and reported evicted).
+                if expires_at != NEVER && now >= expires_at {
+                    arrived = None;
+                    state.policy.on_remove(id, state.slab.weight(id));
+                    self.unlink(state, id, RemovalCause::Expired, guard, out);
+                    release_ids(state);
+                    continue;
+                }
+                out.candidate = Some(Candidate {
+                    id,
+                    hash: sketch_hash,
+                    address,
+                    frequency: if returning {
+                        u8::MAX
+                    } else {
+                        state.policy.frequency(sketch_hash)
+                    },
+                });
                 break;
             }
             let Some(eviction) =
@@ -601,26 +619,38 @@ where
 
     /// Evicts `candidate`, a new entry of this shard that lost its duel in another shard,
     /// counted as an admission rejection. False if it is gone already (removed, replaced
-    /// by a write of its key that took its id, or evicted here meanwhile).
+    /// by a later write of its key, or evicted here meanwhile), whatever entry holds its id
+    /// and short hash now.
+    ///
+    /// An entry whose TTL has run out at `now` leaves as expired instead, not counted as a
+    /// rejection (the fuzzer's oracle: an expired entry is never reported evicted).
     pub(crate) fn reject<'g>(
         &self,
         candidate: Candidate,
+        now: u64,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> bool {
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let id = candidate.id;
-        if !state.slab.is_occupied(id)
-            || self.members(&state.slab, &state.counts, guard).hash(id) != candidate.hash
-        {
+        if !state.slab.is_occupied(id) {
             return false;
         }
-        state
-            .policy
-            .reject(id, candidate.hash, state.slab.weight(id));
-        WriteTally::add(&self.tally.admission_rejections, 1);
-        self.unlink(state, id, RemovalCause::Evicted, guard, out);
+        let entry = self.members(&state.slab, &state.counts, guard).entry(id);
+        if std::ptr::from_ref(entry) as usize != candidate.address {
+            return false;
+        }
+        let weight = state.slab.weight(id);
+        let cause = if entry.is_expired_at(now) {
+            state.policy.on_remove(id, weight);
+            RemovalCause::Expired
+        } else {
+            state.policy.reject(id, candidate.hash, weight);
+            WriteTally::add(&self.tally.admission_rejections, 1);
+            RemovalCause::Evicted
+        };
+        self.unlink(state, id, cause, guard, out);
         release_ids(state);
         self.weight.store(state.weight, Ordering::Relaxed);
         true
