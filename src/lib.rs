@@ -65,7 +65,9 @@
 //! Keys and values larder drops on the caller's thread without caching them (a single-flight
 //! load's key, a value refused as too heavy) are dropped last, once the cache is settled:
 //! their `Drop`'s panic reaches the caller and leaves the cache consistent.
-//! Keys whose `Hash` and `Eq` disagree cannot be found again but corrupt nothing. The default
+//! Keys whose `Hash` and `Eq` disagree cannot be found again but corrupt nothing. A key's
+//! `Eq` runs under its shard's lock during a write, so it must not call back into the same
+//! cache's write methods (it would wait for that lock for good). The default
 //! hasher is seeded at random per cache, so keys chosen to collide under a known hash do not
 //! slow it down; a fixed [`CacheBuilder::hasher`] gives that up. The README's "Bad input"
 //! table lists each case with its test.
