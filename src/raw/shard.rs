@@ -420,7 +420,6 @@ where
                 state.policy.prefetch_frequency(sketch_hash);
                 let id = state.slab.insert(weight);
                 entry.set_id(id);
-                let address = std::ptr::from_ref::<Entry<K, V>>(&entry) as usize;
                 let slab = &mut state.slab;
                 let hash = entry.hash;
                 // SAFETY: a whole entry of that hash, built in a cell of this shard's chunks
@@ -441,7 +440,7 @@ where
                 slab.set_slot(id, slot);
                 pending.add(weight);
                 let arrival = state.policy.on_insert(id, sketch_hash, weight);
-                arrived = Some((id, arrival.returning, address));
+                arrived = Some((id, arrival.returning));
                 if arrival.returning {
                     WriteTally::add(&tally.returning, 1);
                 }
@@ -473,11 +472,13 @@ where
             // their victims (session 24's review: it displaced them unopposed, so a scan of
             // entries heavier than half a shard's share flushed a hot set held elsewhere).
             if state.policy.len() <= 1 || state.weight < budget.share / 2 {
-                let Some((id, returning, address)) =
-                    arrived.filter(|&(id, ..)| state.slab.is_occupied(id))
+                let Some((id, returning)) = arrived.filter(|&(id, _)| state.slab.is_occupied(id))
                 else {
                     break;
                 };
+                // Under the lock since its insert, the id still names the new entry.
+                let members = self.members(&state.slab, &state.counts, guard);
+                let address = std::ptr::from_ref(members.entry(id)) as usize;
                 // Already expired (a zero TTL): it leaves at once, as expired, and duels no
                 // one (session 24's review: it was dueled, and reported evicted).
                 if expires_at != NEVER && now >= expires_at {
