@@ -561,8 +561,9 @@ where
                     Duel::MadeRoom => true,
                     Duel::Empty => home.evict_one(clock, guard, out),
                     Duel::Lost => {
-                        // Gone already (removed, or replaced by a later write): the loop
-                        // looks at the budget again, which that write may have settled.
+                        // The candidate leaves. If it is gone already (removed, or replaced
+                        // by a later write), nothing leaves in its place: the loop looks at
+                        // the budget again, which that write may have settled.
                         candidate = None;
                         home.reject(new, clock(), guard, out);
                         true
@@ -622,8 +623,8 @@ where
         self.shard(hash).remove(hash, key, self.now(), guard, out)
     }
 
-    /// Expires what is due in every shard, within `max_work` wheel steps per shard.
-    /// Expires up to about `max_work` due entries per shard. Returns whether every shard
+    /// Expires what is due in every shard, within `max_work` wheel steps per shard. Returns
+    /// whether every shard
     /// caught up, and the first listener panic, for the caller to re-raise once it is done
     /// (a listener's panic cannot recur once its entries are gone). The clock's panic is
     /// not caught: it would recur at every round (session 24's review: the caller's retry
