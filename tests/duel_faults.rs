@@ -5,8 +5,10 @@
 //! another key that had taken its id) was there instead, and an entry already expired
 //! when inserted was dueled and reported evicted.
 
+mod common;
+
+use common::KeyIsHash as Pass;
 use larder::{BuildError, Cache, Clock, ManualClock, RemovalCause};
-use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -18,25 +20,6 @@ fn overhead() -> u64 {
         other => panic!("{other:?}"),
     }
 }
-
-/// Passes a `u64` key through as its hash: the top bit picks one of two shards, the low 32
-/// bits are the short hash.
-#[derive(Default, Clone)]
-struct PassThrough(u64);
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0 << 8 | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-type Pass = std::hash::BuildHasherDefault<PassThrough>;
 
 /// A clock that, once armed, blocks its next caller until the test releases it.
 #[derive(Debug, Clone)]

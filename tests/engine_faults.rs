@@ -5,11 +5,14 @@
 //! `run_pending_tasks` looping under a listener that panicked. Also the review's churn
 //! check of readers against rebuilds and recycled cells.
 
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::KeyIsHash;
 use larder::{Cache, Clock, RemovalCause};
 
 /// Panics these tests cause on purpose carry this prefix, and are not printed.
@@ -148,25 +151,6 @@ fn run_pending_tasks_passes_a_clock_panic_on_instead_of_spinning() {
     cache.validate();
 }
 
-/// Hashes a `u64` key to itself, so a test picks each key's shard: the top bit of the hash
-/// chooses between two shards.
-#[derive(Debug, Default, Clone)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// A clock that panics only when another shard makes room for a write, after the home
 /// shard has published it: the write used to stand unsettled (the cache over its budget at
 /// rest, the replaced value never reported to the listener). Now the eviction completes
@@ -177,11 +161,11 @@ fn a_clock_panic_while_other_shards_make_room_leaves_the_write_settled() {
     quiet_intended_panics();
     let failing = Arc::new(AtomicBool::new(false));
     let notices = Arc::new(Mutex::new(Vec::new()));
-    let cache: Cache<u64, u64, BuildHasherDefault<IdHasher>> = Cache::builder()
+    let cache: Cache<u64, u64, KeyIsHash> = Cache::builder()
         .max_bytes(10_000)
         .weigher(|_: &u64, value: &u64| *value)
         .shards(2)
-        .hasher(BuildHasherDefault::<IdHasher>::default())
+        .hasher(KeyIsHash::default())
         .clock(FailingClock {
             failing: Arc::clone(&failing),
             panics: Arc::new(AtomicU64::new(0)),

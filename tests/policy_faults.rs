@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::KeyIsHash as Pass;
 use larder::{BuildError, Cache, InsertErrorKind, ManualClock};
 
 struct Rng(u64);
@@ -545,27 +548,6 @@ fn concurrent_uneven_weights_end_within_budget() {
         }
     }
 }
-
-/// A hasher that passes a `u64` key through: the test picks each key's shard (the top bits
-/// of the hash pick it).
-#[derive(Default, Clone)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0 << 8 | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type Pass = std::hash::BuildHasherDefault<PassThrough>;
 
 /// README, "Design", Budget: "An entry of up to the whole budget is accepted ...; whether
 /// it stays is the admission policy's call, as for any entry (beside even one resident

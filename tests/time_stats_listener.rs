@@ -6,36 +6,15 @@
 //! `engine_faults.rs`.)
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder::{BuildError, Cache, Clock, ManualClock, RemovalCause};
+mod common;
 
-/// Hashes a `u64` key to itself: the top bits pick the shard.
-#[derive(Clone, Default, Debug)]
-struct Identity;
-struct IdHasher(u64);
-impl BuildHasher for Identity {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
+use common::KeyIsHash as Identity;
+use larder::{BuildError, Cache, Clock, ManualClock, RemovalCause};
 
 /// A clock that panics while its flag is set (without the panic hook, so a loop of them
 /// prints nothing), else returns 1.
@@ -84,7 +63,7 @@ fn a_clock_panicking_mid_make_room_loses_no_listener_notice() {
         .max_bytes(100_000)
         .weigher(|_: &u64, v: &u64| *v)
         .shards(4)
-        .hasher(Identity)
+        .hasher(Identity::default())
         .clock(PanickingClock(Arc::clone(&panicking)))
         .eviction_listener({
             let heard = Arc::clone(&heard);

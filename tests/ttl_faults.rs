@@ -1,35 +1,12 @@
 //! Expiry (TTL) faults session 23's review found. Each test failed before its fix.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder::{Cache, ManualClock, RemovalCause};
+mod common;
 
-/// A hasher that hashes a `u64` key to itself, so a test chooses a key's shard (the top
-/// bit picks one of two shards).
-#[derive(Clone, Default, Debug)]
-struct Identity;
-struct IdHasher(u64);
-impl BuildHasher for Identity {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
+use common::KeyIsHash as Identity;
+use larder::{Cache, ManualClock, RemovalCause};
 
 type Heard = Arc<Mutex<Vec<(u64, RemovalCause)>>>;
 
@@ -101,7 +78,7 @@ fn run_pending_tasks_expires_a_shard_a_write_advanced_meanwhile() {
         Cache::<u64, u64>::builder()
             .max_entries(1_000_000)
             .shards(2)
-            .hasher(Identity)
+            .hasher(Identity::default())
             .clock(clock.clone())
             .eviction_listener(move |&key: &u64, _: &u64, _| {
                 if key == 0 {

@@ -43,3 +43,27 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Hashes a `u64` key to itself, so a test picks each key's shard (the top bits of the
+/// hash) and its short hash (the low 32 bits).
+#[allow(dead_code)] // Not every test file that includes `common` picks shards.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct KeyAsHash(u64);
+
+impl std::hash::Hasher for KeyAsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0 << 8 | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The hasher of a cache whose `u64` keys are their own hashes (see [`KeyAsHash`]).
+#[allow(dead_code)]
+pub(crate) type KeyIsHash = std::hash::BuildHasherDefault<KeyAsHash>;
