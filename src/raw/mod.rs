@@ -556,23 +556,21 @@ where
         // argued from the code).
         let mut fruitless = 0;
         while self.budget.is_over() && fruitless <= self.shards.len() {
-            let evicted = match (self.heaviest_other(home), candidate) {
-                (Some(victim), Some(new)) => match victim.evict_one_for(new, clock, guard, out) {
-                    Duel::MadeRoom => true,
-                    Duel::Empty => home.evict_one(clock, guard, out),
-                    Duel::Lost => {
-                        // The candidate leaves. If it is gone already (removed, or replaced
-                        // by a later write), nothing leaves in its place: the loop looks at
-                        // the budget again, which that write may have settled.
-                        candidate = None;
-                        home.reject(new, clock(), guard, out);
-                        true
-                    }
-                },
-                (Some(victim), None) => {
-                    victim.evict_one(clock, guard, out) || home.evict_one(clock, guard, out)
+            let from_victim = match self.heaviest_other(home) {
+                Some(victim) => victim.evict_one(candidate, clock, guard, out),
+                None => Duel::Empty,
+            };
+            let evicted = match (from_victim, candidate) {
+                (Duel::MadeRoom, _) => true,
+                (Duel::Lost, Some(new)) => {
+                    // The candidate leaves. If it is gone already (removed, or replaced by a
+                    // later write), nothing leaves in its place: the loop looks at the budget
+                    // again, which that write may have settled.
+                    candidate = None;
+                    home.reject(new, clock(), guard, out);
+                    true
                 }
-                (None, _) => home.evict_one(clock, guard, out),
+                _ => home.evict_one(None, clock, guard, out) == Duel::MadeRoom,
             };
             if evicted {
                 fruitless = 0;

@@ -49,7 +49,7 @@ pub(crate) struct Departures<'g, K, V> {
 
 /// A new entry whose shard left the eviction it needs to other shards (the shard was far
 /// below its share, or held nothing else): it duels each victim they would give up for it,
-/// as it would duel its own shard's victim (see `Shard::evict_one_for`).
+/// as it would duel its own shard's victim (see `Shard::evict_one`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Candidate {
     /// The entry's slab id in its own shard.
@@ -66,14 +66,14 @@ pub(crate) struct Candidate {
     frequency: u8,
 }
 
-/// How [`Shard::evict_one_for`] ended.
+/// How [`Shard::evict_one`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Duel {
     /// Weight left the shard: an expired entry, or the victim the candidate beat.
     MadeRoom,
     /// The shard holds no entry.
     Empty,
-    /// The victim was the more frequent: the candidate should leave instead.
+    /// The victim was more frequent than the candidate, which should leave instead.
     Lost,
 }
 
@@ -563,31 +563,13 @@ where
 
     /// Makes room for another shard's insert: expires what is due here (bounded work, as a
     /// write of its own would), and evicts one entry chosen by the policy only if that freed
-    /// nothing. Returns false if the shard is empty. Until session 22 it evicted at once, so
-    /// the expired entries of a shard nobody wrote kept their share of the budget while live
-    /// entries elsewhere left for them.
+    /// nothing and `candidate`, the new entry it makes room for (if any), wins the admission
+    /// duel against that victim. Until session 22 it evicted at once, so the expired entries
+    /// of a shard nobody wrote kept their share of the budget while live entries elsewhere
+    /// left for them.
     pub(crate) fn evict_one<'g>(
         &self,
-        clock: impl Fn() -> u64,
-        guard: &'g Guard,
-        out: &mut Departures<'g, K, V>,
-    ) -> bool {
-        let mut state = lock_shard(&self.state);
-        let state = &mut *state;
-        let before = state.weight;
-        // The clock only matters to entries with an expiry, which are all on the wheel.
-        let now = if state.wheel.len() != 0 { clock() } else { 0 };
-        self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
-        let made_room = state.weight < before || self.evict_locked(state, now, guard, out);
-        self.weight.store(state.weight, Ordering::Relaxed);
-        made_room
-    }
-
-    /// [`evict_one`](Self::evict_one) for another shard's new entry, which must win the
-    /// admission duel against the victim first. Expired entries leave without a duel.
-    pub(crate) fn evict_one_for<'g>(
-        &self,
-        candidate: Candidate,
+        candidate: Option<Candidate>,
         clock: impl Fn() -> u64,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
@@ -595,16 +577,18 @@ where
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let before = state.weight;
+        // The clock only matters to entries with an expiry, which are all on the wheel.
         let now = if state.wheel.len() != 0 { clock() } else { 0 };
         self.expire_locked(state, now, WHEEL_WORK_PER_WRITE, guard, out);
         let outcome = if state.weight < before {
             Duel::MadeRoom
         } else {
             let members = self.members(&state.slab, &state.counts, guard);
-            match state.policy.yields_to(candidate.frequency, &members) {
-                None => Duel::Empty,
-                Some(false) => Duel::Lost,
-                Some(true) => {
+            let lost = candidate.map(|new| state.policy.yields_to(new.frequency, &members));
+            match lost {
+                Some(None) => Duel::Empty,
+                Some(Some(false)) => Duel::Lost,
+                None | Some(Some(true)) => {
                     if self.evict_locked(state, now, guard, out) {
                         Duel::MadeRoom
                     } else {
