@@ -16,15 +16,18 @@ pub mod plot;
 pub mod policies;
 pub mod synthetic;
 pub mod trace;
+pub mod weights;
 pub mod wtinylfu;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use weights::Weights;
 
 /// Fractions of a trace's unique keys used as default cache sizes.
 const DEFAULT_FRACTIONS: [f64; 7] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5];
@@ -41,6 +44,10 @@ const REFERENCE: [&str; 9] = [
     "wtinylfu_fixed",
     "opt",
 ];
+
+/// The reference policies byte mode runs: LRU over bytes. The others count entries, and
+/// Belady's OPT is no bound once sizes vary (keeping small entries hits more often).
+const BYTE_MODE_REFERENCE: [&str; 1] = ["lru"];
 
 /// Real caches, in table order.
 const REAL: [&str; 5] = peers::NAMES;
@@ -63,6 +70,8 @@ struct Options {
     load_nanos: u64,
     /// Write each trace's sizes and keys here instead of replaying (see [`write_keys`]).
     keys_out: Option<PathBuf>,
+    /// Count mode, or byte mode with these sizes (see `weights.rs`).
+    weights: Weights,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -82,6 +91,7 @@ fn parse_args_from(args: impl IntoIterator<Item = String>) -> Result<Options, St
         runs: 1,
         load_nanos: 0,
         keys_out: None,
+        weights: Weights::Unit,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -131,6 +141,7 @@ fn parse_args_from(args: impl IntoIterator<Item = String>) -> Result<Options, St
                     .map_err(|e| format!("--load-ns: {e}"))?;
             }
             "--pattern" => options.pattern = value("--pattern")?.parse()?,
+            "--weights" => options.weights = value("--weights")?.parse()?,
             "--out" => options.out = PathBuf::from(value("--out")?),
             "--keys-out" => options.keys_out = Some(PathBuf::from(value("--keys-out")?)),
             "--policies" => {
@@ -149,6 +160,15 @@ fn parse_args_from(args: impl IntoIterator<Item = String>) -> Result<Options, St
             path => options.traces.push(PathBuf::from(path)),
         }
     }
+    if options.weights.in_bytes() {
+        if let Some(other) = options.policies.iter().flatten().find(|name| {
+            REFERENCE.contains(&name.as_str()) && !BYTE_MODE_REFERENCE.contains(&name.as_str())
+        }) {
+            return Err(format!(
+                "--policies {other}: in byte mode the only reference policy is lru (by bytes)"
+            ));
+        }
+    }
     Ok(options)
 }
 
@@ -161,6 +181,11 @@ struct Trace {
     name: String,
     keys: Vec<u64>,
     sizes: Vec<usize>,
+    /// The mean size of its distinct keys under `--weights` (1 in count mode).
+    mean_weight: f64,
+    /// The bytes of all its requests under `--weights`, overhead aside (its length in
+    /// count mode): the denominator of the byte hit ratio.
+    requested_bytes: u64,
 }
 
 fn default_sizes(unique: usize) -> Vec<usize> {
@@ -218,7 +243,15 @@ fn load_traces(options: &Options) -> Result<Vec<Trace>, String> {
                 .sizes
                 .clone()
                 .unwrap_or_else(|| default_sizes(unique));
-            Trace { name, keys, sizes }
+            let mean_weight = options.weights.mean(&keys);
+            let requested_bytes = keys.iter().map(|&key| options.weights.of(key)).sum();
+            Trace {
+                name,
+                keys,
+                sizes,
+                mean_weight,
+                requested_bytes,
+            }
         })
         .collect())
 }
@@ -243,8 +276,10 @@ struct Job {
 /// mean: each replay builds a new cache, whose hasher is seeded at random (larder's and
 /// quick_cache's), so single replays of one build differ, on ARC's P12 by up to 1.5
 /// points. The reference policies are deterministic and run once.
-fn plan(traces: &[Trace], policies: &[&'static str], runs: usize) -> Vec<Job> {
-    let unshown_opt = !policies.contains(&"opt");
+///
+/// In byte mode (`with_opt` false) OPT does not run: it is no bound once sizes vary.
+fn plan(traces: &[Trace], policies: &[&'static str], runs: usize, with_opt: bool) -> Vec<Job> {
+    let unshown_opt = with_opt && !policies.contains(&"opt");
     let at = |trace, size| {
         let job = move |policy, shown, run| Job {
             trace,
@@ -269,11 +304,22 @@ fn plan(traces: &[Trace], policies: &[&'static str], runs: usize) -> Vec<Job> {
 /// What a replay found.
 struct Outcome {
     hits: usize,
+    /// The bytes of the hits under `--weights`, overhead aside (the hits in count mode).
+    hit_bytes: u64,
     error: Option<String>,
 }
 
-fn replay_reference(job: Job, keys: &[u64], progress: &ProgressBar) -> Outcome {
+fn replay_reference(
+    job: Job,
+    keys: &[u64],
+    weights: Weights,
+    budget: u64,
+    progress: &ProgressBar,
+) -> Outcome {
     let mut policy = match job.policy {
+        "lru" if weights.in_bytes() => {
+            policies::lru_weighing(budget, move |key| weights.charged(key))
+        }
         "lru" => policies::lru(job.size),
         "clock" => policies::clock(job.size),
         "fifo" => policies::fifo(job.size),
@@ -285,12 +331,21 @@ fn replay_reference(job: Job, keys: &[u64], progress: &ProgressBar) -> Outcome {
         "opt" => policies::opt(job.size, keys),
         other => unreachable!("unknown policy {other}"),
     };
-    let mut hits = 0;
+    let (mut hits, mut hit_bytes) = (0, 0);
     for chunk in keys.chunks(PROGRESS_STEP) {
-        hits += chunk.iter().filter(|&&key| policy.access(key)).count();
+        for &key in chunk {
+            if policy.access(key) {
+                hits += 1;
+                hit_bytes += weights.of(key);
+            }
+        }
         progress.inc(chunk.len() as u64);
     }
-    Outcome { hits, error: None }
+    Outcome {
+        hits,
+        hit_bytes,
+        error: None,
+    }
 }
 
 /// Replays `keys` against a real cache from `threads` threads taking requests in trace
@@ -298,13 +353,16 @@ fn replay_reference(job: Job, keys: &[u64], progress: &ProgressBar) -> Outcome {
 fn replay_real(
     job: Job,
     keys: &[u64],
-    threads: usize,
-    pattern: peers::Pattern,
+    options: &Options,
+    budget: u64,
     progress: &ProgressBar,
 ) -> Outcome {
-    let cache = peers::one(job.policy, job.size).expect("every real policy has an adapter");
+    let (threads, pattern, weights) = (options.threads, options.pattern, options.weights);
+    let cache = peers::one(job.policy, job.size, weights, budget)
+        .expect("every real policy has an adapter");
     let cache = &*cache;
     let hits = AtomicUsize::new(0);
+    let hit_bytes = AtomicU64::new(0);
     let error = Mutex::new(None);
     // The threads take requests from one shared cursor, in trace order, as a pool of
     // workers serves one stream of clients: the cache sees the trace reordered only locally
@@ -314,9 +372,10 @@ fn replay_real(
     let cursor = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (cache, hits, error, cursor) = (cache, &hits, &error, &cursor);
+            let (cache, hits, hit_bytes, error, cursor) =
+                (cache, &hits, &hit_bytes, &error, &cursor);
             scope.spawn(move || {
-                let mut local = 0;
+                let (mut local, mut local_bytes) = (0, 0);
                 let mut done = 0;
                 while let Some(&key) = keys.get(cursor.fetch_add(1, Ordering::Relaxed)) {
                     let outcome = match pattern {
@@ -324,7 +383,12 @@ fn replay_real(
                         peers::Pattern::SingleFlight => cache.load(key),
                     };
                     match outcome {
-                        Ok(hit) => local += usize::from(hit),
+                        Ok(hit) => {
+                            if hit {
+                                local += 1;
+                                local_bytes += weights.of(key);
+                            }
+                        }
                         Err(message) => {
                             error.lock().unwrap().get_or_insert(message);
                         }
@@ -337,11 +401,13 @@ fn replay_real(
                 }
                 progress.inc(done as u64);
                 hits.fetch_add(local, Ordering::Relaxed);
+                hit_bytes.fetch_add(local_bytes, Ordering::Relaxed);
             });
         }
     });
     Outcome {
         hits: hits.into_inner(),
+        hit_bytes: hit_bytes.into_inner(),
         error: error.into_inner().unwrap(),
     }
 }
@@ -380,13 +446,17 @@ fn main() -> ExitCode {
             .as_ref()
             .map_or(true, |names| names.iter().any(|name| name == policy))
     };
+    let in_bytes = options.weights.in_bytes();
     let policies: Vec<&'static str> = REAL
         .iter()
         .chain(REFERENCE.iter())
         .copied()
         .filter(chosen)
+        .filter(|policy| {
+            !in_bytes || !REFERENCE.contains(policy) || BYTE_MODE_REFERENCE.contains(policy)
+        })
         .collect();
-    let jobs = plan(&traces, &policies, options.runs);
+    let jobs = plan(&traces, &policies, options.runs, !in_bytes);
     let total: u64 = jobs.iter().map(|j| traces[j.trace].keys.len() as u64).sum();
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {percent:>3}% {pos}/{len} accesses, eta {eta}")
@@ -401,11 +471,13 @@ fn main() -> ExitCode {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&job) = jobs.get(index) else { break };
-                let keys = &traces[job.trace].keys;
+                let trace = &traces[job.trace];
+                let keys = &trace.keys;
+                let budget = options.weights.budget(job.size, trace.mean_weight);
                 let outcome = if REAL.contains(&job.policy) {
-                    replay_real(job, keys, options.threads, options.pattern, &progress)
+                    replay_real(job, keys, &options, budget, &progress)
                 } else {
-                    replay_reference(job, keys, &progress)
+                    replay_reference(job, keys, options.weights, budget, &progress)
                 };
                 results.lock().unwrap().insert(index, outcome);
             });
@@ -440,8 +512,8 @@ fn print_comparison(
     }
     println!();
     let setting = format!(
-        "{} thread(s) per real cache, {:?}, {} ns per load, mean of {} run(s)",
-        options.threads, options.pattern, options.load_nanos, options.runs
+        "{} thread(s) per real cache, {:?}, {} ns per load, mean of {} run(s), weights {:?}",
+        options.threads, options.pattern, options.load_nanos, options.runs, options.weights
     );
     print_summary("larder vs best peer", &rows, &setting);
     if let Some(bounded) = compare(traces, find, ["moka_bounded", "quick_cache", "lru"]) {
@@ -573,7 +645,9 @@ fn report(
     println!("|---|---:|---|---:|---|");
     for job in jobs.iter().filter(|job| job.shown && job.run == 0) {
         let trace = &traces[job.trace];
-        let opt = find(job.trace, job.size, "opt").expect("`plan` runs OPT at every size");
+        // `plan` runs OPT at every size, except in byte mode, where nothing is checked
+        // against it.
+        let opt = find(job.trace, job.size, "opt").unwrap_or(f64::INFINITY);
         let runs = replays(job.trace, job.size, job.policy);
         let mut notes = Vec::new();
         if runs.len() > 1 {
@@ -593,6 +667,11 @@ fn report(
             if !note.is_empty() && !notes.contains(&note) {
                 notes.push(note);
             }
+        }
+        if options.weights.in_bytes() {
+            let bytes: u64 = runs.iter().map(|&i| results[&i].hit_bytes).sum();
+            let share = bytes as f64 / runs.len() as f64 / trace.requested_bytes.max(1) as f64;
+            notes.push(format!("bytes hit {:.2}%", 100.0 * share));
         }
         let mean = find(job.trace, job.size, job.policy).expect("the row's own runs");
         println!(
@@ -685,6 +764,18 @@ mod tests {
     }
 
     #[test]
+    fn byte_mode_runs_lru_alone_of_the_references_and_no_opt() {
+        assert!(parsed("--weights varied --policies larder,arc").is_err());
+        assert!(parsed("--weights none").is_err());
+        let options = parsed("--weights 100 --policies larder,lru").unwrap();
+        assert_eq!(options.weights, Weights::Fixed(100));
+        let traces = vec![trace("a.trc", vec![10, 20])];
+        let jobs = plan(&traces, &["larder", "lru"], 1, false);
+        assert_eq!(jobs.len(), 4);
+        assert!(jobs.iter().all(|job| job.policy != "opt"));
+    }
+
+    #[test]
     fn sizes_given_twice_replay_once_and_sizes_too_large_are_refused() {
         let options = parsed("--sizes 20,2,20,2 t.trc").unwrap();
         assert_eq!(options.sizes, Some(vec![2, 20]));
@@ -698,6 +789,8 @@ mod tests {
             name: name.into(),
             keys: Vec::new(),
             sizes,
+            mean_weight: 1.0,
+            requested_bytes: 0,
         }
     }
 
@@ -724,7 +817,7 @@ mod tests {
             run: 0,
         };
         assert_eq!(
-            plan(&traces, &["larder", "lru"], 1),
+            plan(&traces, &["larder", "lru"], 1, true),
             [
                 job(0, 10, "larder", true),
                 job(0, 10, "lru", true),
@@ -739,7 +832,7 @@ mod tests {
         );
         // Chosen, it runs once, shown.
         assert_eq!(
-            plan(&traces[1..], &["opt", "lru"], 1),
+            plan(&traces[1..], &["opt", "lru"], 1, true),
             [job(0, 5, "opt", true), job(0, 5, "lru", true)]
         );
     }
@@ -755,7 +848,7 @@ mod tests {
             run,
         };
         assert_eq!(
-            plan(&traces, &["larder", "lru"], 3),
+            plan(&traces, &["larder", "lru"], 3, true),
             [
                 job("larder", true, 0),
                 job("larder", true, 1),

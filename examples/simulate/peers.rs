@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::weights::Weights;
+
 /// A real, thread-safe cache, replayed in one of two ways (see [`Pattern`]).
 pub trait SharedCache: Sync {
     /// Name in tables and plots.
@@ -100,7 +102,20 @@ struct Moka(moka::sync::Cache<u64, u64>);
 /// it holds more entries than its capacity (on small caches, many times more).
 struct MokaBounded(moka::sync::Cache<u64, u64>);
 struct Quick(quick_cache::sync::Cache<u64, u64>);
-struct Stretto(stretto::Cache<u64, u64>);
+/// quick_cache under a byte budget (its weighter is part of its type).
+struct QuickBytes(quick_cache::sync::Cache<u64, u64, Charged>);
+
+/// quick_cache's weighter in byte mode: what [`Weights::charged`] says.
+#[derive(Clone)]
+struct Charged(Weights);
+
+impl quick_cache::Weighter<u64, u64> for Charged {
+    fn weight(&self, key: &u64, _: &u64) -> u64 {
+        self.0.charged(*key)
+    }
+}
+/// stretto, charged each entry's cost as [`Weights::charged`] says.
+struct Stretto(stretto::Cache<u64, u64>, Weights);
 
 impl SharedCache for Larder {
     fn name(&self) -> &'static str {
@@ -111,7 +126,13 @@ impl SharedCache for Larder {
             self.name(),
             key,
             || self.0.get(&key),
-            |value| self.0.insert(key, value).map_err(|e| e.to_string()),
+            |value| match self.0.insert(key, value) {
+                // Heavier than the whole byte budget: not cached, as the peers drop it.
+                Err(error) if matches!(error.kind, larder::InsertErrorKind::TooHeavy { .. }) => {
+                    Ok(())
+                }
+                result => result.map_err(|e| e.to_string()),
+            },
         )
     }
     fn load(&self, key: u64) -> Result<bool, String> {
@@ -175,14 +196,26 @@ infallible_adapter!(Moka, "moka", |moka: &Moka, key| moka_get_with(
     || {}
 ));
 infallible_adapter!(Quick, "quick_cache", |quick: &Quick, key| {
+    quick_get_or_insert(&quick.0, quick.name(), key)
+});
+infallible_adapter!(QuickBytes, "quick_cache", |quick: &QuickBytes, key| {
+    quick_get_or_insert(&quick.0, quick.name(), key)
+});
+
+/// quick_cache's single-flight call, whatever its weighter.
+fn quick_get_or_insert<W: quick_cache::Weighter<u64, u64> + Clone>(
+    cache: &quick_cache::sync::Cache<u64, u64, W>,
+    name: &str,
+    key: u64,
+) -> Result<bool, String> {
     let mut loaded = false;
-    let value = quick.0.get_or_insert_with(&key, || {
+    let value = cache.get_or_insert_with(&key, || {
         loaded = true;
         Ok::<u64, std::convert::Infallible>(load(key))
     });
     let Ok(value) = value;
-    checked(quick.name(), key, value).map(|()| !loaded)
-});
+    checked(name, key, value).map(|()| !loaded)
+}
 
 impl SharedCache for MokaBounded {
     fn name(&self) -> &'static str {
@@ -215,7 +248,8 @@ impl SharedCache for Stretto {
         let get = || self.0.get(&key).map(|value| *value.value());
         // Inserts are buffered and applied later unless waited for; as its users run it.
         read_through(self.name(), key, get, |value| {
-            self.0.insert(key, value, 1);
+            let cost = i64::try_from(self.1.charged(key)).unwrap_or(i64::MAX);
+            self.0.insert(key, value, cost);
             Ok(())
         })
     }
@@ -224,29 +258,61 @@ impl SharedCache for Stretto {
 /// The real caches' names, in table order.
 pub const NAMES: [&str; 5] = ["larder", "moka", "moka_bounded", "quick_cache", "stretto"];
 
-/// The real cache called `name` (one of [`NAMES`]), holding at most `capacity` entries;
-/// `None` for any other name. Only that cache is built: the others' allocations (stretto's
-/// counters grow with the capacity) and threads (stretto runs one per cache) would cost
-/// every replay, and fail it at a capacity only they cannot allocate.
-pub fn one(name: &str, capacity: usize) -> Option<Box<dyn SharedCache>> {
+/// The real cache called `name` (one of [`NAMES`]), holding at most `capacity` entries in
+/// count mode, or `budget` bytes as `weights` charges them in byte mode (see
+/// `weights.rs`); `None` for any other name. Only that cache is built: the others'
+/// allocations (stretto's counters grow with the capacity) and threads (stretto runs one
+/// per cache) would cost every replay, and fail it at a capacity only they cannot allocate.
+pub fn one(
+    name: &str,
+    capacity: usize,
+    weights: Weights,
+    budget: u64,
+) -> Option<Box<dyn SharedCache>> {
     let entries = u64::try_from(capacity).unwrap_or(u64::MAX);
-    let cache: Box<dyn SharedCache> = match name {
-        "larder" => Box::new(Larder(
+    // moka's weigher returns a u32: a larger charge saturates (sizes here stay far below).
+    let moka_bytes = || {
+        moka::sync::Cache::builder()
+            .max_capacity(budget)
+            .weigher(move |key: &u64, _: &u64| {
+                u32::try_from(weights.charged(*key)).unwrap_or(u32::MAX)
+            })
+            .build()
+    };
+    let cache: Box<dyn SharedCache> = match (name, weights.in_bytes()) {
+        ("larder", false) => Box::new(Larder(
             larder::Cache::builder()
                 .max_entries(entries)
                 .build()
                 .unwrap_or_else(|e| panic!("larder at {capacity} entries: {e}")),
         )),
-        "moka" => Box::new(Moka(moka::sync::Cache::new(entries))),
-        "moka_bounded" => Box::new(MokaBounded(moka::sync::Cache::new(entries))),
-        "quick_cache" => Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
-        "stretto" => {
+        ("larder", true) => Box::new(Larder(
+            larder::Cache::builder()
+                .max_bytes(budget)
+                .weigher(move |key: &u64, _: &u64| weights.of(*key))
+                .build()
+                .unwrap_or_else(|e| panic!("larder at {budget} bytes: {e}")),
+        )),
+        ("moka", false) => Box::new(Moka(moka::sync::Cache::new(entries))),
+        ("moka", true) => Box::new(Moka(moka_bytes())),
+        ("moka_bounded", false) => Box::new(MokaBounded(moka::sync::Cache::new(entries))),
+        ("moka_bounded", true) => Box::new(MokaBounded(moka_bytes())),
+        ("quick_cache", false) => Box::new(Quick(quick_cache::sync::Cache::new(capacity))),
+        ("quick_cache", true) => Box::new(QuickBytes(quick_cache::sync::Cache::with_weighter(
+            capacity,
+            budget,
+            Charged(weights),
+        ))),
+        ("stretto", in_bytes) => {
             // Ten counters per entry, as stretto's documentation advises; saturating, as
             // the cost limit is, so a huge capacity asks too much rather than wraps.
             let counters = capacity.saturating_mul(10);
-            let cost = i64::try_from(capacity).unwrap_or(i64::MAX);
+            let cost = i64::try_from(budget).unwrap_or(i64::MAX);
             let stretto = stretto::Cache::new(counters, cost).expect("valid stretto settings");
-            Box::new(Stretto(stretto))
+            Box::new(Stretto(
+                stretto,
+                if in_bytes { weights } else { Weights::Unit },
+            ))
         }
         _ => return None,
     };
@@ -261,17 +327,39 @@ mod tests {
     #[test]
     fn each_name_builds_its_own_cache_and_no_other() {
         for name in NAMES {
-            assert_eq!(one(name, 10).map(|c| c.name()), Some(name));
+            assert_eq!(
+                one(name, 10, Weights::Unit, 10).map(|c| c.name()),
+                Some(name)
+            );
         }
-        assert!(one("lru", 10).is_none());
+        assert!(one("lru", 10, Weights::Unit, 10).is_none());
         // A capacity whose stretto (10 counters an entry) could not be allocated: the
         // peers that allocate as they fill build without building it. (larder refuses
         // capacities above 2^33 itself.)
         for name in ["moka", "moka_bounded", "quick_cache"] {
-            let cache = one(name, usize::MAX / 8).unwrap();
+            let cache = one(name, usize::MAX / 8, Weights::Unit, u64::MAX / 8).unwrap();
             assert_eq!(cache.access(3), Ok(false), "{name}");
             assert_eq!(cache.access(3), Ok(true), "{name}");
         }
+    }
+
+    #[test]
+    fn in_byte_mode_a_cache_holds_about_its_budget_of_entries() {
+        // Ten entries' budget at 1,000 bytes each; thirty keys, then thirty again.
+        let weights = Weights::Fixed(1_000);
+        let budget = weights.budget(10, 1_000.0);
+        for name in ["larder", "moka_bounded", "quick_cache"] {
+            let cache = one(name, 10, weights, budget).unwrap();
+            for key in 0..30 {
+                assert_eq!(cache.access(key), Ok(false), "{name}");
+            }
+            let hits = (0..30).filter(|&key| cache.access(key) == Ok(true)).count();
+            assert!(hits <= 12, "{name}: {hits} of 30 keys still held");
+        }
+        // A key heavier than the whole budget is not cached, and is no error.
+        let cache = one("larder", 1, Weights::Fixed(1_000_000), 1_000).unwrap();
+        assert_eq!(cache.access(1), Ok(false));
+        assert_eq!(cache.access(1), Ok(false));
     }
 
     #[test]
@@ -294,7 +382,7 @@ mod tests {
     #[test]
     fn single_flight_loads_a_key_once_however_many_threads_ask() {
         for name in NAMES.into_iter().filter(|&n| n != "stretto") {
-            let cache = one(name, 1_000).unwrap();
+            let cache = one(name, 1_000, Weights::Unit, 1_000).unwrap();
             for key in 0..20 {
                 let loads = AtomicUsize::new(0);
                 std::thread::scope(|scope| {

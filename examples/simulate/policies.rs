@@ -183,6 +183,57 @@ pub fn lru(capacity: usize) -> Box<dyn Policy> {
     })
 }
 
+/// LRU under a budget of weight, each key charged `weigh(key)` (byte mode): the least
+/// recently used keys leave until the new one fits; a key heavier than the whole budget is
+/// not cached.
+pub fn lru_weighing(budget: u64, weigh: impl Fn(u64) -> u64 + 'static) -> Box<dyn Policy> {
+    Box::new(WeighingLru {
+        budget,
+        used: 0,
+        weigh: Box::new(weigh),
+        map: HashMap::new(),
+        lists: Lists::default(),
+    })
+}
+
+struct WeighingLru {
+    budget: u64,
+    used: u64,
+    weigh: Box<dyn Fn(u64) -> u64>,
+    /// Each cached key's slot in `lists` and its weight.
+    map: HashMap<u64, (usize, u64)>,
+    lists: Lists,
+}
+
+impl Policy for WeighingLru {
+    fn name(&self) -> &'static str {
+        "LRU by weight"
+    }
+
+    fn access(&mut self, key: u64) -> bool {
+        if let Some(&(s, _)) = self.map.get(&key) {
+            self.lists.move_front(s, 0);
+            return true;
+        }
+        let weight = (self.weigh)(key);
+        if weight > self.budget {
+            return false;
+        }
+        while self.used + weight > self.budget {
+            let victim = self
+                .lists
+                .pop_back(0)
+                .expect("a cache over budget has a tail");
+            let (_, victim_weight) = self.map.remove(&victim).expect("listed keys are mapped");
+            self.used -= victim_weight;
+        }
+        let s = self.lists.insert(key, 0);
+        self.map.insert(key, (s, weight));
+        self.used += weight;
+        false
+    }
+}
+
 /// First-in first-out: hits do not change the eviction order.
 pub fn fifo(capacity: usize) -> Box<dyn Policy> {
     Box::new(Lru {
@@ -820,5 +871,20 @@ mod tests {
             let (r, s) = ratio(&mut *p, &t);
             println!("{:6} {r:6.2}%  {s:6.2} s", p.name());
         }
+    }
+
+    #[test]
+    fn lru_by_weight_evicts_the_least_recent_until_the_new_key_fits() {
+        // Keys weigh themselves; a budget of 10.
+        let mut lru = lru_weighing(10, |key| key);
+        assert!(!lru.access(4));
+        assert!(!lru.access(3));
+        assert!(!lru.access(2));
+        assert!(lru.access(4)); // 3 is now the least recent
+        assert!(!lru.access(5)); // 3 and 2 leave (4 + 5 = 9)
+        assert!(lru.access(4) && lru.access(5));
+        assert!(!lru.access(3));
+        assert!(!lru.access(11)); // heavier than the budget: not cached
+        assert!(!lru.access(11));
     }
 }

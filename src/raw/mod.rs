@@ -13,8 +13,8 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use crate::policy::miniature::{
-    sample_key, Sampling, WindowChooser, CEILING_PER_MILLE, INITIAL_WINDOW_PER_MILLE,
-    SAMPLED_READS_KEPT,
+    sample_key, SampleWeights, Sampling, WindowChooser, CEILING_PER_MILLE,
+    INITIAL_WINDOW_PER_MILLE, SAMPLED_READS_KEPT,
 };
 use crate::policy::shift::{GhostCounts, ShiftDetector, MIN_PERIOD_INSERTS, PERIODS_PER_SAMPLE};
 use crate::stats::{Counters, Drained};
@@ -113,6 +113,9 @@ pub(crate) struct RawCache<K, V, S> {
     /// A write found the sampler busy this sample: other threads replay, so this thread's
     /// sampled reads wait (see [`LOSS_TOLERATED`]).
     sampler_was_busy: AtomicBool,
+    /// In byte mode, the weights writes gave sampled keys, for the miniatures to replay
+    /// them at (see `SampleWeights`).
+    sample_weights: Option<SampleWeights>,
 }
 
 /// A sample that lost more than one sampled read in this many (to rings overwritten before
@@ -194,9 +197,10 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn new(sampling: Sampling, seed: u64, sample_size: u64) -> Self {
+    /// `budget` is the miniatures' weight (see [`miniature_budget`]).
+    fn new(sampling: Sampling, budget: u64, seed: u64, sample_size: u64) -> Self {
         Self {
-            chooser: WindowChooser::new(sampling.capacity, seed),
+            chooser: WindowChooser::new(sampling.capacity, budget, seed),
             drained: Drained::default(),
             sampling,
             full: sampling,
@@ -213,6 +217,16 @@ impl Sampler {
             period_accesses: 0,
             period_ghosts: GhostCounts::default(),
         }
+    }
+}
+
+/// The weight a miniature of `sampling` holds: its entries in count mode, the cache's byte
+/// budget scaled by the sampling rate in byte mode.
+fn miniature_budget(in_bytes: bool, limit: u64, sampling: Sampling) -> u64 {
+    if in_bytes {
+        limit >> sampling.mask.count_ones()
+    } else {
+        sampling.capacity as u64
     }
 }
 
@@ -233,6 +247,8 @@ where
         let seed = config.hasher.hash_one(0x5eed_u64);
         let unit_weights = config.weigher.is_none();
         let sampling = Sampling::for_entries(config.capacity_entries);
+        let in_bytes = config.weigher.is_some();
+        let miniatures = miniature_budget(in_bytes, config.budget, sampling);
         Self {
             shards: (0..shards)
                 .map(|index| {
@@ -252,9 +268,15 @@ where
             sweep: AtomicUsize::new(0),
             counters: Counters::new(SAMPLED_READS_KEPT),
             window_per_mille: AtomicU32::new(INITIAL_WINDOW_PER_MILLE),
-            sampler: std::sync::Mutex::new(Sampler::new(sampling, seed, config.sample_size)),
+            sampler: std::sync::Mutex::new(Sampler::new(
+                sampling,
+                miniatures,
+                seed,
+                config.sample_size,
+            )),
             sample_mask: AtomicU64::new(sampling.mask),
             sampler_was_busy: AtomicBool::new(false),
+            sample_weights: in_bytes.then(SampleWeights::new),
         }
     }
 
@@ -366,6 +388,11 @@ where
                 let entry = *entry;
                 (entry.key, entry.value)
             })?;
+        if let Some(weights) = &self.sample_weights {
+            if hash & self.sample_mask.load(Ordering::Relaxed) == 0 {
+                weights.record(sample_key(hash), weight);
+            }
+        }
         self.make_room(shard, guard, out);
         if out.sample_due {
             self.sample_hit_ratio();
@@ -403,7 +430,8 @@ where
     #[cold]
     fn resample(&self, sampler: &mut Sampler, sampling: Sampling) {
         sampler.sampling = sampling;
-        sampler.chooser = WindowChooser::new(sampling.capacity, sampler.seed);
+        let budget = miniature_budget(self.weigher.is_some(), self.budget.limit, sampling);
+        sampler.chooser = WindowChooser::new(sampling.capacity, budget, sampler.seed);
         sampler.clean_samples = 0;
         self.sample_mask.store(sampling.mask, Ordering::Relaxed);
         self.counters.drain_samples(&mut sampler.drained, |_| {});
@@ -424,9 +452,17 @@ where
             replayed,
             ..
         } = sampler;
+        // A sampled key no write has weighed (or whose record another key took) is taken
+        // at the mean weight of the entries held.
+        let mean = match &self.sample_weights {
+            Some(_) => (self.budget.weight() / (self.len() as u64).max(1)).max(1),
+            None => 1,
+        };
+        let weights = self.sample_weights.as_ref();
         sampler.lost += self.counters.drain_samples(drained, |key| {
             *replayed += 1;
-            chooser.access(key);
+            let weight = weights.map_or(1, |weights| weights.get(key).unwrap_or(mean));
+            chooser.access(key, weight);
         });
         if self.weigher.is_some() {
             self.fit_sampling_to_entries(sampler);

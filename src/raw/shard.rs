@@ -61,9 +61,13 @@ pub(crate) struct Candidate {
     /// 24's review showed `Shard::reject` evicting both). The inserting thread stays pinned
     /// until the candidate's duels are over, so its cell is not reused meanwhile.
     address: usize,
-    /// Its own shard's frequency estimate; `u8::MAX` for a key the ghost recognised, which
-    /// wins its duel outright.
+    /// Its weight, as charged to the budget.
+    weight: u64,
+    /// Its own shard's frequency estimate.
     frequency: u8,
+    /// Its own shard's ghost recognised it: it wins its duels outright unless it is
+    /// heavier than the victim.
+    returning: bool,
 }
 
 /// How [`Shard::evict_one`] ended.
@@ -492,11 +496,9 @@ where
                     id,
                     hash: sketch_hash,
                     address,
-                    frequency: if returning {
-                        u8::MAX
-                    } else {
-                        state.policy.frequency(sketch_hash)
-                    },
+                    weight: state.slab.weight(id),
+                    frequency: state.policy.frequency(sketch_hash),
+                    returning,
                 });
                 break;
             }
@@ -584,7 +586,11 @@ where
             Duel::MadeRoom
         } else {
             let members = self.members(&state.slab, &state.counts, guard);
-            let lost = candidate.map(|new| state.policy.yields_to(new.frequency, &members));
+            let lost = candidate.map(|new| {
+                state
+                    .policy
+                    .yields_to(new.frequency, new.weight, new.returning, &members)
+            });
             match lost {
                 Some(None) => Duel::Empty,
                 Some(Some(false)) => Duel::Lost,

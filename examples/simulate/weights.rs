@@ -1,0 +1,157 @@
+//! What each entry weighs in a replay (`--weights`): count mode, the default, or bytes
+//! under a byte budget.
+//!
+//! Count mode (`unit`) gives every cache a capacity in entries, as issue 3's goals are
+//! stated. Byte mode gives every cache the same budget in bytes and each key a size: one
+//! size for every key (`--weights N`), or a size drawn from the key (`varied`), log-uniform
+//! from 16 B to 16 KiB, so most entries are small and a few large ones hold most of the
+//! bytes, as in caches of objects. The draw is a hash of the key: the same in every run and
+//! every cache, and independent of how often the key is read.
+//!
+//! Every cache is charged larder's own overhead per entry beside the key's size (larder
+//! charges it itself, the peers' weighers add it), so all of them hold the same bytes. A
+//! row of size N has a budget of N × (the mean size over the trace's keys + that
+//! overhead): about N entries of the mean size, many more small ones.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+/// The smallest and largest sizes `varied` draws, in bytes.
+const VARIED_MIN: f64 = 16.0;
+const VARIED_MAX: f64 = 16384.0;
+
+/// How entries weigh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// Count mode: capacities in entries.
+    Unit,
+    /// Byte mode, every key the same number of bytes.
+    Fixed(u64),
+    /// Byte mode, each key a size drawn from it (see the module docs).
+    Varied,
+}
+
+impl std::str::FromStr for Weights {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unit" => Ok(Self::Unit),
+            "varied" => Ok(Self::Varied),
+            bytes => bytes
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| (1..=1 << 32).contains(&n))
+                .map(Self::Fixed)
+                .ok_or_else(|| {
+                    format!("--weights {s}: expected unit, varied or a size in bytes (1 to 2^32)")
+                }),
+        }
+    }
+}
+
+impl Weights {
+    /// Whether caches get a byte budget.
+    pub fn in_bytes(self) -> bool {
+        self != Self::Unit
+    }
+
+    /// The bytes of `key`'s entry, larder's overhead aside; 1 in count mode.
+    pub fn of(self, key: u64) -> u64 {
+        match self {
+            Self::Unit => 1,
+            Self::Fixed(bytes) => bytes,
+            Self::Varied => {
+                // splitmix64's finaliser: a key's bits spread over the whole word.
+                let mut h = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                h ^= h >> 31;
+                let uniform = (h >> 11) as f64 / (1u64 << 53) as f64;
+                (VARIED_MIN * (VARIED_MAX / VARIED_MIN).powf(uniform)) as u64
+            }
+        }
+    }
+
+    /// What every cache is charged for `key`'s entry: its bytes and larder's overhead; 1 in
+    /// count mode.
+    pub fn charged(self, key: u64) -> u64 {
+        match self {
+            Self::Unit => 1,
+            _ => self.of(key) + entry_overhead(),
+        }
+    }
+
+    /// The budget of a row of `entries` entries on a trace whose keys' mean size is
+    /// `mean`: `entries` itself in count mode.
+    pub fn budget(self, entries: usize, mean: f64) -> u64 {
+        let entries = entries as u64;
+        match self {
+            Self::Unit => entries,
+            _ => (entries as f64 * (mean + entry_overhead() as f64)).round() as u64,
+        }
+    }
+
+    /// The mean size of the distinct `keys` (1 in count mode).
+    pub fn mean(self, keys: &[u64]) -> f64 {
+        let unique: HashSet<u64> = keys.iter().copied().collect();
+        if unique.is_empty() {
+            return 1.0;
+        }
+        unique.iter().map(|&key| self.of(key) as f64).sum::<f64>() / unique.len() as f64
+    }
+}
+
+/// What larder charges a `u64 → u64` entry beyond its weigher's figure, measured once on a
+/// real cache (a byte-mode cache whose weigher says 0, after one insert).
+pub fn entry_overhead() -> u64 {
+    static OVERHEAD: OnceLock<u64> = OnceLock::new();
+    *OVERHEAD.get_or_init(|| {
+        let cache = larder::Cache::<u64, u64>::builder()
+            .max_bytes(1 << 20)
+            .weigher(|_, _| 0)
+            .build()
+            .expect("a 1 MiB byte budget builds");
+        cache
+            .insert(1, 1)
+            .expect("one entry fits a 1 MiB byte budget");
+        cache.weighted_size()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_by_name_or_size() {
+        assert_eq!("unit".parse(), Ok(Weights::Unit));
+        assert_eq!("varied".parse(), Ok(Weights::Varied));
+        assert_eq!("100".parse(), Ok(Weights::Fixed(100)));
+        assert!("0".parse::<Weights>().is_err());
+        assert!("heavy".parse::<Weights>().is_err());
+    }
+
+    #[test]
+    fn varied_sizes_stay_in_range_and_spread_log_uniformly() {
+        let sizes: Vec<u64> = (0..100_000u64).map(|key| Weights::Varied.of(key)).collect();
+        assert!(sizes.iter().all(|&s| (16..=16384).contains(&s)));
+        assert_eq!(Weights::Varied.of(42), Weights::Varied.of(42));
+        // Log-uniform: each factor of 2 holds a tenth of the keys.
+        let below_32 = sizes.iter().filter(|&&s| s < 32).count();
+        let from_8k = sizes.iter().filter(|&&s| s >= 8192).count();
+        for count in [below_32, from_8k] {
+            assert!((9_000..11_000).contains(&count), "{count}");
+        }
+    }
+
+    #[test]
+    fn a_row_budget_holds_its_entries_at_the_mean_size_with_overhead() {
+        let overhead = entry_overhead();
+        assert!((32..=256).contains(&overhead), "{overhead}");
+        assert_eq!(Weights::Unit.budget(10, 1.0), 10);
+        assert_eq!(Weights::Fixed(100).budget(10, 100.0), 10 * (100 + overhead));
+        assert_eq!(Weights::Fixed(100).charged(7), 100 + overhead);
+        assert_eq!(Weights::Unit.charged(7), 1);
+        assert_eq!(Weights::Fixed(100).mean(&[1, 2, 2, 3]), 100.0);
+    }
+}
