@@ -226,7 +226,11 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// Number of shards: a power of two from 1 to [`MAX_SHARDS`]. The default scales with
     /// available parallelism, keeps shards at least 4,096 entries large, and gives a count
-    /// budget above 2^25 entries (a shard's most) as many shards as it needs.
+    /// budget above 2^25 entries (a shard's most) as many shards as it needs. In byte mode
+    /// the default counts on entries of about 1 KiB: set the count yourself when a small
+    /// budget of small entries is written by many threads at once (more shards, fewer
+    /// waits on a shard's lock) or a budget of large entries holds few of them (fewer
+    /// shards, a better hit ratio).
     ///
     /// In count mode, `max_entries` above 2^25 per shard is refused by
     /// [`build`](Self::build) ([`BuildError::CapacityTooLarge`]). In byte mode a shard that
