@@ -434,11 +434,11 @@ impl Policy {
     /// newcomer displaces light residents only if read more often than all of them
     /// together, and a light one displaces a heavy resident read little more often than
     /// itself. Until session 25 the duel ignored weights: in byte mode with entries of 16 B
-    /// to 16 KiB (the simulator's `--weights varied`), larder hit 6.8 points fewer reads per
-    /// row than the best of moka held to its capacity, quick_cache and LRU by bytes. This
-    /// duel, the ghost's two rules for heavier candidates (here and in `evict`), weighted
-    /// miniatures and fewer default shards took that to 0.75 fewer (the README's "Hit
-    /// ratio", byte mode).
+    /// to 16 KiB (the simulator's `--weights varied`, 4 runs), larder hit 5.91 points fewer
+    /// reads per row than the best of moka held to its capacity, quick_cache and LRU by
+    /// bytes. This duel, the ghost's two rules for heavier candidates (here and in
+    /// `evict`), weighted miniatures and fewer default shards took that to 0.28 fewer (the
+    /// README's "Hit ratio", byte mode).
     #[inline]
     pub(crate) fn admits(
         &mut self,
