@@ -249,10 +249,11 @@ fn byte_lru_hit_ratio(trace: &[u64], budget: u64, overhead: u64) -> f64 {
 /// entries of the mean size, with the default shard count (one, for a budget this small)
 /// and with four. Every miss costs the same whatever the entry weighs, so a byte of budget
 /// is worth most in the entry read most often per byte. Measured (session 25, averaged
-/// over [`KEY_MASKS`]): 56.14% with the default shards and 55.95% with four, where byte
-/// LRU hits 41.29%; session 24's build, whose duel weighed frequencies alone, whose
-/// miniatures weighed every key 1 and whose default here was four shards, hit 51.11%
-/// either way. Floors half a point below session 25's figures.
+/// over [`KEY_MASKS`]): 56.71% with the default shards and 56.49% with four, where byte
+/// LRU hits 41.29% (56.14% and 55.95% before new miniatures were let warm up); session
+/// 24's build, whose duel weighed frequencies alone, whose miniatures weighed every key 1
+/// and whose default here was four shards, hit 51.11% either way. Floors half a point
+/// below 56.14% and 55.95%.
 #[test]
 #[cfg_attr(
     miri,

@@ -376,6 +376,17 @@ impl WindowChooser {
         }
     }
 
+    /// Forgets every count so far, decayed or not: what the miniatures hit while they
+    /// filled says nothing of the windows.
+    pub(crate) fn forget_counts(&mut self) {
+        for miniature in &mut self.miniatures {
+            miniature.sample_reads = 0;
+            miniature.sample_hits = 0;
+            miniature.decayed_reads = 0.0;
+            miniature.decayed_hits = 0.0;
+        }
+    }
+
     /// The miniatures' hit ratios over their decayed samples so far, by window (for tests
     /// and diagnostics).
     #[cfg(test)]
