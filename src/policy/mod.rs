@@ -437,8 +437,8 @@ impl Policy {
     /// to 16 KiB (the simulator's `--weights varied`, 4 runs), larder hit 5.91 points fewer
     /// reads per row than the best of moka held to its capacity, quick_cache and LRU by
     /// bytes. This duel, the ghost's two rules for heavier candidates (here and in
-    /// `evict`), weighted miniatures and fewer default shards took that to 0.28 fewer (the
-    /// README's "Hit ratio", byte mode).
+    /// `evict`), weighted miniatures, their warm-up and fewer default shards took that to
+    /// 0.08 more (the README's "Hit ratio", byte mode).
     #[inline]
     pub(crate) fn admits(
         &mut self,
