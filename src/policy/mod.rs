@@ -280,14 +280,14 @@ impl Policy {
     /// in one shard would have left for the new entry by recency alone, its frequency
     /// unasked: it stays only if the sketch counts it more often than the new entry (per
     /// unit of weight, as the duel counts), so an unread resident leaves and a hot one
-    /// stays. `None` if the shard is empty.
+    /// stays. `None` if the shard is empty; otherwise the verdict and the victim's weight.
     pub(crate) fn yields_to(
         &mut self,
         candidate: u8,
         weight: u64,
         returning: bool,
         members: &impl Members,
-    ) -> Option<bool> {
+    ) -> Option<(bool, u64)> {
         let main_is_empty = self.main_is_empty();
         let (victim, victim_hash) = if main_is_empty {
             self.sweep(Region::Window, members)?
@@ -296,24 +296,31 @@ impl Policy {
         };
         let victim_weight = members.weight(victim);
         if returning && weight <= victim_weight {
-            return Some(true);
+            return Some((true, victim_weight));
         }
         if main_is_empty {
             let victim = self.sketch.frequency(victim_hash);
-            return Some(
+            return Some((
                 u128::from(candidate) * u128::from(victim_weight)
                     >= u128::from(victim) * u128::from(weight),
-            );
+                victim_weight,
+            ));
         }
-        Some(self.admits(candidate, weight, victim_hash, victim_weight))
+        Some((
+            self.admits(candidate, weight, victim_hash, victim_weight),
+            victim_weight,
+        ))
     }
 
     /// Forgets a new entry that lost a duel against another shard's victim (see
-    /// [`Policy::yields_to`]), as [`Policy::on_remove`] does, and remembers it as a
-    /// rejected candidate: if it comes back soon, it wins its next duel.
-    pub(crate) fn reject(&mut self, id: u32, hash: u64, weight: u64) {
+    /// [`Policy::yields_to`]), as [`Policy::on_remove`] does, and, if `remember` (it was
+    /// no heavier than the victim it lost to, as in `evict`), remembers it as a rejected
+    /// candidate: if it comes back soon, it wins its next duel.
+    pub(crate) fn reject(&mut self, id: u32, hash: u64, weight: u64, remember: bool) {
         self.on_remove(id, weight);
-        self.ghost.insert(hash);
+        if remember {
+            self.ghost.insert(hash);
+        }
     }
 
     /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
@@ -430,13 +437,15 @@ impl Policy {
     /// more often than the victim. Otherwise each side's count is taken per unit of its
     /// weight, the candidate's less its margin: `(candidate - margin) / candidate_weight >
     /// victim / victim_weight`. A miss costs the same whatever the entry weighs, so a byte
-    /// of budget is worth most in the entry that is read most often per byte: a heavy
-    /// newcomer displaces light residents only if read more often than all of them
-    /// together, and a light one displaces a heavy resident read little more often than
-    /// itself. Until session 25 the duel ignored weights: in byte mode with entries of 16 B
-    /// to 16 KiB (the simulator's `--weights varied`, 4 runs), larder hit 5.91 points fewer
-    /// reads per row than the best of moka held to its capacity, quick_cache and LRU by
-    /// bytes. This duel, the ghost's two rules for heavier candidates (here and in
+    /// of budget is worth most in the entry that is read most often per byte: a light
+    /// newcomer displaces a heavy resident read little more often than itself. Only main's
+    /// one victim is dueled: a heavy newcomer that beats it is admitted, and main, then over
+    /// its target, makes up the rest of the newcomer's weight with its next CLOCK victims,
+    /// undueled, however often they were read (dueling the newcomer against all of them, as
+    /// moka does, cost byte mode 5 points of hits per row: `docs/history.md`, byte mode).
+    /// Until session 25 the duel ignored weights: in byte mode with entries of 16 B to 16
+    /// KiB (the simulator's `--weights varied`, 4 runs), larder hit 5.91 points fewer reads
+    /// per row than the best of moka held to its capacity, quick_cache and LRU by bytes. This duel, the ghost's two rules for heavier candidates (here and in
     /// `evict`), weighted miniatures, their warm-up and fewer default shards took that to
     /// 0.08 more (the README's "Hit ratio", byte mode).
     #[inline]

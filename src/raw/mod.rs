@@ -426,6 +426,11 @@ where
         sampler.sample_size = window_sample_size(entries);
         sampler.clean_needed = CLEAN_SAMPLES_TO_REFINE;
         self.resample(sampler, fitted);
+        // A new sample starts with the new miniatures, so that they fill for a whole one
+        // (the sample in progress may already hold more accesses than the new size).
+        let stats = self.counters.snapshot();
+        sampler.hits = stats.hits;
+        sampler.misses = stats.misses;
     }
 
     /// Samples the keys `sampling` picks from now on, into new miniatures of its capacity;
@@ -615,12 +620,12 @@ where
             };
             let evicted = match (from_victim, candidate) {
                 (Duel::MadeRoom, _) => true,
-                (Duel::Lost, Some(new)) => {
+                (Duel::Lost { remember }, Some(new)) => {
                     // The candidate leaves. If it is gone already (removed, or replaced by a
                     // later write), nothing leaves in its place: the loop looks at the budget
                     // again, which that write may have settled.
                     candidate = None;
-                    home.reject(new, clock(), guard, out);
+                    home.reject(new, remember, clock(), guard, out);
                     true
                 }
                 _ => home.evict_one(None, clock, guard, out) == Duel::MadeRoom,
@@ -1026,6 +1031,116 @@ mod tests {
             }
         }
         assert_eq!(sampling(&cache), before);
+    }
+
+    /// Session 26's review: a byte-mode refit (`fit_sampling_to_entries`) resamples in the middle of a
+    /// sample. When the refit shrinks the sample size below the accesses the sample in
+    /// progress already counts, the very same call ends the sample, and the warm-up flag
+    /// it just set is cleared at once: the new miniatures get no sample to fill in.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_byte_mode_refit_leaves_the_new_miniatures_a_sample_to_fill() {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_bytes(1 << 20)
+            .weigher(|_, _| 10_000)
+            .shards(1)
+            .build()
+            .unwrap();
+        // Reads of the sample in progress (sized for ~10,000 entries): more than the
+        // refitted sample (5,120 accesses) will count.
+        for key in 1 << 20..(1 << 20) + 8_000u64 {
+            assert_eq!(cache.get(&key), None);
+        }
+        let before = cache.raw().sampler.lock().unwrap().full;
+        // About 100 entries fill the budget; the refit follows.
+        for key in 0..300u64 {
+            cache.insert(key, key).unwrap();
+        }
+        let sampler = cache.raw().sampler.lock().unwrap();
+        assert_ne!(sampler.full, before, "refitted");
+        assert!(
+            sampler.warming,
+            "the refitted miniatures' warm-up ended before any read was replayed into them"
+        );
+    }
+
+    /// Session 26's review: a refit in the middle of a sample: the warm-up lasts only what is left of
+    /// that sample (here 120 sampled reads), not the whole sample the docs promise.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_mid_sample_refit_warms_up_for_a_whole_sample() {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_bytes(1 << 20)
+            .weigher(|_, _| 10_000)
+            .shards(1)
+            .build()
+            .unwrap();
+        // 5,000 of the 5,120 accesses the refitted sample will hold.
+        for key in 1 << 20..(1 << 20) + 5_000u64 {
+            assert_eq!(cache.get(&key), None);
+        }
+        let before = cache.raw().sampler.lock().unwrap().full;
+        for key in 0..300u64 {
+            cache.insert(key, key).unwrap();
+        }
+        {
+            let sampler = cache.raw().sampler.lock().unwrap();
+            assert_ne!(sampler.full, before, "refitted");
+            assert!(sampler.warming);
+        }
+        // 120 more reads end that sample; a few writes take the sampler.
+        for key in 2 << 20..(2 << 20) + 120u64 {
+            cache.get(&key);
+        }
+        for key in 300..340u64 {
+            cache.insert(key, key).unwrap();
+        }
+        let sampler = cache.raw().sampler.lock().unwrap();
+        assert!(
+            sampler.warming,
+            "warm-up over after {} reads of a {}-access sample",
+            120, sampler.sample_size
+        );
+    }
+
+    /// Session 26's review: session 25's rule is that the ghost keeps a rejected candidate only if it is
+    /// no heavier than the victim it lost to (`Policy::evict`). A new entry that loses its
+    /// duel against another shard's victim (`yields_to`, then `Shard::reject`) goes to the
+    /// ghost whatever it weighs, and comes back counted as returning.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_heavy_entry_rejected_across_shards_is_not_remembered_by_the_ghost() {
+        const HEAVY: u64 = 1 << 40;
+        let cache: Cache<u64, u64> = Cache::builder()
+            .max_bytes(1 << 20)
+            .weigher(|&key, _| if key >= HEAVY { 200_000 } else { 100 })
+            .shards(2)
+            .build()
+            .unwrap();
+        let raw = cache.raw();
+        let shard_of = |key: u64| (raw.hash(&key) >> 63) as usize;
+        // Light entries of shard 0 fill the whole budget.
+        let mut light = (0..).filter(|&key| shard_of(key) == 0);
+        while cache.stats().evictions == 0 {
+            cache.insert(light.next().unwrap(), 0).unwrap();
+        }
+        for _ in 0..2_000 {
+            cache.insert(light.next().unwrap(), 0).unwrap();
+        }
+        // A heavy key of the empty shard 1: it holds only the new entry, which duels shard
+        // 0's (light) victims, and loses.
+        let heavy = (HEAVY..).find(|&key| shard_of(key) == 1).unwrap();
+        let rejections = cache.stats().admission_rejections;
+        cache.insert(heavy, 0).unwrap();
+        assert_eq!(cache.get(&heavy), None, "lost its duel");
+        assert_eq!(cache.stats().admission_rejections, rejections + 1);
+        // Written again, it is recognised as a returning candidate.
+        cache.insert(heavy, 0).unwrap();
+        let returning = raw.shards[1]
+            .tally()
+            .returning
+            .load(super::Ordering::Relaxed);
+        assert_eq!(returning, 0, "a heavier loser was remembered by the ghost");
     }
 
     /// Byte mode sizes the window's sampling for the most entries the budget allows; once

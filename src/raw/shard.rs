@@ -77,8 +77,9 @@ pub(crate) enum Duel {
     MadeRoom,
     /// The shard holds no entry.
     Empty,
-    /// The victim was more frequent than the candidate, which should leave instead.
-    Lost,
+    /// The victim was more frequent than the candidate, which should leave instead;
+    /// `remember`: the candidate was no heavier than the victim (the ghost may keep it).
+    Lost { remember: bool },
 }
 
 impl<'g, K: 'g, V: 'g> Departures<'g, K, V> {
@@ -593,8 +594,10 @@ where
             });
             match lost {
                 Some(None) => Duel::Empty,
-                Some(Some(false)) => Duel::Lost,
-                None | Some(Some(true)) => {
+                Some(Some((false, victim_weight))) => Duel::Lost {
+                    remember: candidate.is_some_and(|new| new.weight <= victim_weight),
+                },
+                None | Some(Some((true, _))) => {
                     if self.evict_locked(state, now, guard, out) {
                         Duel::MadeRoom
                     } else {
@@ -618,6 +621,7 @@ where
     pub(crate) fn reject<'g>(
         &self,
         candidate: Candidate,
+        remember: bool,
         now: u64,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
@@ -637,7 +641,7 @@ where
             state.policy.on_remove(id, weight);
             RemovalCause::Expired
         } else {
-            state.policy.reject(id, candidate.hash, weight);
+            state.policy.reject(id, candidate.hash, weight, remember);
             WriteTally::add(&self.tally.admission_rejections, 1);
             RemovalCause::Evicted
         };
