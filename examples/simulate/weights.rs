@@ -3,9 +3,9 @@
 //!
 //! Count mode (`unit`) gives every cache a capacity in entries, as issue 3's goals are
 //! stated. Byte mode gives every cache the same budget in bytes and each key a size: one
-//! size for every key (`--weights N`), or a size drawn from the key (`varied`), log-uniform
-//! from 16 B to 16 KiB, so most entries are small and a few large ones hold most of the
-//! bytes, as in caches of objects. The draw is a hash of the key: the same in every run and
+//! size for every key (`--weights N`), or a size drawn from the key, log-uniform between
+//! two bounds (`--weights LO-HI`; `varied` is 16 B to 16 KiB, so most entries are small
+//! and a few large ones hold most of the bytes, as in caches of objects). The draw is a hash of the key: the same in every run and
 //! every cache, and independent of how often the key is read.
 //!
 //! Every cache is charged larder's own overhead per entry beside the key's size (larder
@@ -17,8 +17,10 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 
 /// The smallest and largest sizes `varied` draws, in bytes.
-const VARIED_MIN: f64 = 16.0;
-const VARIED_MAX: f64 = 16384.0;
+const VARIED_MIN: u64 = 16;
+const VARIED_MAX: u64 = 16384;
+/// The largest size `--weights` takes, fixed or drawn.
+const MAX_SIZE: u64 = 1 << 32;
 
 /// How entries weigh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,24 +29,41 @@ pub enum Weights {
     Unit,
     /// Byte mode, every key the same number of bytes.
     Fixed(u64),
-    /// Byte mode, each key a size drawn from it (see the module docs).
-    Varied,
+    /// Byte mode, each key a size drawn from it, log-uniform from the first bound to the
+    /// second (see the module docs).
+    Drawn(u64, u64),
+}
+
+impl Weights {
+    /// `varied`: 16 B to 16 KiB.
+    pub const VARIED: Self = Self::Drawn(VARIED_MIN, VARIED_MAX);
 }
 
 impl std::str::FromStr for Weights {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let size = |text: &str| {
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| (1..=MAX_SIZE).contains(&n))
+        };
+        let error = || {
+            format!(
+                "--weights {s}: expected unit, varied, a size in bytes or a range of sizes \
+                 LO-HI (each 1 to 2^32, LO below HI)"
+            )
+        };
         match s {
             "unit" => Ok(Self::Unit),
-            "varied" => Ok(Self::Varied),
-            bytes => bytes
-                .parse::<u64>()
-                .ok()
-                .filter(|&n| (1..=1 << 32).contains(&n))
-                .map(Self::Fixed)
-                .ok_or_else(|| {
-                    format!("--weights {s}: expected unit, varied or a size in bytes (1 to 2^32)")
-                }),
+            "varied" => Ok(Self::VARIED),
+            range if range.contains('-') => {
+                let (low, high) = range.split_once('-').ok_or_else(error)?;
+                match (size(low), size(high)) {
+                    (Some(low), Some(high)) if low < high => Ok(Self::Drawn(low, high)),
+                    _ => Err(error()),
+                }
+            }
+            bytes => size(bytes).map(Self::Fixed).ok_or_else(error),
         }
     }
 }
@@ -60,14 +79,15 @@ impl Weights {
         match self {
             Self::Unit => 1,
             Self::Fixed(bytes) => bytes,
-            Self::Varied => {
+            Self::Drawn(low, high) => {
                 // splitmix64's finaliser: a key's bits spread over the whole word.
                 let mut h = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
                 h ^= h >> 31;
                 let uniform = (h >> 11) as f64 / (1u64 << 53) as f64;
-                (VARIED_MIN * (VARIED_MAX / VARIED_MIN).powf(uniform)) as u64
+                let (low, high) = (low as f64, high as f64);
+                ((low * (high / low).powf(uniform)) as u64).clamp(low as u64, high as u64)
             }
         }
     }
@@ -125,17 +145,24 @@ mod tests {
     #[test]
     fn weights_parse_by_name_or_size() {
         assert_eq!("unit".parse(), Ok(Weights::Unit));
-        assert_eq!("varied".parse(), Ok(Weights::Varied));
+        assert_eq!("varied".parse(), Ok(Weights::Drawn(16, 16384)));
         assert_eq!("100".parse(), Ok(Weights::Fixed(100)));
-        assert!("0".parse::<Weights>().is_err());
-        assert!("heavy".parse::<Weights>().is_err());
+        assert_eq!("100-120".parse(), Ok(Weights::Drawn(100, 120)));
+        for bad in ["0", "heavy", "120-100", "0-10", "5-5", "1-", "-4", "1-2-3"] {
+            assert!(bad.parse::<Weights>().is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn varied_sizes_stay_in_range_and_spread_log_uniformly() {
-        let sizes: Vec<u64> = (0..100_000u64).map(|key| Weights::Varied.of(key)).collect();
+        let sizes: Vec<u64> = (0..100_000u64).map(|key| Weights::VARIED.of(key)).collect();
         assert!(sizes.iter().all(|&s| (16..=16384).contains(&s)));
-        assert_eq!(Weights::Varied.of(42), Weights::Varied.of(42));
+        assert_eq!(Weights::VARIED.of(42), Weights::VARIED.of(42));
+        let narrow: Vec<u64> = (0..10_000u64)
+            .map(|key| Weights::Drawn(100, 120).of(key))
+            .collect();
+        assert!(narrow.iter().all(|&s| (100..=120).contains(&s)));
+        assert!(narrow.iter().any(|&s| s < 105) && narrow.iter().any(|&s| s > 115));
         // Log-uniform: each factor of 2 holds a tenth of the keys.
         let below_32 = sizes.iter().filter(|&&s| s < 32).count();
         let from_8k = sizes.iter().filter(|&&s| s >= 8192).count();

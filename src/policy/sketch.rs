@@ -192,6 +192,13 @@ impl FrequencySketch {
     /// Estimated frequency in `0..=16`: the smallest of the four counters, plus one if the
     /// doorkeeper has seen the item in the current period.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
+        self.frequency_this_period(hash).0
+    }
+
+    /// The estimate of [`FrequencySketch::frequency`], with whether the doorkeeper has seen
+    /// the item since the sketch last aged (its share of the estimate).
+    #[inline]
+    pub(crate) fn frequency_this_period(&self, hash: u64) -> (u8, bool) {
         let place = self.place(hash);
         let words = &self.table[place.block].0;
         let min = place
@@ -201,7 +208,7 @@ impl FrequencySketch {
             .min()
             .unwrap_or(0);
         let door = place.door.iter().all(|&(w, mask)| words[w] & mask != 0);
-        min as u8 + u8::from(door)
+        (min as u8 + u8::from(door), door)
     }
 
     /// Halves every counter, clears the doorkeeper and halves the sample counter.
