@@ -512,7 +512,7 @@ fn print_comparison(
     }
     println!();
     let setting = format!(
-        "{} thread(s) per real cache, {:?}, {} ns per load, mean of {} run(s), weights {:?}",
+        "{} thread(s) per real cache, {:?}, {} ns per load, mean of {} run(s), weights {}",
         options.threads, options.pattern, options.load_nanos, options.runs, options.weights
     );
     print_summary("larder vs best peer", &rows, &setting);

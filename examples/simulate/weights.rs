@@ -68,6 +68,17 @@ impl std::str::FromStr for Weights {
     }
 }
 
+/// As `--weights` takes it: `unit`, `N` or `LO-HI`.
+impl std::fmt::Display for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Unit => write!(f, "unit"),
+            Self::Fixed(bytes) => write!(f, "{bytes}"),
+            Self::Drawn(low, high) => write!(f, "{low}-{high}"),
+        }
+    }
+}
+
 impl Weights {
     /// Whether caches get a byte budget.
     pub fn in_bytes(self) -> bool {
@@ -148,6 +159,9 @@ mod tests {
         assert_eq!("varied".parse(), Ok(Weights::Drawn(16, 16384)));
         assert_eq!("100".parse(), Ok(Weights::Fixed(100)));
         assert_eq!("100-120".parse(), Ok(Weights::Drawn(100, 120)));
+        for text in ["unit", "100", "100-120", "16-16384"] {
+            assert_eq!(text.parse::<Weights>().unwrap().to_string(), text);
+        }
         for bad in ["0", "heavy", "120-100", "0-10", "5-5", "1-", "-4", "1-2-3"] {
             assert!(bad.parse::<Weights>().is_err(), "{bad}");
         }
