@@ -3,10 +3,11 @@
 //!
 //! Count mode (`unit`) gives every cache a capacity in entries, as issue 3's goals are
 //! stated. Byte mode gives every cache the same budget in bytes and each key a size: one
-//! size for every key (`--weights N`), or a size drawn from the key, log-uniform between
-//! two bounds (`--weights LO-HI`; `varied` is 16 B to 16 KiB, so most entries are small
-//! and a few large ones hold most of the bytes, as in caches of objects). The draw is a hash of the key: the same in every run and
-//! every cache, and independent of how often the key is read.
+//! size for every key (`--weights N`), or a size drawn from the key, log-uniform from LO
+//! up to HI, HI itself excluded (`--weights LO-HI`; `varied` is 16 B to 16 KiB, so most
+//! entries are small and a few large ones hold most of the bytes, as in caches of
+//! objects). The draw is a hash of the key: the same in every run and every cache, and
+//! independent of how often the key is read.
 //!
 //! Every cache is charged larder's own overhead per entry beside the key's size (larder
 //! charges it itself, the peers' weighers add it), so all of them hold the same bytes. A
@@ -29,8 +30,8 @@ pub enum Weights {
     Unit,
     /// Byte mode, every key the same number of bytes.
     Fixed(u64),
-    /// Byte mode, each key a size drawn from it, log-uniform from the first bound to the
-    /// second (see the module docs).
+    /// Byte mode, each key a size drawn from it, log-uniform from the first bound up to
+    /// the second, which is never drawn (see the module docs).
     Drawn(u64, u64),
 }
 
@@ -50,7 +51,7 @@ impl std::str::FromStr for Weights {
         let error = || {
             format!(
                 "--weights {s}: expected unit, varied, a size in bytes or a range of sizes \
-                 LO-HI (each 1 to 2^32, LO below HI)"
+                 LO-HI (each 1 to 2^32, HI at least LO + 2: HI is never drawn)"
             )
         };
         match s {
@@ -59,7 +60,7 @@ impl std::str::FromStr for Weights {
             range if range.contains('-') => {
                 let (low, high) = range.split_once('-').ok_or_else(error)?;
                 match (size(low), size(high)) {
-                    (Some(low), Some(high)) if low < high => Ok(Self::Drawn(low, high)),
+                    (Some(low), Some(high)) if low + 1 < high => Ok(Self::Drawn(low, high)),
                     _ => Err(error()),
                 }
             }
@@ -98,7 +99,8 @@ impl Weights {
                 h ^= h >> 31;
                 let uniform = (h >> 11) as f64 / (1u64 << 53) as f64;
                 let (low, high) = (low as f64, high as f64);
-                ((low * (high / low).powf(uniform)) as u64).clamp(low as u64, high as u64)
+                // `uniform` is below 1, so the draw is below `high`.
+                (low * (high / low).powf(uniform)) as u64
             }
         }
     }
@@ -162,7 +164,9 @@ mod tests {
         for text in ["unit", "100", "100-120", "16-16384"] {
             assert_eq!(text.parse::<Weights>().unwrap().to_string(), text);
         }
-        for bad in ["0", "heavy", "120-100", "0-10", "5-5", "1-", "-4", "1-2-3"] {
+        for bad in [
+            "0", "heavy", "120-100", "0-10", "5-5", "5-6", "1-", "-4", "1-2-3",
+        ] {
             assert!(bad.parse::<Weights>().is_err(), "{bad}");
         }
     }
@@ -175,8 +179,12 @@ mod tests {
         let narrow: Vec<u64> = (0..10_000u64)
             .map(|key| Weights::Drawn(100, 120).of(key))
             .collect();
-        assert!(narrow.iter().all(|&s| (100..=120).contains(&s)));
-        assert!(narrow.iter().any(|&s| s < 105) && narrow.iter().any(|&s| s > 115));
+        assert!(narrow.iter().all(|&s| (100..120).contains(&s)));
+        assert!(narrow.iter().any(|&s| s == 100) && narrow.iter().any(|&s| s == 119));
+        let pair: std::collections::HashSet<u64> = (0..1_000u64)
+            .map(|key| Weights::Drawn(7, 9).of(key))
+            .collect();
+        assert_eq!(pair, [7, 8].into());
         // Log-uniform: each factor of 2 holds a tenth of the keys.
         let below_32 = sizes.iter().filter(|&&s| s < 32).count();
         let from_8k = sizes.iter().filter(|&&s| s >= 8192).count();

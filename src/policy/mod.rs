@@ -418,8 +418,9 @@ impl Policy {
 
     /// TinyLFU's duel, by frequency per unit of weight: the candidate enters only if, its
     /// recent access ([`ADMISSION_MARGIN`]) aside, it was seen more often for its weight than
-    /// the victim for its own (see [`Policy::admits`]). A candidate the ghost recognised
-    /// wins outright unless it is heavier than the victim.
+    /// the victim for its own (no margin for a lighter candidate whose victim was seen this
+    /// period; see [`Policy::admits`]). A candidate the ghost recognised wins outright
+    /// unless it is heavier than the victim.
     #[inline]
     fn admit(&mut self, candidate: Contender, victim_hash: u64, victim_weight: u64) -> bool {
         if candidate.returning && candidate.weight <= victim_weight {
@@ -447,18 +448,18 @@ impl Policy {
     /// never trade places, and a loop of keys of varied sizes kept the first heavy keys
     /// that filled main. With entries of 16 B to 16 KiB (the simulator's `--weights
     /// varied`, 99 rows, 4 runs) this took larder's hits per row against the best of moka
-    /// held to its capacity, quick_cache and LRU by bytes from about −0.3 to +2.3 (scan at
+    /// held to its capacity, quick_cache and LRU by bytes from about −0.3 to +2.2 (scan at
     /// 200 entries +26, zigzag at 100 +14, the web and OLTP traces +0.3 to +0.7). Heavier
     /// candidates, and equal weights, keep the margin: without it for every candidate,
     /// entries of 100 to 120 B (whose weights, with larder's overhead, differ by 11% at
     /// most) lost 1.4 points per row, as equal counts let the newest key in; the lighter
-    /// candidates' rule alone costs them 0.13 (`docs/history.md`, byte mode).
+    /// candidates' rule alone costs them 0.15 (`docs/history.md`, byte mode).
     ///
     /// Only main's one victim is dueled: a heavy newcomer that beats it is admitted, and
     /// main, then over its target, makes up the rest of the newcomer's weight with its next
     /// CLOCK victims, undueled, however often they were read (the newcomer dueling all of
-    /// them, as moka does, or each in turn, as Caffeine does, measured worse:
-    /// `docs/history.md`, byte mode). Until session 25 the duel ignored weights: larder
+    /// them together, as moka does, measured worse, and each in turn, as Caffeine does, no
+    /// better: `docs/history.md`, byte mode). Until session 25 the duel ignored weights: larder
     /// hit 5.91 points fewer reads per row than those peers in byte mode.
     #[inline]
     pub(crate) fn admits(
