@@ -180,7 +180,7 @@ mod tests {
             .map(|key| Weights::Drawn(100, 120).of(key))
             .collect();
         assert!(narrow.iter().all(|&s| (100..120).contains(&s)));
-        assert!(narrow.iter().any(|&s| s == 100) && narrow.iter().any(|&s| s == 119));
+        assert!(narrow.contains(&100) && narrow.contains(&119));
         let pair: std::collections::HashSet<u64> = (0..1_000u64)
             .map(|key| Weights::Drawn(7, 9).of(key))
             .collect();
