@@ -8,21 +8,13 @@ use std::time::Duration;
 
 use larder::{BuildError, Cache};
 
+mod common;
+use common::SplitMix as Rng;
+
 fn overhead() -> u64 {
     match Cache::<u64, u64>::builder().max_bytes(1).build() {
         Err(BuildError::BelowOneEntry { entry_overhead, .. }) => entry_overhead,
         other => panic!("{other:?}"),
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

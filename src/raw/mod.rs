@@ -1033,61 +1033,54 @@ mod tests {
         assert_eq!(sampling(&cache), before);
     }
 
-    /// Session 26's review: a byte-mode refit (`fit_sampling_to_entries`) resamples in the middle of a
-    /// sample. When the refit shrinks the sample size below the accesses the sample in
-    /// progress already counts, the very same call ends the sample, and the warm-up flag
-    /// it just set is cleared at once: the new miniatures get no sample to fill in.
-    #[test]
-    #[cfg_attr(miri, ignore)]
-    fn a_byte_mode_refit_leaves_the_new_miniatures_a_sample_to_fill() {
+    /// A byte-mode cache of 1 MiB whose entries weigh 10,000 (about 100 fill it), its
+    /// sampling sized at first for the ~10,000 entries of larder's overhead alone: `reads`
+    /// missing reads into the sample in progress, then 300 inserts, which fill the budget
+    /// and refit the sampling (checked).
+    fn refitted_after_reads(reads: u64) -> Cache<u64, u64> {
         let cache: Cache<u64, u64> = Cache::builder()
             .max_bytes(1 << 20)
             .weigher(|_, _| 10_000)
             .shards(1)
             .build()
             .unwrap();
-        // Reads of the sample in progress (sized for ~10,000 entries): more than the
-        // refitted sample (5,120 accesses) will count.
-        for key in 1 << 20..(1 << 20) + 8_000u64 {
+        for key in 1 << 20..(1 << 20) + reads {
             assert_eq!(cache.get(&key), None);
         }
         let before = cache.raw().sampler.lock().unwrap().full;
-        // About 100 entries fill the budget; the refit follows.
         for key in 0..300u64 {
             cache.insert(key, key).unwrap();
         }
+        assert_ne!(cache.raw().sampler.lock().unwrap().full, before, "refitted");
+        cache
+    }
+
+    /// Session 26's review: a byte-mode refit (`fit_sampling_to_entries`) resamples in the
+    /// middle of a sample. When the refit shrinks the sample size below the accesses the
+    /// sample in progress already counts, the very same call ended the sample, and the
+    /// warm-up flag it had just set was cleared at once: the new miniatures got no sample
+    /// to fill in.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_byte_mode_refit_leaves_the_new_miniatures_a_sample_to_fill() {
+        // More reads than the refitted sample (5,120 accesses) will count.
+        let cache = refitted_after_reads(8_000);
         let sampler = cache.raw().sampler.lock().unwrap();
-        assert_ne!(sampler.full, before, "refitted");
         assert!(
             sampler.warming,
             "the refitted miniatures' warm-up ended before any read was replayed into them"
         );
     }
 
-    /// Session 26's review: a refit in the middle of a sample: the warm-up lasts only what is left of
-    /// that sample (here 120 sampled reads), not the whole sample the docs promise.
+    /// Session 26's review: after a refit in the middle of a sample, the warm-up lasted
+    /// only what was left of that sample (here 120 sampled reads), not the whole sample
+    /// the docs promise.
     #[test]
     #[cfg_attr(miri, ignore)]
     fn a_mid_sample_refit_warms_up_for_a_whole_sample() {
-        let cache: Cache<u64, u64> = Cache::builder()
-            .max_bytes(1 << 20)
-            .weigher(|_, _| 10_000)
-            .shards(1)
-            .build()
-            .unwrap();
         // 5,000 of the 5,120 accesses the refitted sample will hold.
-        for key in 1 << 20..(1 << 20) + 5_000u64 {
-            assert_eq!(cache.get(&key), None);
-        }
-        let before = cache.raw().sampler.lock().unwrap().full;
-        for key in 0..300u64 {
-            cache.insert(key, key).unwrap();
-        }
-        {
-            let sampler = cache.raw().sampler.lock().unwrap();
-            assert_ne!(sampler.full, before, "refitted");
-            assert!(sampler.warming);
-        }
+        let cache = refitted_after_reads(5_000);
+        assert!(cache.raw().sampler.lock().unwrap().warming);
         // 120 more reads end that sample; a few writes take the sampler.
         for key in 2 << 20..(2 << 20) + 120u64 {
             cache.get(&key);

@@ -44,6 +44,25 @@ impl Rng {
     }
 }
 
+/// splitmix64: seeded, and unlike [`Rng`] any seed, 0 included, gives a full sequence.
+#[allow(dead_code)] // Only some randomised checks use it.
+pub(crate) struct SplitMix(pub(crate) u64);
+
+#[allow(dead_code)]
+impl SplitMix {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// Hashes a `u64` key to itself, so a test picks each key's shard (the top bits of the
 /// hash) and its short hash (the low 32 bits).
 #[allow(dead_code)] // Not every test file that includes `common` picks shards.
