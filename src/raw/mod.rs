@@ -426,23 +426,20 @@ where
         sampler.sample_size = window_sample_size(entries);
         sampler.clean_needed = CLEAN_SAMPLES_TO_REFINE;
         self.resample(sampler, fitted);
-        // A new sample starts with the new miniatures, so that they fill for a whole one
-        // (the sample in progress may already hold more accesses than the new size).
-        let stats = self.counters.snapshot();
-        sampler.hits = stats.hits;
-        sampler.misses = stats.misses;
     }
 
     /// Samples the keys `sampling` picks from now on, into new miniatures of its capacity;
     /// the reads sampled so far are dropped, since the rings do not say which of them the
-    /// new sampling keeps. The window stays where it is through the next whole sample,
-    /// whose counts are then dropped too: empty miniatures beside a warm cache hit what
+    /// new sampling keeps. A new sample starts, and the window stays where it is through
+    /// it; its counts are then dropped too: empty miniatures beside a warm cache hit what
     /// they happen to fill with, not what their window is worth. (Until session 25 their
     /// first sample chose; in byte mode, whose sampling is refitted each time the entries
     /// held double or halve, each refit was a choice on cold miniatures: over the
     /// simulator's traces with sizes of 16 B to 16 KiB, 2 runs each, larder's hits per row
-    /// against the best peer went from −0.59 to −0.20 with this warm-up; count mode
-    /// resamples only when thinning for threads that outrun the replay.)
+    /// against the best peer went from −0.59 to −0.20 with this warm-up. Count mode
+    /// resamples only when thinning for threads that outrun the replay. A refit comes in
+    /// the middle of a sample, and until session 26 the sample went on, so its new
+    /// miniatures had only the rest of it to fill, or none.)
     #[cold]
     fn resample(&self, sampler: &mut Sampler, sampling: Sampling) {
         sampler.sampling = sampling;
@@ -450,6 +447,9 @@ where
         sampler.chooser = WindowChooser::new(sampling.capacity, budget, sampler.seed);
         sampler.clean_samples = 0;
         sampler.warming = true;
+        let stats = self.counters.snapshot();
+        sampler.hits = stats.hits;
+        sampler.misses = stats.misses;
         self.sample_mask.store(sampling.mask, Ordering::Relaxed);
         self.counters.drain_samples(&mut sampler.drained, |_| {});
     }
