@@ -255,8 +255,12 @@ fn tiny_count_capacities_over_many_shards() {
 }
 
 /// A byte budget barely above one entry's overhead, over many shards (each shard's share is
-/// a byte or two): one entry of the whole budget is accepted and kept, each next one
-/// replaces it.
+/// a byte or two): one entry of the whole budget is accepted, and the budget holds exactly
+/// one. Each next one nearly always replaces it. It may instead lose the admission duel
+/// against the resident in another shard, whose sketch can count a key seen once as seen
+/// twice (a collision), and then the resident stays: about one insert in 30,000 with two
+/// shards. Until session 26 this test demanded every replacement, and about 2% of its
+/// runs failed (7 of 300 on session 25's build, 3 of 200 on session 26's).
 #[test]
 fn one_entry_may_use_the_whole_tiny_byte_budget_over_many_shards() {
     let ov = overhead();
@@ -269,16 +273,28 @@ fn one_entry_may_use_the_whole_tiny_byte_budget_over_many_shards() {
                 .shards(shards)
                 .build()
                 .unwrap();
+            let mut held = None;
+            let mut replaced = 0;
             for key in 0..200u64 {
                 cache.insert(key, extra).unwrap();
-                assert!(
-                    cache.contains_key(&key),
-                    "shards {shards} extra {extra} key {key}"
-                );
+                if cache.contains_key(&key) {
+                    held = Some(key);
+                    replaced += 1;
+                } else {
+                    let resident = held.expect("the first entry has nothing to lose to");
+                    assert!(
+                        cache.contains_key(&resident),
+                        "shards {shards} extra {extra} key {key}: neither it nor {resident} held"
+                    );
+                }
                 assert_eq!(cache.len(), 1);
                 assert_eq!(cache.weighted_size(), budget);
                 cache.validate();
             }
+            assert!(
+                replaced >= 190,
+                "shards {shards} extra {extra}: {replaced} of 200"
+            );
         }
     }
 }
