@@ -1033,17 +1033,21 @@ mod tests {
         assert_eq!(sampling(&cache), before);
     }
 
-    /// A byte-mode cache of 1 MiB whose entries weigh 10,000 (about 100 fill it), its
-    /// sampling sized at first for the ~10,000 entries of larder's overhead alone: `reads`
-    /// missing reads into the sample in progress, then 300 inserts, which fill the budget
-    /// and refit the sampling (checked).
-    fn refitted_after_reads(reads: u64) -> Cache<u64, u64> {
-        let cache: Cache<u64, u64> = Cache::builder()
+    /// A byte-mode cache of 1 MiB on one shard whose entries weigh 10,000 (about 100 fill
+    /// it), its sampling sized at first for the ~10,000 entries of larder's overhead alone.
+    fn heavy_entries_in_one_mebibyte() -> Cache<u64, u64> {
+        Cache::builder()
             .max_bytes(1 << 20)
             .weigher(|_, _| 10_000)
             .shards(1)
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// [`heavy_entries_in_one_mebibyte`] after `reads` missing reads into the sample in
+    /// progress, then 300 inserts, which fill the budget and refit the sampling (checked).
+    fn refitted_after_reads(reads: u64) -> Cache<u64, u64> {
+        let cache = heavy_entries_in_one_mebibyte();
         for key in 1 << 20..(1 << 20) + reads {
             assert_eq!(cache.get(&key), None);
         }
@@ -1140,12 +1144,7 @@ mod tests {
     /// the budget is full it is sized for the entries held (session 21).
     #[test]
     fn byte_mode_sizes_the_sampling_for_the_entries_a_full_budget_holds() {
-        let cache: Cache<u64, u64> = Cache::builder()
-            .max_bytes(1 << 20)
-            .weigher(|_, _| 10_000)
-            .shards(1)
-            .build()
-            .unwrap();
+        let cache = heavy_entries_in_one_mebibyte();
         let modelled = |cache: &Cache<u64, u64>| {
             let sampler = cache.raw().sampler.lock().unwrap();
             let full = sampler.full;
