@@ -1,6 +1,6 @@
 //! Hit-ratio simulator: replays cache traces against the real `larder::Cache`, its peers
 //! (moka, quick_cache, stretto) and reference policies (LRU, CLOCK, FIFO, Random, LFU, ARC,
-//! W-TinyLFU as Caffeine runs it, Belady's OPT), side by side in one run.
+//! LIRS, S3-FIFO, W-TinyLFU as Caffeine runs it, Belady's OPT), side by side in one run.
 //!
 //! Usage: see `usage.txt` beside this file (also printed by `--help`).
 //!
@@ -11,9 +11,11 @@
 //! real cache sees the trace reordered, which the serial OPT does not bound: one above it
 //! is flagged as such, and does not fail the run.
 
+pub mod lirs;
 pub mod peers;
 pub mod plot;
 pub mod policies;
+pub mod s3fifo;
 pub mod synthetic;
 pub mod trace;
 pub mod weights;
@@ -33,13 +35,15 @@ use weights::Weights;
 const DEFAULT_FRACTIONS: [f64; 7] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5];
 
 /// Reference policies, in table order.
-const REFERENCE: [&str; 9] = [
+const REFERENCE: [&str; 11] = [
     "lru",
     "clock",
     "fifo",
     "random",
     "lfu",
     "arc",
+    "lirs",
+    "s3fifo",
     "wtinylfu",
     "wtinylfu_fixed",
     "opt",
@@ -326,6 +330,8 @@ fn replay_reference(
         "random" => policies::random(job.size, 0x5eed),
         "lfu" => policies::lfu(job.size),
         "arc" => policies::arc(job.size),
+        "lirs" => lirs::lirs(job.size),
+        "s3fifo" => s3fifo::s3fifo(job.size),
         "wtinylfu" => wtinylfu::wtinylfu(job.size),
         "wtinylfu_fixed" => wtinylfu::wtinylfu_fixed(job.size),
         "opt" => policies::opt(job.size, keys),

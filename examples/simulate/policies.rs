@@ -607,6 +607,8 @@ mod tests {
             random(cap, 7),
             lfu(cap),
             arc(cap),
+            crate::lirs::lirs(cap),
+            crate::s3fifo::s3fifo(cap),
             opt(cap, trace),
         ]
     }
