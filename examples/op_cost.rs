@@ -18,10 +18,11 @@
 //! done
 //! ```
 //!
-//! Usage: `op_cost CACHE WORKLOAD OPS [CAPACITY]` with CACHE `larder` or `quick_cache`,
-//! WORKLOAD `get-only`, `95-5`, `50-50`, `insert-only`, `update-only` or `new-only`, and
-//! CAPACITY in entries (default 100,000, the benchmark's; small caches cost more per
-//! operation, see the README's "Throughput"). The last two workloads are not the
+//! Usage: `op_cost CACHE WORKLOAD OPS [CAPACITY]` with CACHE `larder`, `quick_cache` or
+//! `larder-bytes` (a byte budget over sizes of 16 B to 16 KiB drawn from the key, CAPACITY
+//! entries of the mean size), WORKLOAD `get-only`, `95-5`, `50-50`, `insert-only`,
+//! `update-only` or `new-only`, and CAPACITY in entries (default 100,000, the benchmark's;
+//! small caches cost more per operation, see the README's "Throughput"). The last two workloads are not the
 //! benchmark's. `update-only` draws its keys uniformly from half the capacity, all resident
 //! once warmed, so every operation replaces a value (a write without an eviction). `new-only`
 //! inserts a key never seen before each time, so every operation evicts (the write path's
@@ -61,6 +62,19 @@ impl Subject {
     }
 }
 
+/// The mean of [`varied_size`]: (16,384 - 16) / ln(1,024).
+const MEAN_VARIED_SIZE: u64 = 2362;
+
+/// A size of 16 B to 16 KiB, log-uniform, drawn from a hash of the key.
+fn varied_size(key: u64) -> u64 {
+    let mut h = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^= h >> 31;
+    let uniform = (h >> 11) as f64 / (1u64 << 53) as f64;
+    (16.0 * 1024f64.powf(uniform)) as u64
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cache, workload, ops, capacity) = match args.as_slice() {
@@ -77,7 +91,7 @@ fn main() {
         ),
         _ => {
             eprintln!(
-                "usage: op_cost larder|quick_cache get-only|95-5|50-50|insert-only|update-only|new-only OPS [CAPACITY]"
+                "usage: op_cost larder|larder-bytes|quick_cache get-only|95-5|50-50|insert-only|update-only|new-only OPS [CAPACITY]"
             );
             std::process::exit(2);
         }
@@ -100,6 +114,16 @@ fn main() {
                 // hash, and whether a Zipf-hot key is among them moved a 50-50 operation at
                 // 1,000 entries between 640 and 1,020 instructions from one random seed to
                 // the next, and the two runs this measurement subtracts had different ones.
+                .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+                .build()
+                .expect("valid settings"),
+        ),
+        // Byte mode: sizes of 16 B to 16 KiB drawn from the key (the simulator's `--weights
+        // varied`), a budget of CAPACITY entries of the mean size with larder's overhead.
+        "larder-bytes" => Subject::Larder(
+            larder::Cache::builder()
+                .max_bytes(capacity as u64 * (MEAN_VARIED_SIZE + 84))
+                .weigher(|key: &u64, _: &u64| varied_size(*key))
                 .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
                 .build()
                 .expect("valid settings"),

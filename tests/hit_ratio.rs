@@ -249,7 +249,9 @@ fn byte_lru_hit_ratio(trace: &[u64], budget: u64, overhead: u64) -> f64 {
 /// entries of the mean size, with the default shard count (one, for a budget this small)
 /// and with four. Every miss costs the same whatever the entry weighs, so a byte of budget
 /// is worth most in the entry read most often per byte. Measured, averaged over
-/// [`KEY_MASKS`], where byte LRU hits 41.29%: session 26, 57.55% with the default shards
+/// [`KEY_MASKS`], where byte LRU hits 41.29%: session 27, 61.70% with the default shards
+/// and 61.82% with four (the hand passing victims much lighter than the candidate);
+/// session 26, 57.55% with the default shards
 /// and 56.99% with four (56.64% and 56.99% before its duel let lighter newcomers in
 /// without the margin); session 25, 56.71% and 56.49% (56.14% and 55.95% before new
 /// miniatures were let warm up); session 24's build, whose duel weighed frequencies
@@ -267,7 +269,7 @@ fn byte_mode_keeps_the_entries_read_most_per_byte() {
     let mean = keys.iter().map(|&key| size_of_key(key)).sum::<u64>() / keys.len() as u64;
     let budget = 1000 * (mean + overhead);
     let lru = byte_lru_hit_ratio(&trace, budget, overhead);
-    for (shards, floor) in [(None, 57.0), (Some(4), 56.4)] {
+    for (shards, floor) in [(None, 61.2), (Some(4), 61.3)] {
         let ratios: Vec<f64> = KEY_MASKS
             .iter()
             .map(|&mask| {
@@ -305,7 +307,12 @@ fn byte_mode_keeps_the_entries_read_most_per_byte() {
 /// resident seen as often. With the admission margin in every duel (session 25), keys seen
 /// once or twice per period could not trade places, and main kept the keys that filled it
 /// first: 37.12% averaged over [`KEY_MASKS`] (32.86% to 43.81%); session 26's duel
-/// 47.29% (42.02% to 51.55%). Byte LRU hits nothing. Floor 2.3 points below.
+/// 47.29% (42.02% to 51.55%). Those left heavy residents in place for another reason too:
+/// main's CLOCK hand picked victims entry by entry, so heavy candidates met light victims
+/// and lost, and the few heavy entries that filled main were seldom dueled. Since session
+/// 27 the hand passes victims lighter than two thirds of the candidate: 73.53% (72.92% to
+/// 73.93%), near the 75.7% that holding the lightest keys that fit would hit (key set 0).
+/// Byte LRU hits nothing. Floor 1 point below.
 #[test]
 #[cfg_attr(
     miri,
@@ -329,5 +336,5 @@ fn byte_mode_keeps_the_lightest_keys_of_a_loop() {
         .collect();
     let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
     println!("loop: larder {ratio:.2}% (per key set {ratios:.2?})");
-    assert!(ratio > 45.0, "{ratio:.2}% fell below 45%");
+    assert!(ratio > 72.5, "{ratio:.2}% fell below 72.5%");
 }
