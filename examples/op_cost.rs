@@ -31,6 +31,13 @@
 
 use std::time::Instant;
 
+// The simulator's sizes (`--weights varied`), so both measure byte mode alike.
+#[path = "simulate/weights.rs"]
+#[allow(dead_code)]
+pub mod weights;
+
+use weights::Weights;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -38,6 +45,8 @@ use rand_distr::{Distribution, Zipf};
 const KEY_SPACE: f64 = 1_000_000.0;
 const STREAM_LEN: usize = 1 << 20;
 const DEFAULT_CAPACITY: usize = 100_000;
+/// The mean of sizes log-uniform from 16 B to 16 KiB: (16,384 - 16) / ln(1,024).
+const VARIED_MEAN_SIZE: f64 = 2361.6;
 
 /// The two operations measured, over either cache.
 enum Subject {
@@ -60,19 +69,6 @@ impl Subject {
             Self::QuickCache(cache) => cache.insert(key, value),
         }
     }
-}
-
-/// The mean of [`varied_size`]: (16,384 - 16) / ln(1,024).
-const MEAN_VARIED_SIZE: u64 = 2362;
-
-/// A size of 16 B to 16 KiB, log-uniform, drawn from a hash of the key.
-fn varied_size(key: u64) -> u64 {
-    let mut h = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    h ^= h >> 31;
-    let uniform = (h >> 11) as f64 / (1u64 << 53) as f64;
-    (16.0 * 1024f64.powf(uniform)) as u64
 }
 
 fn main() {
@@ -119,11 +115,12 @@ fn main() {
                 .expect("valid settings"),
         ),
         // Byte mode: sizes of 16 B to 16 KiB drawn from the key (the simulator's `--weights
-        // varied`), a budget of CAPACITY entries of the mean size with larder's overhead.
+        // varied`), a budget of CAPACITY entries of their mean size (about 2,362 B) with
+        // larder's overhead.
         "larder-bytes" => Subject::Larder(
             larder::Cache::builder()
-                .max_bytes(capacity as u64 * (MEAN_VARIED_SIZE + 84))
-                .weigher(|key: &u64, _: &u64| varied_size(*key))
+                .max_bytes(Weights::VARIED.budget(capacity, VARIED_MEAN_SIZE))
+                .weigher(|key: &u64, _: &u64| Weights::VARIED.of(*key))
                 .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
                 .build()
                 .expect("valid settings"),
