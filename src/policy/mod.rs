@@ -597,8 +597,17 @@ impl Policy {
         members: &impl Members,
         candidate_weight: u64,
     ) -> Option<(u32, u64)> {
-        let steps = 2 * (self.main.len() + self.protected.len()) + 2;
-        let mut passes = LIGHTER_VICTIMS_PASSED;
+        let mut passes = if PASS_LIGHTER {
+            LIGHTER_VICTIMS_PASSED
+        } else {
+            0
+        };
+        let steps = 2 * (self.main.len() + self.protected.len()) + 2 + passes as usize;
+        // The first entry passed: should the hand come back to it (probation holds fewer
+        // lighter unread entries than it may pass), it is the victim, the oldest of them
+        // (the review found the hand lapping probation and dueling whichever entry the
+        // passes ran out on).
+        let mut first_passed = None;
         for _ in 0..steps {
             let Some(id) = self.hand(Region::Main) else {
                 let (demoted, _) = self.sweep(Region::Protected, members)?;
@@ -615,8 +624,10 @@ impl Policy {
                 // Weights below 2^64: the products fit in 128 bits.
                 if PASS_LIGHTER
                     && passes > 0
+                    && first_passed != Some(id)
                     && 3 * u128::from(members.weight(id)) < 2 * u128::from(candidate_weight)
                 {
+                    first_passed.get_or_insert(id);
                     passes -= 1;
                     self.main.advance(&self.links);
                     continue;
@@ -956,6 +967,31 @@ mod tests {
         // Entries of one weight never pass one another.
         let mut policy = probation(&fake, &[7; 12]);
         assert_eq!(policy.main_victim(&fake, 7).unwrap().0, 0);
+    }
+
+    #[test]
+    fn a_hand_that_passed_every_light_entry_duels_the_oldest() {
+        // Fewer light entries than the hand may pass, none heavy enough: once the hand is
+        // back at the first one it passed, that one is the victim (the review found it
+        // lapping probation: with 3 entries it dueled the third, with 5 the fourth).
+        let fake = Fake::default();
+        for n in 1..=LIGHTER_VICTIMS_PASSED as usize {
+            let mut policy = probation(&fake, &vec![10; n]);
+            assert_eq!(policy.main_victim(&fake, 100).unwrap().0, 0, "{n} entries");
+        }
+    }
+
+    #[test]
+    fn a_new_entry_of_another_shard_duels_a_victim_of_its_weight() {
+        // `yields_to` finds the victim as a window candidate's duel does: a heavy newcomer
+        // is set against the heavy resident, not the light ones before it.
+        let fake = Fake::default();
+        let mut policy = probation(&fake, &[10, 10, 10, 100]);
+        let (_, victim_weight) = policy.yields_to(1, 90, false, &fake).unwrap();
+        assert_eq!(victim_weight, 100);
+        let mut policy = probation(&fake, &[10, 10, 10, 100]);
+        let (_, victim_weight) = policy.yields_to(1, 1, false, &fake).unwrap();
+        assert_eq!(victim_weight, 10);
     }
 
     #[test]
