@@ -30,7 +30,9 @@ enum State {
     NonResidentHir,
 }
 
-/// Links of one intrusive list: towards the head (more recent) and the tail.
+/// Links of one intrusive list: towards the head (more recent) and the tail. A block can be
+/// in S and Q at once, so it carries two sets of links, where `policies::Lists` gives a
+/// node one.
 #[derive(Debug, Clone, Copy)]
 struct Links {
     prev: usize,
@@ -341,11 +343,7 @@ pub fn lirs(capacity: usize) -> Box<dyn Policy> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::{lru, opt};
-
-    fn count(p: &mut dyn Policy, trace: &[u64]) -> usize {
-        trace.iter().filter(|&&k| p.access(k)).count()
-    }
+    use crate::policies::{count, lru, opt};
 
     const H: bool = true;
     const M: bool = false;

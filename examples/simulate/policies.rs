@@ -19,6 +19,12 @@ pub trait Policy {
     fn access(&mut self, key: u64) -> bool;
 }
 
+/// The hits of a replay of `trace` through `p` (for the policies' tests).
+#[cfg(test)]
+pub(crate) fn count(p: &mut dyn Policy, trace: &[u64]) -> usize {
+    trace.iter().filter(|&&k| p.access(k)).count()
+}
+
 pub(crate) const NIL: usize = usize::MAX;
 
 #[derive(Debug, Clone, Copy)]
@@ -592,10 +598,6 @@ mod tests {
 
     fn hits(p: &mut dyn Policy, trace: &[u64]) -> Vec<bool> {
         trace.iter().map(|&k| p.access(k)).collect()
-    }
-
-    fn count(p: &mut dyn Policy, trace: &[u64]) -> usize {
-        trace.iter().filter(|&&k| p.access(k)).count()
     }
 
     /// Every policy at `cap`, OPT last.

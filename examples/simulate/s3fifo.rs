@@ -144,11 +144,7 @@ pub fn s3fifo(capacity: usize) -> Box<dyn Policy> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::lru;
-
-    fn count(p: &mut dyn Policy, trace: &[u64]) -> usize {
-        trace.iter().filter(|&&k| p.access(k)).count()
-    }
+    use crate::policies::{count, lru};
 
     #[test]
     fn keys_read_once_leave_through_the_small_queue() {
