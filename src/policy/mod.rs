@@ -25,6 +25,7 @@ pub(crate) mod sketch;
 
 use clock::{Links, Ring};
 use ghost::Ghost;
+use miniature::WindowShare;
 use sketch::FrequencySketch;
 
 /// What the policy needs to know about the entries it orders, supplied by the shard.
@@ -146,7 +147,7 @@ pub(crate) struct Policy {
     /// Main's evicted victims, for the shift detector (see `shift.rs`): only counted.
     main_ghost: Ghost,
     capacity: u64,
-    window_per_mille: u32,
+    window_share: WindowShare,
     window_target: u64,
     main_target: u64,
     protected_target: u64,
@@ -172,7 +173,7 @@ impl Policy {
             ghost: Ghost::with_capacity(expected_entries),
             main_ghost: Ghost::with_capacity(expected_entries),
             capacity,
-            window_per_mille: 0,
+            window_share: WindowShare::exact(0),
             window_target: 0,
             main_target: 0,
             protected_target: 0,
@@ -180,7 +181,7 @@ impl Policy {
             expected_ids: 0,
             released: Vec::new(),
         };
-        policy.set_window_per_mille(miniature::INITIAL_WINDOW_PER_MILLE);
+        policy.set_window(WindowShare::STARTING);
         policy
     }
 
@@ -191,15 +192,14 @@ impl Policy {
         self
     }
 
-    /// Gives the window `per_mille` thousandths of the capacity (at least one unit). The
-    /// regions converge to their new targets as later evictions move entries between them.
-    pub(crate) fn set_window_per_mille(&mut self, per_mille: u32) {
-        if per_mille == self.window_per_mille {
+    /// Gives the window its share of the capacity (see [`WindowShare`]). The regions
+    /// converge to their new targets as later evictions move entries between them.
+    pub(crate) fn set_window(&mut self, share: WindowShare) {
+        if share == self.window_share {
             return;
         }
-        self.window_per_mille = per_mille;
-        let window = u128::from(self.capacity) * u128::from(per_mille) / 1000;
-        self.window_target = (window as u64).max(1);
+        self.window_share = share;
+        self.window_target = share.units(self.capacity);
         self.main_target = self.capacity.saturating_sub(self.window_target);
         // Multiply before dividing: `main_target / 10 * 8` gave a main under 10 units no
         // protected segment at all (a 10-entry cache ran main as plain probation).
@@ -802,6 +802,38 @@ mod tests {
         assert_eq!(hot_lost, 0, "hot ids evicted by a scan: {hot_lost}");
     }
 
+    /// Once the miniatures chose 1%, a shard of 10 has no window: a new entry duels main's
+    /// victim as soon as it arrives and loses to frequent residents. Before they chose,
+    /// the window keeps one entry, and the resident it displaced from the window duels
+    /// instead (session 28; until then every chosen window kept one entry).
+    #[test]
+    fn a_chosen_one_percent_leaves_a_small_shard_no_window() {
+        for (share, evicted, rejected) in [
+            (WindowShare::STARTING, 9, true),
+            (WindowShare::exact(10), 10, true),
+        ] {
+            let fake = Fake::default();
+            let mut policy = Policy::new(10, 10, 1);
+            policy.set_window(share);
+            fill(&mut policy, &fake, 0..10);
+            for _ in 0..4 {
+                for id in 0..10 {
+                    policy.sketch.increment(fake.hash(id));
+                }
+            }
+            policy.on_insert(10, fake.hash(10), 1);
+            let eviction = policy.evict(&fake).unwrap();
+            assert_eq!(
+                eviction,
+                Eviction {
+                    id: evicted,
+                    rejected
+                },
+                "{share:?}"
+            );
+        }
+    }
+
     #[test]
     fn main_shrinks_to_a_grown_window_below_capacity() {
         let fake = Fake::default();
@@ -814,7 +846,7 @@ mod tests {
             policy.promote(id, 1);
         }
         assert_eq!(policy.window.len(), 1);
-        policy.set_window_per_mille(500);
+        policy.set_window(WindowShare::exact(500));
         // Evictions the cache's budget forces (the shard is under its capacity): main pays
         // for each new entry until it is down to its half, and the window keeps them all.
         let mut inserted = 0;

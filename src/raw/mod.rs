@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use crate::policy::miniature::{
-    sample_key, SampleWeights, Sampling, WindowChooser, CEILING_PER_MILLE,
+    sample_key, SampleWeights, Sampling, WindowChooser, WindowShare, CEILING_PER_MILLE,
     INITIAL_WINDOW_PER_MILLE, SAMPLED_READS_KEPT,
 };
 use crate::policy::shift::{GhostCounts, ShiftDetector, MIN_PERIOD_INSERTS, PERIODS_PER_SAMPLE};
@@ -103,8 +103,9 @@ pub(crate) struct RawCache<K, V, S> {
     /// Where the global eviction sweep starts, spreading it over shards.
     sweep: AtomicUsize,
     counters: Counters,
-    /// The admission window's share of each shard, in per mille, set by `sampler`.
-    window_per_mille: AtomicU32,
+    /// The admission window's share of each shard (a [`WindowShare`]'s bits), set by
+    /// `sampler`.
+    window: AtomicU32,
     /// The window's miniatures and the shift detector; writers only `try_lock` it.
     sampler: std::sync::Mutex<Sampler>,
     /// Which reads the window's miniatures see: those of keys whose hash has these bits
@@ -186,8 +187,8 @@ struct Sampler {
     /// Sampled reads replayed and lost in this sample.
     replayed: u64,
     lost: u64,
-    /// The window the miniatures last chose.
-    chosen: u32,
+    /// The window the miniatures last chose, if they have chosen.
+    chosen: Option<u32>,
     /// Accesses per sample: ten per entry, as Caffeine samples (see [`window_sample_size`]).
     sample_size: u64,
     /// Hits and misses at the start of the sample.
@@ -203,7 +204,7 @@ impl Sampler {
     /// `budget` is the miniatures' weight (see [`miniature_budget`]).
     fn new(sampling: Sampling, budget: u64, seed: u64, sample_size: u64) -> Self {
         Self {
-            chooser: WindowChooser::new(sampling.capacity, budget, seed),
+            chooser: WindowChooser::new(sampling.capacity, budget, sampling.mask != 0, seed),
             drained: Drained::default(),
             sampling,
             full: sampling,
@@ -213,7 +214,7 @@ impl Sampler {
             clean_needed: CLEAN_SAMPLES_TO_REFINE,
             replayed: 0,
             lost: 0,
-            chosen: INITIAL_WINDOW_PER_MILLE,
+            chosen: None,
             sample_size,
             hits: 0,
             misses: 0,
@@ -271,7 +272,7 @@ where
             listener: config.listener,
             sweep: AtomicUsize::new(0),
             counters: Counters::new(SAMPLED_READS_KEPT),
-            window_per_mille: AtomicU32::new(INITIAL_WINDOW_PER_MILLE),
+            window: AtomicU32::new(WindowShare::STARTING.to_bits()),
             sampler: std::sync::Mutex::new(Sampler::new(
                 sampling,
                 miniatures,
@@ -385,7 +386,7 @@ where
         // TTL-free caches read the clock only if the shard's wheel or a replaced entry
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
-        let window = self.window_per_mille.load(Ordering::Relaxed);
+        let window = WindowShare::from_bits(self.window.load(Ordering::Relaxed));
         shard
             .insert(entry, weight, clock, &self.budget, window, guard, out)
             .map_err(|entry| {
@@ -444,7 +445,8 @@ where
     fn resample(&self, sampler: &mut Sampler, sampling: Sampling) {
         sampler.sampling = sampling;
         let budget = miniature_budget(self.weigher.is_some(), self.budget.limit, sampling);
-        sampler.chooser = WindowChooser::new(sampling.capacity, budget, sampler.seed);
+        sampler.chooser =
+            WindowChooser::new(sampling.capacity, budget, sampling.mask != 0, sampler.seed);
         sampler.clean_samples = 0;
         sampler.warming = true;
         let stats = self.counters.snapshot();
@@ -527,7 +529,10 @@ where
                         sampler.warming = false;
                         sampler.chooser.forget_counts();
                     } else {
-                        sampler.chosen = sampler.chooser.choose(sampler.chosen);
+                        let current = sampler.chosen.unwrap_or(INITIAL_WINDOW_PER_MILLE);
+                        if let Some(window) = sampler.chooser.choose(current) {
+                            sampler.chosen = Some(window);
+                        }
                     }
                     if sampler.clean_samples >= sampler.clean_needed {
                         if let Some(finer) = sampler.sampling.finer(sampler.full) {
@@ -544,13 +549,14 @@ where
         }
         if changed {
             // A moving hot set opens the window to the ceiling (see `shift.rs`).
-            let floor = if sampler.detector.moving() {
-                CEILING_PER_MILLE
+            let window = if sampler.detector.moving() {
+                WindowShare::exact(CEILING_PER_MILLE)
             } else {
-                0
+                sampler
+                    .chosen
+                    .map_or(WindowShare::STARTING, WindowShare::exact)
             };
-            self.window_per_mille
-                .store(sampler.chosen.max(floor), Ordering::Relaxed);
+            self.window.store(window.to_bits(), Ordering::Relaxed);
         }
     }
 
@@ -947,6 +953,34 @@ mod tests {
         }
     }
 
+    /// The window keeps one unit until the miniatures first choose; then it is their
+    /// choice rounded down, which at 1% of a 50-entry cache is no window at all.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn the_window_keeps_one_unit_only_until_the_miniatures_choose() {
+        let cache = Cache::builder().max_entries(50).shards(1).build().unwrap();
+        let raw = cache.raw();
+        let window = || super::WindowShare::from_bits(raw.window.load(super::Ordering::Relaxed));
+        assert_eq!(window(), super::WindowShare::STARTING);
+        // 40 hot keys read in turn, and a new key now and then: frequency wins.
+        let mut chosen = None;
+        for round in 0..1_000u64 {
+            for key in 0..40 {
+                if cache.get(&key).is_none() {
+                    cache.insert(key, key).unwrap();
+                }
+            }
+            cache.insert(1_000 + round, 0).unwrap();
+            chosen = raw.sampler.lock().unwrap().chosen;
+            if chosen.is_some() {
+                break;
+            }
+        }
+        assert_eq!(chosen, Some(super::INITIAL_WINDOW_PER_MILLE));
+        assert_eq!(window(), super::WindowShare::exact(10));
+        assert_eq!(window().units(50), 0);
+    }
+
     /// Once the threads that outran the replay go quiet, the sampling steps back.
     #[test]
     #[cfg_attr(miri, ignore)]
@@ -992,8 +1026,9 @@ mod tests {
     fn resampled_miniatures_choose_no_window_on_their_first_sample() {
         let cache = cache_of_1000();
         let raw = cache.raw();
-        raw.sampler.lock().unwrap().chosen = 500;
-        raw.window_per_mille.store(500, super::Ordering::Relaxed);
+        raw.sampler.lock().unwrap().chosen = Some(500);
+        let half = super::WindowShare::exact(500).to_bits();
+        raw.window.store(half, super::Ordering::Relaxed);
         a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
         assert!(raw.sampler.lock().unwrap().warming);
         // Misses only: every miniature hits nothing, and a choice would fall back to the
@@ -1001,8 +1036,8 @@ mod tests {
         quiet_sample(&cache);
         let sampler = raw.sampler.lock().unwrap();
         assert!(!sampler.warming);
-        assert_eq!(sampler.chosen, 500);
-        assert_eq!(raw.window_per_mille.load(super::Ordering::Relaxed), 500);
+        assert_eq!(sampler.chosen, Some(500));
+        assert_eq!(raw.window.load(super::Ordering::Relaxed), half);
     }
 
     /// One thread that reads thousands of times between writes loses reads too, but not to

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
+use crate::policy::miniature::WindowShare;
 use crate::policy::{Eviction, Members, Policy};
 use crate::raw::arena::{CellId, Chunks};
 use crate::raw::budget::Budget;
@@ -307,7 +308,7 @@ where
     /// `budget`, evicts from this shard before unlocking (see the loop for when it leaves
     /// that to other shards).
     ///
-    /// `window_per_mille` is the admission window's current share (see `policy::miniature`).
+    /// `window` is the admission window's current share.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn insert<'g>(
@@ -316,7 +317,7 @@ where
         weight: u64,
         clock: impl Fn() -> u64,
         budget: &Budget,
-        window_per_mille: u32,
+        window: WindowShare,
         guard: &'g Guard,
         out: &mut Departures<'g, K, V>,
     ) -> Result<(), Box<Entry<K, V>>> {
@@ -325,7 +326,7 @@ where
         let mut state = lock_shard(&self.state);
         let state = &mut *state;
         let mut pending = budget.pending();
-        state.policy.set_window_per_mille(window_per_mille);
+        state.policy.set_window(window);
         state.inserts_since_sample += 1;
         // Ask often enough for small caches to adapt, rarely enough to cost nothing.
         let sample_every = (state.policy.len() / 4).clamp(16, 1024) as u32;
