@@ -390,8 +390,8 @@ impl WindowChooser {
     /// A miniature that replays every key is the cache's own size, and its windows round
     /// down as the cache's do. A sampled one keeps at least one unit: it stands for a cache
     /// of more than [`MAX_MINIATURE_ENTRIES`] entries, whose every window holds at least
-    /// one, and its 1% of 64 to 128 entries rounded down would be none. (Rounded down,
-    /// multi3 at 373 entries lost 0.4 points, 3 runs of 4.)
+    /// one, and its 1% of 64 to 128 entries rounded down would be none. (Over the
+    /// simulator's rows the two measured alike: session 28, `docs/history.md`.)
     pub(crate) fn new(capacity: usize, budget: u64, sampled: bool, seed: u64) -> Self {
         let share = |per_mille| {
             if sampled {
