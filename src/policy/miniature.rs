@@ -53,8 +53,8 @@ pub(crate) const INITIAL_WINDOW_PER_MILLE: u32 = WINDOWS_PER_MILLE[0];
 /// larder held one hot key fewer than moka held to its capacity (4.49% and 24.34% against
 /// 5.03% and 24.99%; now about 4.97% and 24.83%). The starting window keeps its unit
 /// because a window of nothing, taken without evidence, cost the short cs trace up to 1.4
-/// points at 10 to 70 entries. Sampled miniatures keep one unit too (see
-/// `WindowChooser::new`).
+/// points at 10 to 70 entries. A miniature's window keeps one unit where a shard's does
+/// (see `WindowChooser::new`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WindowShare(u32);
 
@@ -384,20 +384,23 @@ pub(crate) struct WindowChooser {
 
 impl WindowChooser {
     /// Miniatures of about `capacity` entries (the sampling's) within `budget` of weight
-    /// (`capacity` in count mode), their policies seeded from `seed`. `sampled`: they
-    /// replay a sample of the keys, standing for a larger cache.
+    /// (`capacity` in count mode), their policies seeded from `seed`, standing for a cache
+    /// whose shards each hold `shard_budget`.
     ///
-    /// A miniature that replays every key is the cache's own size, and its windows round
-    /// down as the cache's do. A sampled one keeps at least one unit: it stands for a cache
-    /// of more than [`MAX_MINIATURE_ENTRIES`] entries, whose every window holds at least
-    /// one, and its 1% of 64 to 128 entries rounded down would be none. (Over the
-    /// simulator's rows the two measured alike: session 28, `docs/history.md`.)
-    pub(crate) fn new(capacity: usize, budget: u64, sampled: bool, seed: u64) -> Self {
+    /// A miniature's window keeps at least one unit where a shard's at the same share does.
+    /// A sampled miniature stands for a larger cache: its 1% of 64 to 128 entries, rounded
+    /// down, would be none where a shard of 373 entries keeps 3. One that replays every key
+    /// of a one-shard cache is the cache's size, and rounds down as the cache does. (The
+    /// miniatures replay the whole cache as one policy, so a small cache of several shards
+    /// is modelled as one shard. Over the simulator's rows, rounding the sampled
+    /// miniatures down measured alike: session 28, `docs/history.md`.)
+    pub(crate) fn new(capacity: usize, budget: u64, shard_budget: u64, seed: u64) -> Self {
         let share = |per_mille| {
-            if sampled {
+            let exact = WindowShare::exact(per_mille);
+            if exact.units(shard_budget) > 0 {
                 WindowShare::at_least_one_unit(per_mille)
             } else {
-                WindowShare::exact(per_mille)
+                exact
             }
         };
         Self {
@@ -610,9 +613,28 @@ mod tests {
         assert_ne!(WindowShare::STARTING, WindowShare::exact(10));
     }
 
+    /// Each miniature's window keeps a unit where one of the cache's shards at its share
+    /// does: a miniature of 93 sampled keys from a 373-entry shard keeps one unit at 1%,
+    /// one of a 50-entry shard none, and a thinned one from a 100-entry shard one.
+    #[test]
+    fn a_miniature_window_keeps_a_unit_where_the_shard_does() {
+        let one_percent = |chooser: &WindowChooser| chooser.miniatures[0].policy.window_target;
+        assert_eq!(one_percent(&WindowChooser::new(93, 93, 373, 1)), 1);
+        assert_eq!(one_percent(&WindowChooser::new(50, 50, 50, 1)), 0);
+        assert_eq!(one_percent(&WindowChooser::new(50, 50, 100, 1)), 1);
+        assert_eq!(one_percent(&WindowChooser::new(40, 40, 80, 1)), 0);
+        let chooser = WindowChooser::new(93, 93, 373, 1);
+        let targets: Vec<u64> = chooser
+            .miniatures
+            .iter()
+            .map(|m| m.policy.window_target)
+            .collect();
+        assert_eq!(targets, [1, 4, 18, 46, 88]);
+    }
+
     #[test]
     fn the_window_stays_put_until_the_miniatures_have_seen_enough() {
-        let mut chooser = WindowChooser::new(16, 16, false, 7);
+        let mut chooser = WindowChooser::new(16, 16, 16, 7);
         for key in 0..100 {
             chooser.access(key % 40, 1);
         }
@@ -623,7 +645,7 @@ mod tests {
     /// small window keeps a part of the loop resident in main. The small window must win.
     #[test]
     fn a_loop_larger_than_the_cache_picks_a_small_window() {
-        let mut chooser = WindowChooser::new(100, 100, false, 3);
+        let mut chooser = WindowChooser::new(100, 100, 100, 3);
         for _ in 0..40 {
             for key in 0..150 {
                 chooser.access(key, 1);
@@ -641,7 +663,7 @@ mod tests {
     /// set holds main against the new one, so the largest window must win.
     #[test]
     fn a_hot_set_that_keeps_moving_picks_the_largest_window() {
-        let mut chooser = WindowChooser::new(100, 100, false, 5);
+        let mut chooser = WindowChooser::new(100, 100, 100, 5);
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         for phase in 0..60u32 {
             for _ in 0..400 {
@@ -663,7 +685,7 @@ mod tests {
 
     #[test]
     fn a_tie_keeps_the_current_window() {
-        let mut chooser = WindowChooser::new(1000, 1000, false, 9);
+        let mut chooser = WindowChooser::new(1000, 1000, 1000, 9);
         // Fewer keys than the capacity: every miniature hits every repeat alike.
         for _ in 0..10 {
             for key in 0..100 {
@@ -678,7 +700,7 @@ mod tests {
     /// sample only, and from then on the miniatures' counts were weighted differently.
     #[test]
     fn a_sample_too_short_to_choose_from_ends_every_miniature_alike() {
-        let mut chooser = WindowChooser::new(100, 100, false, 3);
+        let mut chooser = WindowChooser::new(100, 100, 100, 3);
         for key in 0..200 {
             chooser.access(key, 1);
         }

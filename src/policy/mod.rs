@@ -349,14 +349,20 @@ impl Policy {
     /// Chooses, unlinks and returns the entry to evict, or `None` if the shard is empty.
     pub(crate) fn evict(&mut self, members: &impl Members) -> Option<Eviction> {
         // Window overflow moves into main for free while main has room: no one must leave.
-        // The window's swept hand, if main had no room for it: the candidate below.
+        // The window's swept hand, if main had no room for it: the candidate below. So is
+        // its last entry: moved, it would leave the window empty, and main would pay for
+        // this eviction with a victim that never dueled. That is the case of a shard under
+        // its share whose window is none, or lighter than the entry (session 28's review:
+        // with shards of under 100 entries, where 1% is none, a loop over twice the
+        // capacity hit 45.15% on 61 entries in 4 shards before windows rounded down, 40.51%
+        // after, 45.95% with this).
         let mut swept = None;
         while self.window.weight() > self.window_target {
             let Some((candidate, hash)) = self.sweep(Region::Window, members) else {
                 break;
             };
             let weight = members.weight(candidate);
-            if self.main_weight() + weight > self.main_target {
+            if self.main_weight() + weight > self.main_target || self.window.len() == 1 {
                 swept = Some((candidate, hash, weight));
                 break;
             }
@@ -832,6 +838,35 @@ mod tests {
                 "{share:?}"
             );
         }
+    }
+
+    /// A shard under its capacity evicts when the cache's global budget says so. With no
+    /// window, the new entry is the window's last and duels main's victim rather than move
+    /// into main for free and leave main to pay with a frequent resident (session 28's
+    /// review).
+    #[test]
+    fn a_shard_under_its_capacity_without_a_window_still_duels() {
+        let fake = Fake::default();
+        let mut policy = Policy::new(10, 10, 1);
+        policy.set_window(WindowShare::exact(10));
+        fill(&mut policy, &fake, 0..5);
+        for _ in 0..4 {
+            for id in 0..5 {
+                policy.sketch.increment(fake.hash(id));
+            }
+        }
+        for newcomer in 5..8 {
+            policy.on_insert(newcomer, fake.hash(newcomer), 1);
+            let eviction = policy.evict(&fake).unwrap();
+            assert_eq!(
+                eviction,
+                Eviction {
+                    id: newcomer,
+                    rejected: true
+                }
+            );
+        }
+        assert_eq!((policy.window.len(), policy.main_weight()), (0, 5));
     }
 
     #[test]

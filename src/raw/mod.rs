@@ -201,10 +201,17 @@ struct Sampler {
 }
 
 impl Sampler {
-    /// `budget` is the miniatures' weight (see [`miniature_budget`]).
-    fn new(sampling: Sampling, budget: u64, seed: u64, sample_size: u64) -> Self {
+    /// `budget` is the miniatures' weight (see [`miniature_budget`]), `shard_budget` a
+    /// shard's, whose windows they stand for.
+    fn new(
+        sampling: Sampling,
+        budget: u64,
+        shard_budget: u64,
+        seed: u64,
+        sample_size: u64,
+    ) -> Self {
         Self {
-            chooser: WindowChooser::new(sampling.capacity, budget, sampling.mask != 0, seed),
+            chooser: WindowChooser::new(sampling.capacity, budget, shard_budget, seed),
             drained: Drained::default(),
             sampling,
             full: sampling,
@@ -276,6 +283,7 @@ where
             sampler: std::sync::Mutex::new(Sampler::new(
                 sampling,
                 miniatures,
+                share,
                 seed,
                 config.sample_size,
             )),
@@ -446,7 +454,7 @@ where
         sampler.sampling = sampling;
         let budget = miniature_budget(self.weigher.is_some(), self.budget.limit, sampling);
         sampler.chooser =
-            WindowChooser::new(sampling.capacity, budget, sampling.mask != 0, sampler.seed);
+            WindowChooser::new(sampling.capacity, budget, self.budget.share, sampler.seed);
         sampler.clean_samples = 0;
         sampler.warming = true;
         let stats = self.counters.snapshot();
