@@ -255,7 +255,6 @@ impl SampleWeights {
 /// its entry weighs in the cache (1 in count mode).
 #[derive(Debug)]
 struct Miniature {
-    window_per_mille: u32,
     policy: Policy,
     /// The weight it holds at most: the cache's budget scaled by the sampling rate.
     budget: u64,
@@ -305,7 +304,6 @@ impl Miniature {
         let mut policy = Policy::new(budget, capacity, seed).expecting(capacity + 1);
         policy.set_window(window);
         Self {
-            window_per_mille: window.per_mille(),
             policy,
             budget,
             ids: KeyIds::with_capacity(capacity + 1),
@@ -367,6 +365,11 @@ impl Miniature {
 
     /// Ends a sample: its counts join the decayed sums. Returns the hit ratio over them,
     /// `None` while they hold too few reads.
+    /// The window share this miniature tries, in per mille.
+    fn window_per_mille(&self) -> u32 {
+        self.policy.window_share.per_mille()
+    }
+
     fn end_sample(&mut self) -> Option<f64> {
         self.decayed_reads = self.decayed_reads * DECAY + self.sample_reads as f64;
         self.decayed_hits = self.decayed_hits * DECAY + self.sample_hits as f64;
@@ -438,9 +441,9 @@ impl WindowChooser {
                 continue;
             };
             if best.map_or(true, |(best_ratio, _)| ratio > best_ratio) {
-                best = Some((ratio, miniature.window_per_mille));
+                best = Some((ratio, miniature.window_per_mille()));
             }
-            if miniature.window_per_mille == current {
+            if miniature.window_per_mille() == current {
                 current_ratio = Some(ratio);
             }
         }
@@ -473,7 +476,7 @@ impl WindowChooser {
             .iter()
             .map(|m| {
                 let reads = m.decayed_reads.max(1.0);
-                (m.window_per_mille, m.decayed_hits / reads)
+                (m.window_per_mille(), m.decayed_hits / reads)
             })
             .collect()
     }

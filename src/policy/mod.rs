@@ -766,6 +766,15 @@ mod tests {
         }
     }
 
+    /// Counts each id's key four more times in the sketch.
+    fn make_frequent(policy: &mut Policy, fake: &Fake, ids: std::ops::Range<u32>) {
+        for _ in 0..4 {
+            for id in ids.clone() {
+                policy.sketch.increment(fake.hash(id));
+            }
+        }
+    }
+
     #[test]
     fn empty_policy_has_no_victim() {
         let mut policy = Policy::new(10, 10, 1);
@@ -822,11 +831,7 @@ mod tests {
             let mut policy = Policy::new(10, 10, 1);
             policy.set_window(share);
             fill(&mut policy, &fake, 0..10);
-            for _ in 0..4 {
-                for id in 0..10 {
-                    policy.sketch.increment(fake.hash(id));
-                }
-            }
+            make_frequent(&mut policy, &fake, 0..10);
             policy.on_insert(10, fake.hash(10), 1);
             let eviction = policy.evict(&fake).unwrap();
             assert_eq!(
@@ -850,11 +855,7 @@ mod tests {
         let mut policy = Policy::new(10, 10, 1);
         policy.set_window(WindowShare::exact(10));
         fill(&mut policy, &fake, 0..5);
-        for _ in 0..4 {
-            for id in 0..5 {
-                policy.sketch.increment(fake.hash(id));
-            }
-        }
+        make_frequent(&mut policy, &fake, 0..5);
         for newcomer in 5..8 {
             policy.on_insert(newcomer, fake.hash(newcomer), 1);
             let eviction = policy.evict(&fake).unwrap();
