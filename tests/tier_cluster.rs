@@ -46,6 +46,17 @@ impl Node {
             .unwrap()
     }
 
+    /// `cmd`'s answer for a poll, or the default while the node cannot be reached: a
+    /// poll retries until its deadline, which names what never came. (A live node once
+    /// refused a connection for a moment after a failover, and the unwrap in `client`
+    /// failed the test where the poll would have waited.)
+    fn poll<T: redis::FromRedisValue + Default>(&self, cmd: &redis::Cmd) -> T {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .and_then(|mut connection| cmd.query(&mut connection))
+            .unwrap_or_default()
+    }
+
     fn is_master(&self) -> bool {
         let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut self.client()).unwrap();
         matches!(&role[0], redis::Value::BulkString(b) if b == b"master")
@@ -126,10 +137,7 @@ impl Cluster {
         // Replicas hold their master's data before any test kills a master.
         for node in &cluster.nodes {
             wait(Duration::from_secs(20), || {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut node.client())
-                    .unwrap_or_default();
+                let info: String = node.poll(redis::cmd("INFO").arg("replication"));
                 info.contains("role:master") || info.contains("master_link_status:up")
             });
         }
@@ -140,10 +148,7 @@ impl Cluster {
     fn wait_healthy(&self) {
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             wait(Duration::from_secs(20), || {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut node.client())
-                    .unwrap_or_default();
+                let info: String = node.poll(redis::cmd("CLUSTER").arg("INFO"));
                 info.contains("cluster_state:ok")
             });
         }

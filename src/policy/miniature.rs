@@ -301,7 +301,7 @@ impl Miniature {
     fn new(capacity: usize, budget: u64, window: WindowShare, seed: u64) -> Self {
         let capacity = capacity.max(1);
         let budget = budget.max(1);
-        let mut policy = Policy::new(budget, capacity, seed).expecting(capacity + 1);
+        let mut policy = Policy::miniature(budget, capacity, seed).expecting(capacity + 1);
         policy.set_window(window);
         Self {
             policy,

@@ -26,7 +26,7 @@ pub(crate) mod sketch;
 use clock::{Links, Ring};
 use ghost::Ghost;
 use miniature::WindowShare;
-use sketch::FrequencySketch;
+use sketch::{FrequencySketch, MINIATURE_PERIOD_FLOOR, SHARD_PERIOD_FLOOR};
 
 /// What the policy needs to know about the entries it orders, supplied by the shard.
 pub(crate) trait Members {
@@ -164,12 +164,27 @@ impl Policy {
     /// A policy for a shard holding up to `capacity` weight, expected to hold about
     /// `expected_entries` entries (sizes the sketch; it grows if more arrive).
     pub(crate) fn new(capacity: u64, expected_entries: usize, seed: u64) -> Self {
+        Self::with_period_floor(capacity, expected_entries, seed, SHARD_PERIOD_FLOOR)
+    }
+
+    /// A policy for one of the window's miniatures (see `miniature.rs`): as [`Policy::new`],
+    /// its sketch's period sized for at least [`MINIATURE_PERIOD_FLOOR`] entries.
+    pub(crate) fn miniature(capacity: u64, expected_entries: usize, seed: u64) -> Self {
+        Self::with_period_floor(capacity, expected_entries, seed, MINIATURE_PERIOD_FLOOR)
+    }
+
+    fn with_period_floor(
+        capacity: u64,
+        expected_entries: usize,
+        seed: u64,
+        period_floor: usize,
+    ) -> Self {
         let mut policy = Self {
             links: Links::default(),
             window: Ring::default(),
             main: Ring::default(),
             protected: Ring::default(),
-            sketch: FrequencySketch::with_capacity(expected_entries),
+            sketch: FrequencySketch::with_period_floor(expected_entries, period_floor),
             ghost: Ghost::with_capacity(expected_entries),
             main_ghost: Ghost::with_capacity(expected_entries),
             capacity,

@@ -47,20 +47,43 @@ const ROW_COUNTERS: u64 = (COUNTER_WORDS * 16 / ROWS) as u64;
 /// +0.044 with the separate tables, +0.043 with one block per 6 entries (10.7 bytes) and
 /// +0.021 with one per 8: 2.7 bytes an entry for about 0.02 points.
 const ENTRIES_PER_BLOCK: usize = 8;
-/// A sketch sized for fewer entries than this is sized for this many: a small cache still
-/// gets a frequency history long enough (ten accesses per entry) and a table wide enough to
-/// rank what it sees. At 16, a 10-entry cache forgot every count after 160 accesses, in a
-/// 16-word table; with a floor of 512, over the 113 rows of the real traces (larder vs the
-/// best of moka held to its capacity, quick_cache and LRU) the mean gap went from -0.052
-/// points (5 runs) to +0.072 (8 runs) and rows within 0.5 from 71.2 to 81.0: ps at 15 +1.6,
-/// multi1 at 13 +1.1, sprite at 10 +1.0, web12 at 14 +1.1 (cpp at 61 -2.2). 256 gave +0.067,
-/// 1,024 +0.076 (3 runs). Both halves matter: the longer period alone gave -0.046, the wider
-/// table alone -0.127 (3 runs each). The cost is a fixed 4 KiB per shard.
+/// A sketch sized for fewer entries than this has a table sized for this many: a small
+/// cache still gets a table wide enough to rank what it sees. At 16, a 10-entry cache
+/// forgot every count after 160 accesses, in a 16-word table; with a floor of 512 for both
+/// the table and the period, over the 113 rows of the real traces (larder vs the best of
+/// moka held to its capacity, quick_cache and LRU) the mean gap went from -0.052 points
+/// (5 runs) to +0.072 (8 runs) and rows within 0.5 from 71.2 to 81.0: ps at 15 +1.6,
+/// multi1 at 13 +1.1, sprite at 10 +1.0, web12 at 14 +1.1 (cpp at 61 -2.2). 256 gave
+/// +0.067, 1,024 +0.076 (3 runs). Both halves matter: the longer period alone gave -0.046,
+/// the wider table alone -0.127 (3 runs each). The cost is a fixed 4 KiB per shard. The
+/// period has its own floor since session 29, [`SHARD_PERIOD_FLOOR`].
 const MIN_ENTRIES: usize = 512;
+/// A shard's sketch ages at least every [`PERIOD_PER_ENTRY`] accesses per this many entries,
+/// half the table's floor: a shard of under 256 entries remembers more than ten accesses
+/// per entry, one of 256 to 511 exactly ten. With the period's floor at the table's 512
+/// (sessions 8 to 28), cpp at 61 entries, whose hot set moves, kept stale counts and hit
+/// 61.7% where moka held to its capacity hits 64.0%. Over the 113 rows (larder vs the
+/// best of moka held to its capacity, quick_cache and LRU, session 28's peer run, sets of
+/// 4 runs): +0.503 to +0.512 with 512 (4 sets), +0.552 to +0.563 with 256 (5 sets), rows
+/// within 0.5 98 to 101 against 98 to 102; cpp at 61 +1.8, multi3 at 373 +1.0, OLTP at 187
+/// -0.7. 128 gave +0.536, 192 +0.555 to +0.563, 320 +0.541 (1 to 3 sets); at 256 a window
+/// sample's floor of 5,120 accesses (see `raw::MIN_WINDOW_SAMPLE`) spans two periods.
+/// Down to ten accesses per entry of any cache (no floor) cpp at 61 gains 2.6 but ps at 15
+/// and sprite at 35 lose 2.8 and 2.4: +0.327 (session 29; session 19 measured the same).
+/// In byte mode a shard expects the entries of its budget at the smallest plausible
+/// weight, so only budgets under 512 of those move: of the 99 rows of `--weights varied`
+/// the 10-entry ones (loop -1.5, cs -0.6, 2_pools +1.0), -0.05 on the mean (5 sets each).
+/// The miniatures keep the table's floor, [`MINIATURE_PERIOD_FLOOR`].
+pub(crate) const SHARD_PERIOD_FLOOR: usize = 256;
+/// The floor of a miniature's period (see `policy::miniature`): a miniature holds at most
+/// 128 sampled keys, so this floor sets its history whatever the cache's size. At
+/// [`SHARD_PERIOD_FLOOR`] too, zigzag at 500 and 1,001 entries lost 0.7 and 0.4 points
+/// and the 113 rows gained about half as much (+0.526 to +0.549, 4 sets).
+pub(crate) const MINIATURE_PERIOD_FLOOR: usize = MIN_ENTRIES;
 /// Increments between agings per entry the sketch is sized for.
 pub(crate) const PERIOD_PER_ENTRY: usize = 10;
-/// The shortest period between agings, in increments.
-pub(crate) const MIN_PERIOD: usize = PERIOD_PER_ENTRY * MIN_ENTRIES;
+/// A miniature's shortest period between agings, in increments; two of a small shard's.
+pub(crate) const MINIATURE_MIN_PERIOD: usize = PERIOD_PER_ENTRY * MINIATURE_PERIOD_FLOOR;
 /// Keeps block indexes within the 32 well-mixed bits `spread` provides and bounds memory on
 /// absurd input.
 const MAX_ENTRIES: usize = 1 << 30;
@@ -90,13 +113,26 @@ pub(crate) struct FrequencySketch {
     /// doorkeeper bits in the rest.
     table: Vec<Block>,
     sized_for: usize,
+    /// The fewest entries the period is sized for ([`SHARD_PERIOD_FLOOR`] or
+    /// [`MINIATURE_PERIOD_FLOOR`]); kept when the sketch grows.
+    period_floor: usize,
     sample_size: usize,
     samples: usize,
 }
 
 impl FrequencySketch {
-    /// Sized for about `expected_entries` distinct hot items (at least [`MIN_ENTRIES`]).
+    /// A shard's sketch, sized for about `expected_entries` distinct hot items (a table for
+    /// at least [`MIN_ENTRIES`], a period for at least [`SHARD_PERIOD_FLOOR`]). Shards build
+    /// theirs through `Policy::new`.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub(crate) fn with_capacity(expected_entries: usize) -> Self {
+        Self::with_period_floor(expected_entries, SHARD_PERIOD_FLOOR)
+    }
+
+    /// Sized for about `expected_entries` distinct hot items, its period for at least
+    /// `period_floor` entries (at most [`MIN_ENTRIES`], the table's floor).
+    pub(crate) fn with_period_floor(expected_entries: usize, period_floor: usize) -> Self {
+        debug_assert!(period_floor <= MIN_ENTRIES);
         let n = expected_entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
         // Any number of blocks, since a block is picked by scaling the hash to the count
         // (`scale`). Rounding up to a power of two, as the sketch once did, gave a shard of
@@ -108,7 +144,10 @@ impl FrequencySketch {
         Self {
             table: vec![Block::default(); blocks],
             sized_for: n,
-            sample_size: n.saturating_mul(PERIOD_PER_ENTRY),
+            period_floor,
+            sample_size: expected_entries
+                .clamp(period_floor, MAX_ENTRIES)
+                .saturating_mul(PERIOD_PER_ENTRY),
             samples: 0,
         }
     }
@@ -129,11 +168,10 @@ impl FrequencySketch {
     /// Out of line: every insert asks, and the answer is nearly always no.
     #[cold]
     fn grow(&mut self, needed: usize, ceiling: usize) {
-        *self = Self::with_capacity(crate::growth::grown_capacity(
-            self.sized_for,
-            needed,
-            ceiling,
-        ));
+        *self = Self::with_period_floor(
+            crate::growth::grown_capacity(self.sized_for, needed, ceiling),
+            self.period_floor,
+        );
     }
 
     /// Records one access of the item whose well-mixed 64-bit hash is `hash`.
@@ -380,7 +418,7 @@ mod tests {
     fn sample_size_triggers_aging() {
         let mut s = FrequencySketch::with_capacity(16);
         let period = s.sample_size;
-        assert_eq!(period, 10 * MIN_ENTRIES);
+        assert_eq!(period, 10 * SHARD_PERIOD_FLOOR);
         let hot = splitmix64(0);
         (0..16).for_each(|_| {
             s.increment(hot);
@@ -392,6 +430,18 @@ mod tests {
         s.increment(splitmix64(1 << 40));
         // Counters were saturated at 15 and the doorkeeper bit is gone.
         assert_eq!((s.samples, s.frequency(hot)), (period / 2, 7));
+    }
+
+    #[test]
+    fn a_small_shard_ages_sooner_than_a_miniature_on_the_same_table() {
+        let shard = FrequencySketch::with_capacity(61);
+        let miniature = FrequencySketch::with_period_floor(61, MINIATURE_PERIOD_FLOOR);
+        assert_eq!(shard.table.len(), blocks(MIN_ENTRIES));
+        assert_eq!(miniature.table.len(), blocks(MIN_ENTRIES));
+        assert_eq!((shard.sample_size, miniature.sample_size), (2_560, 5_120));
+        // Between the period's floor and the table's, ten accesses per entry.
+        assert_eq!(FrequencySketch::with_capacity(300).sample_size, 3_000);
+        assert_eq!(FrequencySketch::with_capacity(4_000).sample_size, 40_000);
     }
 
     #[test]

@@ -147,16 +147,17 @@ const CLEAN_SAMPLES_TO_REFINE: u32 = 4;
 const MAX_CLEAN_SAMPLES_TO_REFINE: u32 = 256;
 
 /// The fewest accesses in a sample of the window (otherwise ten per entry, as the sketch's
-/// period; see `policy::miniature`): the sketch's shortest period between agings. The estimates
-/// the admission duels weigh saw-tooth over each period, so a shorter sample's hit ratio
-/// depends on where in the period it falls. Measured for session 13's hill climber, which
+/// period; see `policy::miniature`): a miniature's shortest period between agings, two of a
+/// small shard's (see `policy::sketch::SHARD_PERIOD_FLOOR`). The estimates the admission
+/// duels weigh saw-tooth over each period, so a shorter sample's hit ratio depends on where
+/// in the period it falls. Measured for session 13's hill climber, which
 /// read that as a gradient: over the 113 rows of the real traces (larder vs the best of moka held to its capacity,
 /// quick_cache and LRU, two sets of 10 runs each against one peer run), the mean gap went
 /// from +0.234 with 1,024 to +0.286, and the rows within 0.5 points from 83 to 88 (sprite
 /// at 71 entries +1.6, multi2 at 57 +1.1, 2_pools at 99 +1.0; cpp at 122 -1.0, web12 at 14
 /// -0.7). 2,048 gave +0.011 against 1,024 and 4,096 +0.059 and +0.050, 8,192 +0.002,
 /// 16,384 -0.027 (10 runs each).
-const MIN_WINDOW_SAMPLE: u64 = crate::policy::sketch::MIN_PERIOD as u64;
+const MIN_WINDOW_SAMPLE: u64 = crate::policy::sketch::MINIATURE_MIN_PERIOD as u64;
 
 /// Accesses per window sample for a cache of `entries` entries: ten per entry, as Caffeine
 /// samples, at least [`MIN_WINDOW_SAMPLE`].
