@@ -64,8 +64,8 @@ const MIN_ENTRIES: usize = 512;
 /// (sessions 8 to 28), cpp at 61 entries, whose hot set moves, kept stale counts and hit
 /// 61.7% where moka held to its capacity hits 64.0%. Over the 113 rows (larder vs the
 /// best of moka held to its capacity, quick_cache and LRU, session 28's peer run, sets of
-/// 4 runs): +0.503 to +0.512 with 512 (4 sets), +0.552 to +0.563 with 256 (5 sets), rows
-/// within 0.5 98 to 101 against 98 to 102; cpp at 61 +1.8, multi3 at 373 +1.0, OLTP at 187
+/// 4 runs): +0.503 to +0.512 with 512, +0.549 to +0.563 with 256 (4 sets each; rows
+/// within 0.5, 98 to 101 either way); cpp at 61 +1.8, multi3 at 373 +1.0, OLTP at 187
 /// -0.7. 128 gave +0.536, 192 +0.555 to +0.563, 320 +0.541 (1 to 3 sets); at 256 a window
 /// sample's floor of 5,120 accesses (see `raw::MIN_WINDOW_SAMPLE`) spans two periods.
 /// Down to ten accesses per entry of any cache (no floor) cpp at 61 gains 2.6 but ps at 15
