@@ -47,13 +47,19 @@ impl Node {
     }
 
     /// `cmd`'s answer for a poll, or the default while the node cannot be reached: a
-    /// poll retries until its deadline, which names what never came. (A live node once
+    /// poll retries until its deadline, where `wait` fails the test. (A live node once
     /// refused a connection for a moment after a failover, and the unwrap in `client`
-    /// failed the test where the poll would have waited.)
+    /// failed the test where the poll would have waited.) Each try gives up after a
+    /// second, so a node that accepts a connection but does not answer cannot hold a poll
+    /// past its deadline.
     fn poll<T: redis::FromRedisValue + Default>(&self, cmd: &redis::Cmd) -> T {
+        let patience = Duration::from_secs(1);
         redis::Client::open(self.url())
-            .and_then(|client| client.get_connection())
-            .and_then(|mut connection| cmd.query(&mut connection))
+            .and_then(|client| client.get_connection_with_timeout(patience))
+            .and_then(|mut connection| {
+                connection.set_read_timeout(Some(patience))?;
+                cmd.query(&mut connection)
+            })
             .unwrap_or_default()
     }
 

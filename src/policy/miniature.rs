@@ -363,13 +363,13 @@ impl Miniature {
         false
     }
 
-    /// Ends a sample: its counts join the decayed sums. Returns the hit ratio over them,
-    /// `None` while they hold too few reads.
     /// The window share this miniature tries, in per mille.
     fn window_per_mille(&self) -> u32 {
         self.policy.window_share.per_mille()
     }
 
+    /// Ends a sample: its counts join the decayed sums. Returns the hit ratio over them,
+    /// `None` while they hold too few reads.
     fn end_sample(&mut self) -> Option<f64> {
         self.decayed_reads = self.decayed_reads * DECAY + self.sample_reads as f64;
         self.decayed_hits = self.decayed_hits * DECAY + self.sample_hits as f64;
@@ -499,6 +499,14 @@ mod tests {
         assert_eq!((weights.get(7), weights.get(rival)), (None, Some(40)));
         weights.record(9, u64::MAX);
         assert_eq!(weights.get(9), Some(u64::from(u32::MAX)));
+    }
+
+    /// A miniature holds at most 128 keys whatever the cache's size, so its sketch's
+    /// period keeps the longer floor (see `sketch::MINIATURE_PERIOD_FLOOR`).
+    #[test]
+    fn a_miniature_keeps_the_longer_sketch_period() {
+        let miniature = Miniature::new(61, 61, WindowShare::exact(10), 1);
+        assert_eq!(miniature.policy.sketch_period(), 5_120);
     }
 
     #[test]

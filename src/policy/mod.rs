@@ -222,6 +222,12 @@ impl Policy {
             (u128::from(self.main_target) * u128::from(PROTECTED_TENTHS) / 10) as u64;
     }
 
+    /// Accesses between the sketch's agings.
+    #[cfg(test)]
+    pub(crate) fn sketch_period(&self) -> usize {
+        self.sketch.period()
+    }
+
     /// The sketch's frequency estimate for a key hash (warm-up picks the hottest).
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
         self.sketch.frequency(hash)
@@ -836,6 +842,15 @@ mod tests {
     /// victim as soon as it arrives and loses to frequent residents. Before they chose,
     /// the window keeps one entry, and the resident it displaced from the window duels
     /// instead (session 28; until then every chosen window kept one entry).
+    /// A shard's policy ages its sketch on the shard's floor, a miniature's on its own
+    /// (session 29): swapping the two constructors fails here.
+    #[test]
+    fn a_shard_policy_ages_sooner_than_a_miniature_policy() {
+        assert_eq!(Policy::new(61, 61, 1).sketch_period(), 2_560);
+        assert_eq!(Policy::miniature(61, 61, 1).sketch_period(), 5_120);
+        assert_eq!(Policy::new(300, 300, 1).sketch_period(), 3_000);
+    }
+
     #[test]
     fn a_chosen_one_percent_leaves_a_small_shard_no_window() {
         for (share, evicted, rejected) in [

@@ -58,27 +58,31 @@ const ENTRIES_PER_BLOCK: usize = 8;
 /// the wider table alone -0.127 (3 runs each). The cost is a fixed 4 KiB per shard. The
 /// period has its own floor since session 29, [`SHARD_PERIOD_FLOOR`].
 const MIN_ENTRIES: usize = 512;
-/// A shard's sketch ages at least every [`PERIOD_PER_ENTRY`] accesses per this many entries,
-/// half the table's floor: a shard of under 256 entries remembers more than ten accesses
-/// per entry, one of 256 to 511 exactly ten. With the period's floor at the table's 512
-/// (sessions 8 to 28), cpp at 61 entries, whose hot set moves, kept stale counts and hit
-/// 61.7% where moka held to its capacity hits 64.0%. Over the 113 rows (larder vs the
-/// best of moka held to its capacity, quick_cache and LRU, session 28's peer run, sets of
-/// 4 runs): +0.503 to +0.512 with 512, +0.549 to +0.563 with 256 (4 sets each; rows
-/// within 0.5, 98 to 101 either way); cpp at 61 +1.8, multi3 at 373 +1.0, OLTP at 187
-/// -0.7. 128 gave +0.536, 192 +0.555 to +0.563, 320 +0.541 (1 to 3 sets); at 256 a window
-/// sample's floor of 5,120 accesses (see `raw::MIN_WINDOW_SAMPLE`) spans two periods.
-/// Down to ten accesses per entry of any cache (no floor) cpp at 61 gains 2.6 but ps at 15
-/// and sprite at 35 lose 2.8 and 2.4: +0.327 (session 29; session 19 measured the same).
-/// In byte mode a shard expects the entries of its budget at the smallest plausible
-/// weight, so only budgets under 512 of those move: of the 99 rows of `--weights varied`
-/// the 10-entry ones (loop -1.5, cs -0.6, 2_pools +1.0), -0.05 on the mean (5 sets each).
-/// The miniatures keep the table's floor, [`MINIATURE_PERIOD_FLOOR`].
+/// A shard's sketch's period is at least [`PERIOD_PER_ENTRY`] accesses per this many
+/// entries, half the table's floor: a shard of under 256 entries remembers more than ten
+/// accesses per entry, one of 256 to 511 exactly ten. With the period's floor at the
+/// table's 512 (sessions 6 to 28), cpp at 61 entries, whose hot set moves, kept stale
+/// counts and hit 61.7% where moka held to its capacity hits 64.0%. Over the 113 rows
+/// (larder vs the best of moka held to its capacity, quick_cache and LRU, session 28's
+/// peer run, sets of 4 runs): +0.503 to +0.512 with 512, +0.549 to +0.563 with 256 (4 sets
+/// each; rows within 0.5, 98 to 101 either way); cpp at 61 +1.7, multi3 at 373 +1.0, OLTP
+/// at 187 -0.7. 128 gave +0.536, 192 +0.555 to +0.563, 320 +0.541 (1 to 3 sets); at 256 a
+/// one-shard cache's window sample floor of 5,120 accesses (see `raw::MIN_WINDOW_SAMPLE`)
+/// spans two periods. Down to ten accesses per entry of any cache (no floor; one set
+/// against one) cpp at 61 gains 2.6 but multi1 at 13, ps at 15 and sprite at 35 lose 2.9,
+/// 2.8 and 2.4: +0.327 (session 29; session 19 measured the same). In byte mode a shard
+/// expects its budget's entries at the smallest plausible weight (the overhead alone, 84 B
+/// for `u64` keys and values), so of the 99 rows of `--weights varied` those under about 17
+/// entries move: a 10-entry row's shard expects about 290 entries, and its period falls
+/// from 5,120 to about 2,900 (loop at 10 -1.5, cs at 10 and 14 -0.6 and -0.4, zigzag at 10
+/// -0.6, 2_pools at 10 +1.0); -0.05 on the mean (5 sets each). The miniatures keep the
+/// table's floor, [`MINIATURE_PERIOD_FLOOR`].
 pub(crate) const SHARD_PERIOD_FLOOR: usize = 256;
 /// The floor of a miniature's period (see `policy::miniature`): a miniature holds at most
-/// 128 sampled keys, so this floor sets its history whatever the cache's size. At
-/// [`SHARD_PERIOD_FLOOR`] too, zigzag at 500 and 1,001 entries lost 0.7 and 0.4 points
-/// and the 113 rows gained about half as much (+0.526 to +0.549, 4 sets).
+/// 128 sampled keys, so this floor sets the history of every cache's miniatures, not only
+/// small caches'. At [`SHARD_PERIOD_FLOOR`] too, the 113 rows gained +0.028 where the
+/// shards alone gained +0.047 (4 sets against 4), zigzag at 500 and 1,001 entries about
+/// 0.8 points less (rows that move by a point between sets of one build).
 pub(crate) const MINIATURE_PERIOD_FLOOR: usize = MIN_ENTRIES;
 /// Increments between agings per entry the sketch is sized for.
 pub(crate) const PERIOD_PER_ENTRY: usize = 10;
@@ -114,7 +118,8 @@ pub(crate) struct FrequencySketch {
     table: Vec<Block>,
     sized_for: usize,
     /// The fewest entries the period is sized for ([`SHARD_PERIOD_FLOOR`] or
-    /// [`MINIATURE_PERIOD_FLOOR`]); kept when the sketch grows.
+    /// [`MINIATURE_PERIOD_FLOOR`]). Kept when the sketch grows, though a grown sketch is
+    /// sized for more than [`MIN_ENTRIES`], above either floor.
     period_floor: usize,
     sample_size: usize,
     samples: usize,
@@ -172,6 +177,12 @@ impl FrequencySketch {
             crate::growth::grown_capacity(self.sized_for, needed, ceiling),
             self.period_floor,
         );
+    }
+
+    /// Accesses between agings.
+    #[cfg(test)]
+    pub(crate) fn period(&self) -> usize {
+        self.sample_size
     }
 
     /// Records one access of the item whose well-mixed 64-bit hash is `hash`.

@@ -964,6 +964,23 @@ mod tests {
 
     /// The window keeps one unit until the miniatures first choose; then it is their
     /// choice rounded down, which at 1% of a 50-entry cache is no window at all.
+    /// A small cache's shard ages its sketch every 2,560 accesses and its miniatures every
+    /// 5,120 (session 29); from 512 entries a shard ages every ten accesses per entry.
+    #[test]
+    fn a_small_shard_ages_its_sketch_sooner_than_its_miniatures() {
+        let cache = Cache::<u64, u64>::builder()
+            .max_entries(61)
+            .build()
+            .unwrap();
+        assert_eq!(cache.raw().shards[0].sketch_period(), 2_560);
+        let cache = Cache::<u64, u64>::builder()
+            .max_entries(1_000)
+            .shards(1)
+            .build()
+            .unwrap();
+        assert_eq!(cache.raw().shards[0].sketch_period(), 10_000);
+    }
+
     #[test]
     #[cfg_attr(miri, ignore)]
     fn the_window_keeps_one_unit_only_until_the_miniatures_choose() {

@@ -243,6 +243,12 @@ where
         self.weight.load(Ordering::Relaxed)
     }
 
+    /// Accesses between the agings of the shard's sketch.
+    #[cfg(test)]
+    pub(crate) fn sketch_period(&self) -> usize {
+        lock_shard(&self.state).policy.sketch_period()
+    }
+
     /// The policy's view of the entries, for the lock holder that owns `slab`.
     fn members<'a>(
         &'a self,
