@@ -838,10 +838,6 @@ mod tests {
         assert_eq!(hot_lost, 0, "hot ids evicted by a scan: {hot_lost}");
     }
 
-    /// Once the miniatures chose 1%, a shard of 10 has no window: a new entry duels main's
-    /// victim as soon as it arrives and loses to frequent residents. Before they chose,
-    /// the window keeps one entry, and the resident it displaced from the window duels
-    /// instead (session 28; until then every chosen window kept one entry).
     /// A shard's policy ages its sketch on the shard's floor, a miniature's on its own
     /// (session 29): swapping the two constructors fails here.
     #[test]
@@ -851,6 +847,10 @@ mod tests {
         assert_eq!(Policy::new(300, 300, 1).sketch_period(), 3_000);
     }
 
+    /// Once the miniatures chose 1%, a shard of 10 has no window: a new entry duels main's
+    /// victim as soon as it arrives and loses to frequent residents. Before they chose,
+    /// the window keeps one entry, and the resident it displaced from the window duels
+    /// instead (session 28; until then every chosen window kept one entry).
     #[test]
     fn a_chosen_one_percent_leaves_a_small_shard_no_window() {
         for (share, evicted, rejected) in [

@@ -148,7 +148,7 @@ const MAX_CLEAN_SAMPLES_TO_REFINE: u32 = 256;
 
 /// The fewest accesses in a sample of the window (otherwise ten per entry, as the sketch's
 /// period; see `policy::miniature`): a miniature's shortest period between agings, two of a
-/// small shard's (see `policy::sketch::SHARD_PERIOD_FLOOR`). The estimates the admission
+/// small one-shard cache's (see `policy::sketch::SHARD_PERIOD_FLOOR`). The estimates the admission
 /// duels weigh saw-tooth over each period, so a shorter sample's hit ratio depends on where
 /// in the period it falls. Measured for session 13's hill climber, which
 /// read that as a gradient: over the 113 rows of the real traces (larder vs the best of moka held to its capacity,
@@ -964,10 +964,11 @@ mod tests {
 
     /// The window keeps one unit until the miniatures first choose; then it is their
     /// choice rounded down, which at 1% of a 50-entry cache is no window at all.
-    /// A small cache's shard ages its sketch every 2,560 accesses and its miniatures every
-    /// 5,120 (session 29); from 512 entries a shard ages every ten accesses per entry.
+    /// A small cache's shard ages its sketch every 2,560 accesses (session 29; its
+    /// miniatures every 5,120, see `miniature::tests`); from 512 entries a shard ages every
+    /// ten accesses per entry.
     #[test]
-    fn a_small_shard_ages_its_sketch_sooner_than_its_miniatures() {
+    fn a_small_shard_ages_its_sketch_every_2560_accesses() {
         let cache = Cache::<u64, u64>::builder()
             .max_entries(61)
             .build()
