@@ -147,10 +147,10 @@ const CLEAN_SAMPLES_TO_REFINE: u32 = 4;
 const MAX_CLEAN_SAMPLES_TO_REFINE: u32 = 256;
 
 /// The fewest accesses in a sample of the window (otherwise ten per entry, as the sketch's
-/// period; see `policy::miniature`): a miniature's shortest period between agings, two of a
-/// small one-shard cache's (see `policy::sketch::SHARD_PERIOD_FLOOR`). The estimates the admission
-/// duels weigh saw-tooth over each period, so a shorter sample's hit ratio depends on where
-/// in the period it falls. Measured for session 13's hill climber, which
+/// period; see `policy::miniature`): a miniature's shortest period between agings, two of
+/// a small one-shard cache's (see `policy::sketch::SHARD_PERIOD_FLOOR`). The estimates the
+/// admission duels weigh saw-tooth over each period, so a shorter sample's hit ratio
+/// depends on where in the period it falls. Measured for session 13's hill climber, which
 /// read that as a gradient: over the 113 rows of the real traces (larder vs the best of moka held to its capacity,
 /// quick_cache and LRU, two sets of 10 runs each against one peer run), the mean gap went
 /// from +0.234 with 1,024 to +0.286, and the rows within 0.5 points from 83 to 88 (sprite
