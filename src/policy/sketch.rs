@@ -117,10 +117,6 @@ pub(crate) struct FrequencySketch {
     /// doorkeeper bits in the rest.
     table: Vec<Block>,
     sized_for: usize,
-    /// The fewest entries the period is sized for ([`SHARD_PERIOD_FLOOR`] or
-    /// [`MINIATURE_PERIOD_FLOOR`]). Kept when the sketch grows, though a grown sketch is
-    /// sized for more than [`MIN_ENTRIES`], above either floor.
-    period_floor: usize,
     sample_size: usize,
     samples: usize,
 }
@@ -149,7 +145,6 @@ impl FrequencySketch {
         Self {
             table: vec![Block::default(); blocks],
             sized_for: n,
-            period_floor,
             sample_size: expected_entries
                 .clamp(period_floor, MAX_ENTRIES)
                 .saturating_mul(PERIOD_PER_ENTRY),
@@ -173,10 +168,11 @@ impl FrequencySketch {
     /// Out of line: every insert asks, and the answer is nearly always no.
     #[cold]
     fn grow(&mut self, needed: usize, ceiling: usize) {
-        *self = Self::with_period_floor(
-            crate::growth::grown_capacity(self.sized_for, needed, ceiling),
-            self.period_floor,
-        );
+        // A grown sketch is sized for more than `MIN_ENTRIES`, above either period floor,
+        // so its period is ten accesses per entry whichever floor it was built with.
+        let grown = crate::growth::grown_capacity(self.sized_for, needed, ceiling);
+        debug_assert!(grown > MIN_ENTRIES);
+        *self = Self::with_period_floor(grown, MIN_ENTRIES);
     }
 
     /// Accesses between agings.
