@@ -158,7 +158,7 @@ where
         let guard = crate::sync::pin();
         let mut out = self.raw.departures();
         let inserted = self.raw.insert(key, value, weight, ttl, &guard, &mut out);
-        self.raw.finish(out);
+        self.raw.finish(&mut out);
         inserted.map_err(|(key, value)| InsertError {
             key,
             value,
@@ -222,7 +222,7 @@ where
         let removed = self.raw.remove(key, &guard, &mut out);
         // Settle first: a panicking `clone` must not leave the removal half accounted. The
         // entry stays readable while `guard` is pinned.
-        self.raw.finish(out);
+        self.raw.finish(&mut out);
         removed.map(|entry| entry.value.clone())
     }
 

@@ -444,7 +444,7 @@ where
     };
     // Waiters look again: the key is gone, so one of them loads it.
     registration.end(Outcome::Abandoned);
-    cache.raw().finish(departed);
+    cache.raw().finish(&mut departed);
     // Last, outside the lock: its `Drop` may panic, and the weight of what left must be
     // settled first (session 23's review: a panicking key left it on the budget for good).
     drop(key);
@@ -623,7 +623,7 @@ where
                 cache.raw().remove(&key, &guard, &mut departed);
                 drop(table);
                 registration.end(Outcome::Abandoned);
-                cache.raw().finish(departed);
+                cache.raw().finish(&mut departed);
                 std::panic::resume_unwind(panic);
             }
         };
@@ -637,7 +637,7 @@ where
         }
     }
     registration.end(Outcome::Done(for_waiters));
-    cache.raw().finish(departed);
+    cache.raw().finish(&mut departed);
     drop(invalidated_key);
     drop(refused_entry);
     for_caller

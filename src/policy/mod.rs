@@ -209,10 +209,15 @@ impl Policy {
 
     /// Gives the window its share of the capacity (see [`WindowShare`]). The regions
     /// converge to their new targets as later evictions move entries between them.
+    #[inline]
     pub(crate) fn set_window(&mut self, share: WindowShare) {
-        if share == self.window_share {
-            return;
+        // Inline for every write, which nearly always finds the share unchanged.
+        if share != self.window_share {
+            self.resize_window(share);
         }
+    }
+
+    fn resize_window(&mut self, share: WindowShare) {
         self.window_share = share;
         self.window_target = share.units(self.capacity);
         self.main_target = self.capacity.saturating_sub(self.window_target);
@@ -284,6 +289,7 @@ impl Policy {
     /// but the shard records that in the entry's read counter, as for a read: the CLOCK hand
     /// feeds it to the sketch later, so an update touches no sketch line, two cache misses
     /// off the commonest write.)
+    #[inline]
     pub(crate) fn on_reweigh(&mut self, id: u32, old_weight: u64, new_weight: u64) {
         if old_weight != new_weight {
             self.ring_of(id).reweigh(old_weight, new_weight);

@@ -40,6 +40,7 @@ impl Budget {
         }
     }
 
+    #[inline]
     pub(crate) fn release(&self, weight: u64) {
         if weight != 0 {
             self.weight.fetch_sub(weight, Ordering::Relaxed);
@@ -52,6 +53,7 @@ impl Budget {
     }
 
     /// Whether the cache holds more than its limit.
+    #[inline]
     pub(crate) fn is_over(&self) -> bool {
         self.weight.load(Ordering::Relaxed) > self.limit
     }

@@ -81,6 +81,7 @@ fn flush_garbage() {
 }
 
 /// Re-raises the first panic a call over every shard kept, if any.
+#[inline]
 fn resume_first(first_panic: Option<Box<dyn std::any::Any + Send>>) {
     if let Some(panic) = first_panic {
         std::panic::resume_unwind(panic);
@@ -735,10 +736,10 @@ where
     /// whose notice panicked, the later shards left as they were).
     fn finish_going_on(
         &self,
-        out: Departures<'_, K, V>,
+        mut out: Departures<'_, K, V>,
         first_panic: &mut Option<Box<dyn std::any::Any + Send>>,
     ) {
-        let finish = std::panic::AssertUnwindSafe(|| self.finish(out));
+        let finish = std::panic::AssertUnwindSafe(|| self.finish(&mut out));
         if let Err(panic) = std::panic::catch_unwind(finish) {
             first_panic.get_or_insert(panic);
         }
@@ -749,14 +750,15 @@ where
     /// the others; the first panic is re-raised once all have run, with the cache already
     /// consistent.
     #[inline]
-    pub(crate) fn finish(&self, mut out: Departures<'_, K, V>) {
-        self.settle_weight(&mut out);
+    pub(crate) fn finish(&self, out: &mut Departures<'_, K, V>) {
+        self.settle_weight(out);
         if out.flush_due {
             flush_garbage();
         }
         let clock_panic = out.clock_panic.take();
         if !out.list.is_empty() {
-            let notify = std::panic::AssertUnwindSafe(|| self.notify(out));
+            let list = std::mem::take(&mut out.list);
+            let notify = std::panic::AssertUnwindSafe(|| self.notify(list));
             if let Err(listener_panic) = std::panic::catch_unwind(notify) {
                 std::panic::resume_unwind(clock_panic.unwrap_or(listener_panic));
             }
@@ -766,12 +768,12 @@ where
 
     /// Runs the listener over what left (see [`RawCache::finish`]).
     #[cold]
-    fn notify(&self, out: Departures<'_, K, V>) {
+    fn notify(&self, list: Vec<(&Entry<K, V>, RemovalCause)>) {
         let Some(listener) = &self.listener else {
             return;
         };
         let mut first_panic = None;
-        for (entry, cause) in out.list {
+        for (entry, cause) in list {
             let call = std::panic::AssertUnwindSafe(|| listener(&entry.key, &entry.value, cause));
             if let Err(panic) = std::panic::catch_unwind(call) {
                 first_panic.get_or_insert(panic);
