@@ -457,13 +457,17 @@ impl WindowChooser {
         })
     }
 
-    /// The window whose miniature hit most in the sample so far, if that is at least one
-    /// read in `lead_reads` more than the starting window's miniature hit, over at least
-    /// `min_reads` reads (see `RawCache`'s early choice).
+    /// The window whose miniature hit most in the sample so far (the smaller of any that
+    /// tie), if that is at least one read in `lead_reads` more than the starting window's
+    /// miniature hit, over at least `min_reads` reads (see `RawCache`'s early choice).
     pub(crate) fn early_leader(&self, lead_reads: u64, min_reads: u64) -> Option<u32> {
         let starting = self.miniatures.first()?;
         let reads = starting.sample_reads;
-        let best = self.miniatures.iter().max_by_key(|m| m.sample_hits)?;
+        // Ties go to the smaller window, as in `choose`.
+        let best = self
+            .miniatures
+            .iter()
+            .max_by_key(|m| (m.sample_hits, std::cmp::Reverse(m.window_per_mille())))?;
         let lead = best.sample_hits.saturating_sub(starting.sample_hits);
         (reads >= min_reads && lead > 0 && lead.saturating_mul(lead_reads) >= reads)
             .then(|| best.window_per_mille())

@@ -160,10 +160,12 @@ const MAX_CLEAN_SAMPLES_TO_REFINE: u32 = 256;
 /// 16,384 -0.027 (10 runs each).
 const MIN_WINDOW_SAMPLE: u64 = crate::policy::sketch::MINIATURE_MIN_PERIOD as u64;
 
-/// Halfway through the first sample, a window whose miniature leads the starting one's by
-/// at least one read in `EARLY_LEAD_READS` (1 point) over at least [`EARLY_MIN_READS`]
-/// sampled reads runs until the sample ends (see [`Sampler::early_choice`]).
+/// At the first write past half the first sample, the window of the miniature that hit
+/// most runs until the sample ends if that miniature hit at least one read in
+/// `EARLY_LEAD_READS` (1 point) more than the starting window's (see
+/// [`Sampler::early_choice`]).
 const EARLY_LEAD_READS: u64 = 100;
+/// ... over at least this many sampled reads.
 const EARLY_MIN_READS: u64 = 256;
 
 /// Accesses per window sample for a cache of `entries` entries: ten per entry, as Caffeine
@@ -481,6 +483,11 @@ where
             WindowChooser::new(sampling.capacity, budget, self.budget.share, sampler.seed);
         sampler.clean_samples = 0;
         sampler.warming = true;
+        // An early choice before any other was made by the miniatures being replaced: the
+        // window goes back to the start until the new ones choose.
+        if sampler.chosen.is_none() {
+            sampler.early_choice = None;
+        }
         let stats = self.counters.snapshot();
         sampler.hits = stats.hits;
         sampler.misses = stats.misses;
@@ -528,9 +535,15 @@ where
             && sampled.saturating_mul(2) >= sampler.sample_size
         {
             sampler.halfway_checked = true;
-            sampler.early_choice = sampler
-                .chooser
-                .early_leader(EARLY_LEAD_READS, EARLY_MIN_READS);
+            // Not from a sample with gaps, which would choose nothing at its end either.
+            let lossy = sampler.lost * LOSS_TOLERATED > sampler.replayed + sampler.lost;
+            sampler.early_choice = if lossy {
+                None
+            } else {
+                sampler
+                    .chooser
+                    .early_leader(EARLY_LEAD_READS, EARLY_MIN_READS)
+            };
             if let Some(window) = sampler.early_choice {
                 // A moving hot set keeps the window open at the ceiling meanwhile.
                 if !sampler.detector.moving() {
@@ -792,7 +805,7 @@ where
     #[inline]
     pub(crate) fn finish(&self, out: &mut Departures<'_, K, V>) {
         self.settle_weight(out);
-        if out.flush_due {
+        if std::mem::take(&mut out.flush_due) {
             flush_garbage();
         }
         let clock_panic = out.clock_panic.take();
@@ -1004,8 +1017,6 @@ mod tests {
         }
     }
 
-    /// The window keeps one unit until the miniatures first choose; then it is their
-    /// choice rounded down, which at 1% of a 50-entry cache is no window at all.
     /// A small cache's shard ages its sketch every 2,560 accesses (session 29; its
     /// miniatures every 5,120, see `miniature::tests`); from 512 entries a shard ages every
     /// ten accesses per entry.
@@ -1024,6 +1035,8 @@ mod tests {
         assert_eq!(cache.raw().shards[0].sketch_period(), 10_000);
     }
 
+    /// The window keeps one unit until the miniatures first choose; then it is their
+    /// choice rounded down, which at 1% of a 50-entry cache is no window at all.
     #[test]
     #[cfg_attr(miri, ignore)]
     fn the_window_keeps_one_unit_only_until_the_miniatures_choose() {
@@ -1065,31 +1078,62 @@ mod tests {
         let cache = Cache::builder().max_entries(100).shards(1).build().unwrap();
         let raw = cache.raw();
         let window = || super::WindowShare::from_bits(raw.window.load(super::Ordering::Relaxed));
+        // The window the sampler set, unless the shift detector holds it at the ceiling.
+        let unless_moving = |sampler: &super::Sampler, share: super::WindowShare| {
+            if sampler.detector.moving() {
+                super::WindowShare::exact(super::CEILING_PER_MILLE)
+            } else {
+                share
+            }
+        };
         let sample = raw.sampler.lock().unwrap().sample_size;
-        let sweeps = (0..200u64).chain((0..200).rev()).cycle();
-        let mut early_at = None;
-        for (accesses, key) in (1..sample * 9 / 10).zip(sweeps) {
+        let mut sweeps = (0..200u64).chain((0..200).rev()).cycle();
+        let mut accesses = 0;
+        let mut read = || {
+            let key = sweeps.next().unwrap();
             if cache.get(&key).is_none() {
                 cache.insert(key, key).unwrap();
             }
+            accesses += 1;
+            accesses
+        };
+        // Up to the check, the starting window.
+        let (checked_at, early) = loop {
+            let at = read();
             let sampler = raw.sampler.lock().unwrap();
-            if sampler.halfway_checked && early_at.is_none() {
-                early_at = Some(accesses);
+            if sampler.halfway_checked {
+                break (at, sampler.early_choice);
             }
-        }
-        let early_at = early_at.expect("the halfway check was made");
+            assert_eq!(
+                window(),
+                unless_moving(&sampler, super::WindowShare::STARTING)
+            );
+        };
         // Writes ask the sampler every 25 inserts here, so the check comes a little late.
         assert!(
-            (sample / 2..sample / 2 + 100).contains(&early_at),
-            "checked at {early_at} of {sample}"
+            (sample / 2..sample / 2 + 100).contains(&checked_at),
+            "checked at {checked_at} of {sample}"
         );
-        let sampler = raw.sampler.lock().unwrap();
-        assert_eq!(sampler.chosen, None, "the first sample is not over");
-        let early = sampler.early_choice.expect("a window led clearly");
+        let early = early.expect("a window led clearly");
         assert!(early >= 500, "{early}");
-        if !sampler.detector.moving() {
-            assert_eq!(window(), super::WindowShare::exact(early));
-        }
+        // From the check to the first choice, the early one.
+        let chosen = loop {
+            let sampler = raw.sampler.lock().unwrap();
+            if let Some(chosen) = sampler.chosen {
+                break chosen;
+            }
+            assert_eq!(
+                window(),
+                unless_moving(&sampler, super::WindowShare::exact(early))
+            );
+            drop(sampler);
+            assert!(read() < sample * 2, "no first choice");
+        };
+        let sampler = raw.sampler.lock().unwrap();
+        assert_eq!(
+            window(),
+            unless_moving(&sampler, super::WindowShare::exact(chosen))
+        );
     }
 
     /// Once the threads that outran the replay go quiet, the sampling steps back.
@@ -1149,6 +1193,31 @@ mod tests {
         assert!(!sampler.warming);
         assert_eq!(sampler.chosen, Some(500));
         assert_eq!(raw.window.load(super::Ordering::Relaxed), half);
+    }
+
+    /// An early choice goes with the miniatures that made it: resampled before their first
+    /// choice, the cache runs at the starting window again.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn resampled_miniatures_drop_an_early_choice() {
+        let cache = cache_of_1000();
+        let raw = cache.raw();
+        {
+            let mut sampler = raw.sampler.lock().unwrap();
+            sampler.halfway_checked = true;
+            sampler.early_choice = Some(500);
+        }
+        let half = super::WindowShare::exact(500).to_bits();
+        raw.window.store(half, super::Ordering::Relaxed);
+        a_sample_that_lost_reads_while_the_sampler_was_busy_thins(&cache);
+        let sampler = raw.sampler.lock().unwrap();
+        assert!(sampler.warming);
+        assert_eq!(sampler.chosen, None);
+        assert_eq!(sampler.early_choice, None);
+        let window = super::WindowShare::from_bits(raw.window.load(super::Ordering::Relaxed));
+        if !sampler.detector.moving() {
+            assert_eq!(window, super::WindowShare::STARTING);
+        }
     }
 
     /// One thread that reads thousands of times between writes loses reads too, but not to
