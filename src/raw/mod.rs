@@ -422,7 +422,7 @@ where
         // TTL-free caches read the clock only if the shard's wheel or a replaced entry
         // needs it: most writes then skip it.
         let clock = || if needs_clock { now } else { self.now() };
-        let window = WindowShare::from_bits(self.window.load(Ordering::Relaxed));
+        let window = self.window_share();
         shard
             .insert(entry, weight, clock, &self.budget, window, guard, out)
             .map_err(|entry| {
@@ -531,6 +531,7 @@ where
         let accesses = stats.hits + stats.misses;
         let sampled =
             stats.hits.saturating_sub(sampler.hits) + stats.misses.saturating_sub(sampler.misses);
+        let mut early_moved = false;
         if sampler.chosen.is_none()
             && !sampler.halfway_checked
             && !sampler.warming
@@ -546,21 +547,16 @@ where
                     .chooser
                     .early_leader(EARLY_LEAD_READS, EARLY_MIN_READS)
             };
-            if let Some(window) = sampler.early_choice {
-                // A moving hot set keeps the window open at the ceiling meanwhile.
-                if !sampler.detector.moving() {
-                    let share = WindowShare::exact(window);
-                    self.window.store(share.to_bits(), Ordering::Relaxed);
-                }
-            }
+            // Stored with the window below (a moving hot set keeps the ceiling meanwhile).
+            early_moved = sampler.early_choice.is_some();
         }
         let sample_done = sampled >= sampler.sample_size;
         let period_done = accesses.saturating_sub(sampler.period_accesses)
             >= sampler.sample_size / PERIODS_PER_SAMPLE;
-        if !sample_done && !period_done {
+        if !sample_done && !period_done && !early_moved {
             return;
         }
-        let mut changed = false;
+        let mut changed = early_moved;
         if period_done {
             let ghosts = self.ghost_counts();
             let period = ghosts.since(sampler.period_ghosts);
@@ -623,6 +619,12 @@ where
             };
             self.window.store(window.to_bits(), Ordering::Relaxed);
         }
+    }
+
+    /// The admission window's share, as the sampler last set it.
+    #[inline]
+    fn window_share(&self) -> WindowShare {
+        WindowShare::from_bits(self.window.load(Ordering::Relaxed))
     }
 
     /// The ghosts' counts, summed over the shards.
@@ -1044,7 +1046,7 @@ mod tests {
     fn the_window_keeps_one_unit_only_until_the_miniatures_choose() {
         let cache = Cache::builder().max_entries(50).shards(1).build().unwrap();
         let raw = cache.raw();
-        let window = || super::WindowShare::from_bits(raw.window.load(super::Ordering::Relaxed));
+        let window = || raw.window_share();
         assert_eq!(window(), super::WindowShare::STARTING);
         // 40 hot keys read in turn, and a new key now and then: frequency wins.
         let mut chosen = None;
@@ -1079,7 +1081,7 @@ mod tests {
     fn a_clear_lead_halfway_through_the_first_sample_moves_the_window_early() {
         let cache = Cache::builder().max_entries(100).shards(1).build().unwrap();
         let raw = cache.raw();
-        let window = || super::WindowShare::from_bits(raw.window.load(super::Ordering::Relaxed));
+        let window = || raw.window_share();
         // The window the sampler set, unless the shift detector holds it at the ceiling.
         let unless_moving = |sampler: &super::Sampler, share: super::WindowShare| {
             if sampler.detector.moving() {
@@ -1216,7 +1218,7 @@ mod tests {
         assert!(sampler.warming);
         assert_eq!(sampler.chosen, None);
         assert_eq!(sampler.early_choice, None);
-        let window = super::WindowShare::from_bits(raw.window.load(super::Ordering::Relaxed));
+        let window = raw.window_share();
         if !sampler.detector.moving() {
             assert_eq!(window, super::WindowShare::STARTING);
         }
