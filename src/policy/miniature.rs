@@ -473,6 +473,15 @@ impl WindowChooser {
             .then(|| best.window_per_mille())
     }
 
+    /// Drops the sample in progress, keeping the decayed sums of the samples before it:
+    /// what miniatures back from a rest hit while they refill says nothing of the windows.
+    pub(crate) fn drop_sample(&mut self) {
+        for miniature in &mut self.miniatures {
+            miniature.sample_reads = 0;
+            miniature.sample_hits = 0;
+        }
+    }
+
     /// Forgets every count so far, decayed or not: what the miniatures hit while they
     /// filled says nothing of the windows.
     pub(crate) fn forget_counts(&mut self) {
@@ -487,7 +496,7 @@ impl WindowChooser {
     /// The miniatures' hit ratios over their decayed samples so far, by window (for tests
     /// and diagnostics).
     #[cfg(test)]
-    fn ratios(&self) -> Vec<(u32, f64)> {
+    pub(crate) fn ratios(&self) -> Vec<(u32, f64)> {
         self.miniatures
             .iter()
             .map(|m| {
