@@ -270,17 +270,20 @@ impl Sampler {
     }
 }
 
-/// The miniatures' rests: after a sample that chose the window already in use, the reads
-/// go unsampled for a while, then a sample warms the miniatures back up (its counts are
-/// dropped), and the next one chooses. Each rest is twice the last, from one sample up to
+/// The miniatures' rests: after a sample whose choice repeats the miniatures' last one,
+/// the reads go unsampled for a while, then a sample warms the miniatures back up (its
+/// counts are dropped, and the decayed sums aged as if the rest's samples had been
+/// counted), and the next one chooses. Each rest is twice the last, from one sample up to
 /// [`MAX_REST_SAMPLES`]; a sample that changes the window ends the doubling, so a workload
-/// whose best window moves is watched closely and a steady one is replayed a fifth of the
-/// time.
+/// whose best window moves every sample or two is watched as before and a steady one is
+/// replayed a fifth of the time. A rest also ends early when the cache's own hit ratio
+/// moves (see [`Rest::disturbed`]); a change that leaves it where it was is seen only
+/// once the rest in progress and the warm-up are over, up to ten samples later.
 ///
 /// The replay is most of a small cache's write cost: at 1,000 entries one read in 8 is
 /// sampled, and each sampled read is an access to five miniatures, about 3,000
 /// instructions when it misses. Under cachegrind (`examples/op_cost.rs`, 95% reads,
-/// 4,000,000 operations), a 95/5 operation at 1,000 entries cost 517 instructions before
+/// 4,000,000 operations), a 95/5 operation at 1,000 entries cost 516 instructions before
 /// the rests and 285 with them, where quick_cache's costs 134. The shift detector (see
 /// `shift.rs`) watches the ghosts through a rest, so a moving hot set still opens the
 /// window at once. Over the simulator's 113 rows (sets of 4 runs against session 30's
@@ -297,6 +300,34 @@ struct Rest {
     last: u64,
     /// The sample in progress warms up miniatures back from a rest.
     resumed: bool,
+    /// The cache's hit ratio over the sample before the rest, and its hits and misses as
+    /// the rest began.
+    hit_ratio: f64,
+    hits: u64,
+    misses: u64,
+    /// Reads the rest must see before its hit ratio counts (see [`Rest::disturbed`]).
+    min_reads: u64,
+    /// Whole samples the last rest lasted, by which the warm-up ages the decayed sums (a
+    /// rest ended early ages them less than its planned length).
+    rested: u64,
+}
+
+impl Rest {
+    /// Whether the cache's own hit ratio since the rest began, over at least a quarter
+    /// of a sample's reads, has moved from the sample's before it by more than an eighth
+    /// of its hits or of its misses, whichever is fewer, and at least a point: then the
+    /// workload has changed, and the rest ends early (session 31's review measured a
+    /// change of workload after a steady stretch reaching the window a median of 46,900
+    /// reads later, against 5,700 without rests, at 1,000 entries).
+    fn disturbed(&self, hits: u64, misses: u64) -> bool {
+        let rest_hits = hits.saturating_sub(self.hits);
+        let reads = rest_hits + misses.saturating_sub(self.misses);
+        if reads < self.min_reads.max(1) {
+            return false;
+        }
+        let moved = (rest_hits as f64 / reads as f64 - self.hit_ratio).abs();
+        moved > (self.hit_ratio.min(1.0 - self.hit_ratio) / 8.0).max(0.01)
+    }
 }
 
 /// The weight a miniature of `sampling` holds: its entries in count mode, the cache's byte
@@ -559,7 +590,9 @@ where
             None => 1,
         };
         let weights = self.sample_weights.as_ref();
-        // Resting, the reads sampled before the rest began are dropped.
+        // Resting, a drain drops what it finds: reads other threads sampled under the old
+        // mask as the rest began, and keys whose hash is 0 (`SAMPLES_NOTHING` lets them
+        // through). Replayed, they would land in the warm-up's miniatures out of order.
         let resting = sampler.rest.until.is_some();
         sampler.lost += self.counters.drain_samples(drained, |key| {
             if resting {
@@ -598,7 +631,7 @@ where
         let mut sample_done = sampled >= sampler.sample_size;
         if let Some(until) = sampler.rest.until {
             sample_done = false;
-            if accesses >= until {
+            if accesses >= until || sampler.rest.disturbed(stats.hits, stats.misses) {
                 self.resume_miniatures(sampler, stats.hits, stats.misses);
             }
         }
@@ -619,6 +652,8 @@ where
             }
         }
         if sample_done {
+            let sample_hits = stats.hits - sampler.hits;
+            let sample_reads = sample_hits + stats.misses - sampler.misses;
             sampler.hits = stats.hits;
             sampler.misses = stats.misses;
             let lossy = sampler.lost * LOSS_TOLERATED > sampler.replayed + sampler.lost;
@@ -639,7 +674,7 @@ where
                     if sampler.warming {
                         sampler.warming = false;
                         if std::mem::take(&mut sampler.rest.resumed) {
-                            sampler.chooser.drop_sample();
+                            sampler.chooser.drop_sample(sampler.rest.rested + 1);
                         } else {
                             sampler.chooser.forget_counts();
                         }
@@ -649,7 +684,8 @@ where
                             let confirmed = sampler.chosen == Some(window);
                             sampler.chosen = Some(window);
                             if confirmed {
-                                self.rest_miniatures(sampler, accesses);
+                                let hit_ratio = sample_hits as f64 / sample_reads.max(1) as f64;
+                                self.rest_miniatures(sampler, accesses, hit_ratio);
                             } else {
                                 sampler.rest.last = 0;
                             }
@@ -683,16 +719,26 @@ where
     }
 
     /// Starts a rest of the miniatures, twice the last one (see [`Rest`]).
-    fn rest_miniatures(&self, sampler: &mut Sampler, accesses: u64) {
+    /// `hit_ratio` is the cache's own over the sample that just ended, which the rest
+    /// watches (see [`Rest::disturbed`]).
+    fn rest_miniatures(&self, sampler: &mut Sampler, accesses: u64, hit_ratio: f64) {
         let samples = (sampler.rest.last * 2).clamp(1, MAX_REST_SAMPLES);
+        let stats = self.counters.snapshot();
         sampler.rest.last = samples;
-        sampler.rest.until = Some(accesses.saturating_add(samples * sampler.sample_size));
+        sampler.rest.until =
+            Some(accesses.saturating_add(samples.saturating_mul(sampler.sample_size)));
+        sampler.rest.hit_ratio = hit_ratio;
+        sampler.rest.hits = stats.hits;
+        sampler.rest.misses = stats.misses;
+        sampler.rest.min_reads = sampler.sample_size / 4;
         self.sample_mask.store(SAMPLES_NOTHING, Ordering::Relaxed);
     }
 
     /// Ends a rest: the reads are sampled again, into a sample that warms the miniatures
     /// up and starts at these counts.
     fn resume_miniatures(&self, sampler: &mut Sampler, hits: u64, misses: u64) {
+        let began = sampler.rest.hits + sampler.rest.misses;
+        sampler.rest.rested = (hits + misses).saturating_sub(began) / sampler.sample_size.max(1);
         sampler.rest.until = None;
         sampler.rest.resumed = true;
         sampler.warming = true;
@@ -1232,10 +1278,22 @@ mod tests {
         );
     }
 
-    /// One round of a workload whose best window is the smallest: 600 hot keys read in
-    /// turn, then 800 keys never seen before (reads that miss, then writes), which flush
-    /// a large window and which TinyLFU keeps out.
-    fn hot_set_and_scan(cache: &Cache<u64, u64>, round: u64) {
+    /// A cache of 1,000 entries in one shard with a fixed hasher: which keys the
+    /// miniatures sample, and so the windows they choose, repeat from run to run (with a
+    /// random seed, about one run in 600 chose 5% or 20% for the workload below).
+    fn seeded_cache_of_1000() -> Cache<u64, u64, ahash::RandomState> {
+        Cache::builder()
+            .max_entries(1000)
+            .shards(1)
+            .hasher(ahash::RandomState::with_seeds(1, 2, 3, 4))
+            .build()
+            .unwrap()
+    }
+
+    /// One round of a workload whose best window is small: 600 hot keys read in turn,
+    /// then 800 keys never seen before (reads that miss, then writes), which flush a large
+    /// window and which TinyLFU keeps out.
+    fn hot_set_and_scan(cache: &Cache<u64, u64, ahash::RandomState>, round: u64) {
         let scan = (1 << 40) | (round * 800);
         for key in (0..600).chain(scan..scan + 800) {
             if cache.get(&key).is_none() {
@@ -1244,33 +1302,49 @@ mod tests {
         }
     }
 
-    /// The miniatures rest after each sample that keeps the window, each rest twice the
-    /// last up to `MAX_REST_SAMPLES`: the read path samples nothing and the drains replay
-    /// nothing. A sample then warms them up, dropping its counts but not the decayed sums
-    /// of the samples before the rest, and the next one chooses.
+    /// The miniatures rest after each sample whose choice repeats the one before, each
+    /// rest twice the last up to `MAX_REST_SAMPLES`: the read path samples nothing, and a
+    /// drain replays nothing, not even a read sampled under the old mask. A sample then
+    /// warms them up, dropping its counts and ageing the decayed sums of the samples
+    /// before the rest as if the rest's whole samples and its own had been counted, which
+    /// leaves their ratios as they were.
     #[test]
     #[cfg_attr(miri, ignore)]
     fn a_window_kept_rests_the_miniatures_for_twice_as_long_each_time() {
-        let cache = cache_of_1000();
+        let cache = seeded_cache_of_1000();
         let raw = cache.raw();
         let sample = raw.sampler.lock().unwrap().sample_size;
         let mask = || raw.sample_mask.load(super::Ordering::Relaxed);
         let full_mask = mask();
         let mut rests = Vec::new();
-        let mut ratios_at_rest = None;
+        let mut at_rest = None;
         let mut resting = false;
-        for round in 0..200 {
+        let mut chosen_before = None;
+        for round in 0..400 {
             hot_set_and_scan(&cache, round);
-            let sampler = raw.sampler.lock().unwrap();
-            let accesses = raw.counters.snapshot().hits + raw.counters.snapshot().misses;
+            let mut sampler = raw.sampler.lock().unwrap();
+            let stats = raw.counters.snapshot();
+            let accesses = stats.hits + stats.misses;
             match (resting, sampler.rest.until) {
                 (false, Some(until)) => {
-                    assert_eq!(sampler.chosen, Some(super::INITIAL_WINDOW_PER_MILLE));
+                    // A round holds at most one sample's end (1,400 of 10,000 accesses).
+                    assert_eq!(sampler.chosen, chosen_before, "kept the last choice");
                     rests.push(sampler.rest.last);
                     // Set at the write that ended the sample, within this round.
                     assert!(until - accesses <= sampler.rest.last * sample);
                     assert!(until - accesses + 1_400 > sampler.rest.last * sample);
-                    ratios_at_rest = Some(sampler.chooser.ratios());
+                    at_rest = Some((sampler.chooser.ratios(), sampler.chooser.decayed_reads()));
+                    if rests.len() == 1 {
+                        // A read sampled under the old mask, drained during the rest.
+                        raw.counters.record_sample(7);
+                        drop(sampler);
+                        for key in 0..300 {
+                            cache.insert(key, key).unwrap();
+                        }
+                        sampler = raw.sampler.lock().unwrap();
+                        assert!(sampler.rest.until.is_some());
+                        assert_eq!(sampler.replayed, 0, "the drain dropped it");
+                    }
                 }
                 (true, None) => {
                     assert!(sampler.warming && sampler.rest.resumed);
@@ -1279,22 +1353,41 @@ mod tests {
                 _ => {}
             }
             resting = sampler.rest.until.is_some();
+            chosen_before = sampler.chosen;
             if resting {
                 assert_eq!(mask(), super::SAMPLES_NOTHING);
                 assert_eq!(sampler.replayed, 0, "nothing replayed while resting");
-            } else if !sampler.warming && ratios_at_rest.is_some() {
-                // The warm-up ended, and its counts with it.
-                assert_eq!(Some(sampler.chooser.ratios()), ratios_at_rest.take());
+            } else if !sampler.warming {
+                if let Some((ratios, reads)) = at_rest.take() {
+                    // The warm-up ended, and its counts with it.
+                    for ((window, ratio), (was_window, was)) in
+                        sampler.chooser.ratios().into_iter().zip(ratios)
+                    {
+                        assert_eq!(window, was_window);
+                        assert!(
+                            (ratio - was).abs() < 1e-9,
+                            "{window}: {ratio} against {was}"
+                        );
+                    }
+                    // Aged by the rest's whole samples and the warm-up's (a rest ends early
+                    // when a round's hits and misses fall unevenly across a quarter sample).
+                    let rested = sampler.rest.rested;
+                    assert!(rested <= sampler.rest.last);
+                    let aged = reads * 0.7f64.powi(rested as i32 + 1);
+                    let after = sampler.chooser.decayed_reads();
+                    assert!((after - aged).abs() < 1e-6 * aged, "{after} against {aged}");
+                }
             }
         }
         assert_eq!(rests[..5], [1, 2, 4, 8, 8]);
     }
 
-    /// A sample that moves the window ends the doubling: the next rest is one sample.
+    /// A change of workload that moves the cache's own hit ratio ends a rest early, and a
+    /// sample that moves the window ends the doubling: the next rest is one sample.
     #[test]
     #[cfg_attr(miri, ignore)]
     fn a_window_moved_restarts_the_rests_at_one_sample() {
-        let cache = cache_of_1000();
+        let cache = seeded_cache_of_1000();
         let raw = cache.raw();
         let rest = || {
             let sampler = raw.sampler.lock().unwrap();
@@ -1308,8 +1401,22 @@ mod tests {
         while rest().0 < 4 {
             hot_set_and_scan(&cache, round);
             round += 1;
-            assert!(round < 200, "no rest of 4 samples");
+            assert!(round < 400, "no rest of 4 samples");
         }
+        let kept = rest().2;
+        let (sample, until) = {
+            let sampler = raw.sampler.lock().unwrap();
+            (sampler.sample_size, sampler.rest.until.expect("resting"))
+        };
+        let accesses_now = || {
+            let stats = raw.counters.snapshot();
+            stats.hits + stats.misses
+        };
+        let switched_at = accesses_now();
+        assert!(
+            until - switched_at > 3 * sample,
+            "a rest of 4 samples just began"
+        );
         // Blocks of 100 new keys, each read three times in turn and never again: only a
         // window of 100 entries or more hits.
         let mut accesses = 0u64;
@@ -1321,21 +1428,35 @@ mod tests {
                 cache.insert(key, key).unwrap();
             }
         };
+        // The cache's hit ratio falls from about 43% to nothing: the rest ends within a
+        // sample, not at its planned end.
+        while rest().1 {
+            read();
+            assert!(
+                accesses_now() - switched_at < sample,
+                "the rest went on though the hit ratio moved"
+            );
+        }
+        assert_eq!(
+            raw.sampler.lock().unwrap().rest.rested,
+            0,
+            "no whole sample rested: the warm-up ages the sums by its own sample only"
+        );
         let mut reads = 0;
-        while rest().2 == Some(super::INITIAL_WINDOW_PER_MILLE) {
+        while rest().2 == kept {
             read();
             reads += 1;
-            assert!(reads < 200_000, "the window never moved");
+            assert!(reads < 300_000, "the window never moved");
         }
         assert_eq!(rest().0, 0);
         // The next rest, after a sample that keeps the new window, is one sample long.
         while !rest().1 {
             read();
             reads += 1;
-            assert!(reads < 400_000, "no rest after the move");
+            assert!(reads < 600_000, "no rest after the move");
         }
         assert_eq!(rest().0, 1);
-        assert!(rest().2.unwrap() > super::INITIAL_WINDOW_PER_MILLE);
+        assert_ne!(rest().2, kept);
     }
 
     /// Quiet samples until one ends: one that follows a sample keeping the window falls
@@ -1351,6 +1472,32 @@ mod tests {
             }
         }
         panic!("no sample ended");
+    }
+
+    /// A rest ends early once its reads are many enough and the cache's hit ratio over
+    /// them has moved by more than an eighth of the hits or misses before it, and a point.
+    #[test]
+    fn a_rest_is_disturbed_by_a_hit_ratio_that_moved() {
+        let rest = super::Rest {
+            hit_ratio: 0.5,
+            hits: 1_000,
+            misses: 3_000,
+            min_reads: 100,
+            ..super::Rest::default()
+        };
+        // 99 reads, none a hit: too few to say.
+        assert!(!rest.disturbed(1_000, 3_099));
+        // 100 reads: 44 hits moved 6 points, within an eighth of 50%; 43 moved 7.
+        assert!(!rest.disturbed(1_044, 3_056));
+        assert!(rest.disturbed(1_043, 3_057));
+        assert!(rest.disturbed(1_057, 3_043), "up as well as down");
+        // At 95%, an eighth of the misses is under a point: a point it is.
+        let high = super::Rest {
+            hit_ratio: 0.95,
+            ..rest
+        };
+        assert!(!high.disturbed(1_945, 3_055));
+        assert!(high.disturbed(1_930, 3_070));
     }
 
     /// Once the threads that outran the replay go quiet, the sampling steps back.
