@@ -199,7 +199,8 @@ struct Sampler {
     clean_samples: u32,
     /// The miniatures were made anew mid-run (see [`RawCache::resample`]) or are back from
     /// a rest, and are filling: the sample in progress chooses no window, and its counts
-    /// are dropped (after a rest, the decayed sums of the samples before it are kept).
+    /// are dropped (after a rest, the decayed sums of the samples before it are kept,
+    /// aged by the samples the rest lasted).
     warming: bool,
     rest: Rest,
     clean_needed: u32,
@@ -284,14 +285,15 @@ impl Sampler {
 /// sampled, and each sampled read is an access to five miniatures, about 3,000
 /// instructions when it misses. Under cachegrind (`examples/op_cost.rs`, 95% reads,
 /// 4,000,000 operations), a 95/5 operation at 1,000 entries cost 516 instructions before
-/// the rests and 285 with them, where quick_cache's costs 134. The shift detector (see
-/// `shift.rs`) watches the ghosts through a rest, so a moving hot set still opens the
-/// window at once. Over the simulator's 113 rows (sets of 4 runs against session 30's
-/// peer run, session 31) the mean gap to the best peer was +0.561 to +0.592 without rests
-/// (4 sets) and +0.557 to +0.575 with them (3 sets); the one row that lost beyond the
-/// runs' noise is orm-busy at 382 entries, whose best window moves every few samples:
-/// 68.36% → 67.72% (2.7 points above the best peer before). Longest rests of 4, 16 and 32
-/// samples cost it 0.5, 1.05 and 1.27 points, each within the noise over all rows.
+/// the rests and 332 with them (285 with rests that ran their course whatever the hit
+/// ratio did), where quick_cache's costs 134. The shift detector (see `shift.rs`) watches
+/// the ghosts through a rest, so a moving hot set still opens the window at once. Over
+/// the simulator's 113 rows (sets of 4 runs against session 30's peer run, session 31)
+/// the mean gap to the best peer was +0.561 to +0.592 without rests (4 sets) and +0.558
+/// and +0.553 with them (2 sets), no row lower by more than half a point. Rests that ran
+/// their course cost orm-busy at 382 entries, whose best window moves every few samples,
+/// 0.6 points (longest rests of 4, 16 and 32 samples: 0.5, 1.05 and 1.27); ending them
+/// when the hit ratio moves won it back.
 #[derive(Debug, Default)]
 struct Rest {
     /// Accesses (hits and misses) at which the rest in progress ends.
@@ -685,7 +687,7 @@ where
                             sampler.chosen = Some(window);
                             if confirmed {
                                 let hit_ratio = sample_hits as f64 / sample_reads.max(1) as f64;
-                                self.rest_miniatures(sampler, accesses, hit_ratio);
+                                self.rest_miniatures(sampler, stats.hits, stats.misses, hit_ratio);
                             } else {
                                 sampler.rest.last = 0;
                             }
@@ -718,18 +720,17 @@ where
         }
     }
 
-    /// Starts a rest of the miniatures, twice the last one (see [`Rest`]).
+    /// Starts a rest of the miniatures at these counts, twice the last one (see [`Rest`]).
     /// `hit_ratio` is the cache's own over the sample that just ended, which the rest
     /// watches (see [`Rest::disturbed`]).
-    fn rest_miniatures(&self, sampler: &mut Sampler, accesses: u64, hit_ratio: f64) {
+    fn rest_miniatures(&self, sampler: &mut Sampler, hits: u64, misses: u64, hit_ratio: f64) {
         let samples = (sampler.rest.last * 2).clamp(1, MAX_REST_SAMPLES);
-        let stats = self.counters.snapshot();
         sampler.rest.last = samples;
         sampler.rest.until =
-            Some(accesses.saturating_add(samples.saturating_mul(sampler.sample_size)));
+            Some((hits + misses).saturating_add(samples.saturating_mul(sampler.sample_size)));
         sampler.rest.hit_ratio = hit_ratio;
-        sampler.rest.hits = stats.hits;
-        sampler.rest.misses = stats.misses;
+        sampler.rest.hits = hits;
+        sampler.rest.misses = misses;
         sampler.rest.min_reads = sampler.sample_size / 4;
         self.sample_mask.store(SAMPLES_NOTHING, Ordering::Relaxed);
     }
